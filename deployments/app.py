@@ -1,0 +1,40 @@
+"""The EchoRAG application graph: ``serve run serve_config.yaml`` builds it here.
+
+Resources: on a cluster with GPUs the generator (and a ``kanana`` embedder) get a
+GPU; on CPU-only machines every deployment asks for a fraction of a CPU so the
+whole graph schedules on a 2-core laptop. ``serve_config.yaml`` may override any
+of these options per deployment.
+"""
+
+from __future__ import annotations
+
+import ray
+from ray.serve import Application
+
+from deployments.embedder import Embedder
+from deployments.generator import Generator
+from deployments.ingress import EchoRAGIngress
+from deployments.retriever import Retriever
+from echorag.config import load_settings
+
+
+def cluster_gpus() -> float:
+    return ray.cluster_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0
+
+
+def build_app(args: dict | None = None) -> Application:
+    args = dict(args or {})
+    settings = load_settings(**args)  # validate early: a bad setting fails `serve run`, not a replica
+    # Replicas may start in another working directory: pin the data dir now.
+    args["data_dir"] = str(settings.data_dir.resolve())
+    gpus = cluster_gpus() if settings.generator_backend == "local" else 0.0
+    generator = Generator.options(
+        ray_actor_options={"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": 0.5}
+    ).bind(args)
+    embedder = Embedder.options(
+        ray_actor_options={"num_cpus": 1, "num_gpus": 0.25}
+        if gpus and settings.embedder == "kanana"
+        else {"num_cpus": 0.25}
+    ).bind(args)
+    retriever = Retriever.bind(args, embedder)
+    return EchoRAGIngress.bind(args, embedder, retriever, generator)

@@ -1,0 +1,34 @@
+"""Embedder deployment: one embedding model, queries batched with ``@serve.batch``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from ray import serve
+
+from echorag.config import load_settings
+from echorag.embedding import make_embedder
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
+class Embedder:
+    def __init__(self, settings: dict) -> None:
+        self.embedder = make_embedder(load_settings(**settings))
+
+    def reconfigure(self, config: dict) -> None:
+        # user_config: {"max_batch_size": n, "batch_wait_timeout_s": s}
+        self.embed_query.set_max_batch_size(int(config.get("max_batch_size", 32)))
+        self.embed_query.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.005)))
+
+    def info(self) -> dict:
+        return {"id": self.embedder.id, "dim": self.embedder.dim}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def embed_query(self, texts: list[str]) -> list[np.ndarray]:
+        # Concurrent single-query calls are served by one model call.
+        vectors = await asyncio.to_thread(self.embedder.embed_queries, texts)
+        return list(vectors)
+
+    async def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.embedder.embed_passages, texts)

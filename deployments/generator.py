@@ -1,0 +1,88 @@
+"""Generator deployment: the base LLM plus LoRA adapters, one per version.
+
+The adapter version is the Serve multiplexed model id (``base`` = no adapter):
+requests for the same version go to replicas that already hold it, and one
+batched ``generate`` call serves rows with different adapters (peft mixed batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from ray import serve
+
+from echorag.config import load_settings
+from echorag.generation import BASE, Generation, LocalGenerator, OpenAIGenerator
+from echorag.models import resolve_generator
+from echorag.services import adapter_arg, iterate_in_thread
+
+logger = logging.getLogger("ray.serve")
+
+
+class LoadedAdapter:
+    """What the multiplexing cache holds; Serve calls ``__del__`` when it evicts it."""
+
+    def __init__(self, generator: LocalGenerator | None, version: str) -> None:
+        self.generator, self.version = generator, version
+
+    def __del__(self) -> None:
+        if self.generator is not None and self.version in self.generator.adapters:
+            self.generator.unload_adapter(self.version)
+
+
+@serve.deployment(max_ongoing_requests=64)
+class Generator:
+    def __init__(self, settings: dict) -> None:
+        self.settings = s = load_settings(**settings)
+        if s.generator_backend == "openai":
+            self.model = OpenAIGenerator(api_key=s.openai_api_key, base_url=s.openai_base_url, model=s.openai_model)
+            self.resolved = None
+        else:
+            self.resolved = resolve_generator(s.generator_model, s.models_dir)
+            self.model = LocalGenerator(self.resolved, device=s.device)
+            if self.resolved.is_demo:
+                logger.warning("EchoRAG is serving the tiny offline demo model, not KANANA.")
+
+    def info(self) -> dict:
+        kind = self.resolved.kind if self.resolved else "openai"
+        return {
+            "name": self.model.name,
+            "kind": kind,
+            "demo": kind == "tiny",
+            "device": getattr(self.model, "device", "remote"),
+        }
+
+    @serve.multiplexed(max_num_models_per_replica=4)
+    async def get_adapter(self, version: str) -> LoadedAdapter:
+        if version == BASE or self.resolved is None:
+            return LoadedAdapter(None, BASE)
+        path = self.settings.adapters_dir / version
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"adapter version {version!r} not found at {path}")
+        await asyncio.to_thread(self.model.load_adapter, version, path)
+        return LoadedAdapter(self.model, version)
+
+    async def _adapter_name(self) -> str | None:
+        adapter = await self.get_adapter(serve.get_multiplexed_model_id() or BASE)
+        return adapter_arg(adapter.version)
+
+    async def generate(self, messages: list[dict]) -> Generation:
+        return await self._generate_batch(messages, await self._adapter_name())
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _generate_batch(
+        self, conversations: list[list[dict]], adapters: list[str | None]
+    ) -> list[Generation]:
+        s = self.settings
+        return await asyncio.to_thread(
+            self.model.generate, conversations, adapters, s.max_new_tokens, s.temperature
+        )
+
+    async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
+        adapter, s = await self._adapter_name(), self.settings
+        async for piece in iterate_in_thread(
+            self.model.stream, messages, adapter, s.max_new_tokens, s.temperature
+        ):
+            yield piece

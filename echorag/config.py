@@ -1,0 +1,114 @@
+"""One settings object for the whole service.
+
+Environment names of the original project (``FINETUNE_BATCH_SIZE``, ``LOG_LEVEL``…)
+keep working; everything new is ``ECHORAG_<FIELD>``. ``serve_config.yaml`` passes
+per-application overrides as keyword arguments (field names).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(field: str, *legacy: str) -> AliasChoices:
+    """Accept the field name (for serve_config args), the legacy names and ECHORAG_<FIELD>."""
+    return AliasChoices(field, *legacy, f"ECHORAG_{field.upper()}")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ECHORAG_", populate_by_name=True, extra="ignore", frozen=True
+    )
+
+    # Storage and access
+    data_dir: Path = Field(Path("./data"), validation_alias=_env("data_dir"))
+    admin_token: str | None = Field(None, validation_alias=_env("admin_token"))
+    chroma_host: str | None = Field(None, validation_alias=_env("chroma_host"))
+    chroma_port: int = Field(8000, validation_alias=_env("chroma_port"))
+
+    # Models
+    generator_backend: Literal["local", "openai"] = Field(
+        "local", validation_alias=_env("generator_backend")
+    )
+    generator_model: str = Field("auto", validation_alias=_env("generator_model"))
+    openai_api_key: str | None = Field(
+        None, validation_alias=_env("openai_api_key", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(None, validation_alias=_env("openai_base_url"))
+    openai_model: str = Field("gpt-4o-mini", validation_alias=_env("openai_model"))
+    embedder: Literal["e5", "kanana"] = Field("e5", validation_alias=_env("embedder"))
+    embedder_model: str = Field("auto", validation_alias=_env("embedder_model"))
+    embedder_pooling: Literal["mean", "input_embedding_mean"] = Field(
+        "mean", validation_alias=_env("embedder_pooling")
+    )
+    device: str = Field("auto", validation_alias=_env("device"))
+    max_new_tokens: int = Field(128, ge=1, le=4096, validation_alias=_env("max_new_tokens"))
+    temperature: float = Field(0.0, ge=0.0, le=2.0, validation_alias=_env("temperature"))
+
+    # Retrieval
+    top_k: int = Field(5, ge=1, le=50, validation_alias=_env("top_k"))
+    chunk_size: int = Field(500, ge=50, validation_alias=_env("chunk_size"))
+    chunk_overlap: int = Field(100, ge=0, validation_alias=_env("chunk_overlap"))
+    fusion: Literal["rrf", "score"] = Field("rrf", validation_alias=_env("fusion"))
+    bm25_weight: float = Field(1.0, ge=0.0, validation_alias=_env("bm25_weight"))
+    dense_weight: float = Field(1.0, ge=0.0, validation_alias=_env("dense_weight"))
+    memory_top_k: int = Field(2, ge=0, le=20, validation_alias=_env("memory_top_k"))
+
+    # Chat limits and short-term memory
+    max_message_chars: int = Field(4000, ge=1, validation_alias=_env("max_message_chars"))
+    memory_turns: int = Field(5, ge=0, le=100, validation_alias=_env("memory_turns"))
+
+    # Learning loop (original names first)
+    finetune_enabled: bool = Field(True, validation_alias=_env("finetune_enabled", "FINETUNE_ENABLED"))
+    finetune_batch_size: int = Field(
+        100, ge=1, validation_alias=_env("finetune_batch_size", "FINETUNE_BATCH_SIZE")
+    )
+    finetune_auto_trigger: bool = Field(
+        True, validation_alias=_env("finetune_auto_trigger", "FINETUNE_AUTO_TRIGGER")
+    )
+    finetune_webhook_url: str | None = Field(
+        None, validation_alias=_env("finetune_webhook_url", "FINETUNE_WEBHOOK_URL")
+    )
+    finetune_epochs: int = Field(2, ge=1, le=100, validation_alias=_env("finetune_epochs", "FINETUNE_EPOCHS"))
+    conversation_collection_enabled: bool = Field(
+        True,
+        validation_alias=_env("conversation_collection_enabled", "CONVERSATION_COLLECTION_ENABLED"),
+    )
+
+    # Operations
+    log_level: str = Field("INFO", validation_alias=_env("log_level", "LOG_LEVEL"))
+    monitoring_export_metrics: bool = Field(
+        True, validation_alias=_env("monitoring_export_metrics", "MONITORING_EXPORT_METRICS")
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("chunk_overlap must be smaller than chunk_size")
+        return self
+
+    @cached_property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @cached_property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @cached_property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "echorag.sqlite"
+
+
+def load_settings(**overrides) -> Settings:
+    """Environment first, then explicit overrides (e.g. serve_config.yaml ``args``)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

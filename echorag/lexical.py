@@ -1,0 +1,150 @@
+"""Lexical retrieval: BM25 over Kiwi morphemes, and fusion of several rankings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+import bm25s
+import numpy as np
+
+from echorag.korean import morphemes_many
+
+Ranking = list[tuple[str, float]]  # (id, score), best first
+
+
+class BM25Index:
+    """An in-memory BM25 index of (id, text) pairs, tokenised into Kiwi morphemes.
+
+    bm25s cannot add documents to a built index, so changes only mark it stale and
+    the next search rebuilds it from the stored terms (Kiwi never re-reads old texts).
+    Safe to share between threads.
+    """
+
+    # k1, b: measured in bench/results/kiwi_tags.json.
+    def __init__(
+        self,
+        k1: float = 1.2,
+        b: float = 0.75,
+        tokenize: Callable[[list[str]], list[list[str]]] = morphemes_many,
+    ) -> None:
+        self.k1 = k1
+        self.b = b
+        self._tokenize = tokenize
+        self._texts: dict[str, str] = {}
+        self._terms: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        # The built index and the ids of its rows; None when stale.
+        self._built: tuple[bm25s.BM25, list[str]] | None = None
+
+    def add(self, ids: list[str], texts: list[str]) -> None:
+        """Index texts under ids; an id that is already indexed is replaced."""
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
+        terms = self._tokenize(list(texts))  # the slow part, outside the lock
+        with self._lock:
+            for doc_id, text, doc_terms in zip(ids, texts, terms):
+                self._texts[doc_id] = text
+                self._terms[doc_id] = doc_terms
+            self._built = None
+
+    def remove(self, ids: list[str]) -> None:
+        """Forget these ids; unknown ids are ignored."""
+        with self._lock:
+            for doc_id in ids:
+                self._texts.pop(doc_id, None)
+                self._terms.pop(doc_id, None)
+            self._built = None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._texts.clear()
+            self._terms.clear()
+            self._built = None
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._texts
+
+    def text(self, doc_id: str) -> str:
+        """The text indexed under `doc_id` (KeyError if none)."""
+        return self._texts[doc_id]
+
+    def search(self, query: str, k: int = 10) -> Ranking:
+        """Up to k (id, score) pairs, best first; documents sharing no term are left out."""
+        if k <= 0:
+            return []
+        query_terms = self._tokenize([query])[0]
+        with self._lock:
+            if self._built is None and self._terms:
+                self._built = self._build()
+            built = self._built
+        if built is None:
+            return []
+        retriever, ids = built  # immutable once built: scoring needs no lock
+        known_terms = [t for t in query_terms if t in retriever.vocab_dict]
+        if not known_terms:
+            return []
+        scores = retriever.get_scores(known_terms)
+        hits = np.flatnonzero(scores > 0)
+        if len(hits) > k:
+            hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
+        ranking = [(ids[i], float(scores[i])) for i in hits]
+        ranking.sort(key=lambda hit: (-hit[1], hit[0]))
+        return ranking
+
+    def _build(self) -> tuple[bm25s.BM25, list[str]]:
+        ids = list(self._terms)
+        retriever = bm25s.BM25(k1=self.k1, b=self.b)
+        retriever.index([self._terms[i] for i in ids], show_progress=False)
+        return retriever, ids
+
+
+def fuse(
+    rankings: dict[str, Ranking],
+    weights: dict[str, float] | None = None,
+    method: Literal["rrf", "score"] = "rrf",
+    rrf_k: int = 60,
+) -> Ranking:
+    """Merge named rankings (e.g. {"dense": ..., "bm25": ...}) into one, best first.
+
+    "rrf": weighted reciprocal rank fusion, sum of weight / (rrf_k + rank), rank from 1.
+    "score": each ranking's scores min-max normalised to [0, 1], then a weighted sum.
+    A ranking whose scores are all equal (one item, say) normalises to 1: its items
+    are that ranking's best. A missing weight is 1; ties are broken by id.
+    """
+    weights = weights or {}
+    fused: dict[str, float] = {}
+    for name, ranking in rankings.items():
+        weight = weights.get(name, 1.0)
+        if method == "rrf":
+            contributions = _rrf(ranking, rrf_k)
+        elif method == "score":
+            contributions = _min_max(ranking)
+        else:
+            raise ValueError(f"unknown fusion method {method!r}")
+        for doc_id, value in contributions.items():
+            fused[doc_id] = fused.get(doc_id, 0.0) + weight * value
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _rrf(ranking: Ranking, rrf_k: int) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for rank, (doc_id, _) in enumerate(ranking, start=1):
+        values.setdefault(doc_id, 1.0 / (rrf_k + rank))  # a repeated id keeps its best rank
+    return values
+
+
+def _min_max(ranking: Ranking) -> dict[str, float]:
+    if not ranking:
+        return {}
+    scores = [score for _, score in ranking]
+    low, high = min(scores), max(scores)
+    values: dict[str, float] = {}
+    for doc_id, score in ranking:
+        value = (score - low) / (high - low) if high > low else 1.0
+        values[doc_id] = max(values.get(doc_id, value), value)
+    return values

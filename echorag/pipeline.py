@@ -1,0 +1,156 @@
+"""The ``/chat`` request path, independent of where its parts run.
+
+``ChatPipeline`` orchestrates: session memory → query embedding → retrieval
+(documents + remembered turns) → prompt → generation → collection and memory.
+The parts are reached through ``ChatServices``: in the Ray Serve application
+they are deployment handles (deployments/ingress.py), in-process they are plain
+objects (``LocalServices``), so both paths run exactly this code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from echorag.generation import Generation
+from echorag.memory import SessionMemory
+from echorag.prompts import build_messages
+from echorag.schemas import ChatRequest, ChatResponse, MlopsInfo, SearchResult, Timing
+
+
+@dataclass
+class Turn:
+    """One answered exchange, as handed to the collector and the memory index."""
+
+    id: str
+    session_id: str
+    user_id: str
+    user: str
+    assistant: str
+    adapter_version: str
+    model: str
+    sources: list[str] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+
+    def memory_text(self) -> str:
+        """How the turn is embedded into the ``memory`` collection."""
+        return f"질문: {self.user}\n답변: {self.assistant}"
+
+    def memory_metadata(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "user_id": self.user_id, "created_at": self.created_at}
+
+
+class ChatServices(Protocol):
+    async def embed_query(self, text: str) -> np.ndarray: ...
+
+    async def search(self, query: str, vector: np.ndarray, user_id: str) -> list[SearchResult]: ...
+
+    async def generate(self, messages: list[dict], adapter: str) -> Generation: ...
+
+    def stream(self, messages: list[dict], adapter: str) -> AsyncIterator[str]: ...
+
+    async def record(self, turn: Turn) -> MlopsInfo: ...
+
+    async def remember(self, turn: Turn) -> None: ...
+
+    async def active_version(self) -> str: ...
+
+
+@dataclass
+class _Prepared:
+    messages: list[dict[str, str]]
+    results: list[SearchResult]
+    memory: list[dict[str, str]]
+    adapter: str
+    timing: Timing
+    started: float
+
+
+class ChatPipeline:
+    def __init__(self, services: ChatServices, memory: SessionMemory, model_name: str) -> None:
+        self.services = services
+        self.memory = memory
+        self.model_name = model_name
+
+    async def _prepare(self, request: ChatRequest) -> _Prepared:
+        timing, started = Timing(), time.perf_counter()
+        clock = started
+
+        def lap() -> float:
+            nonlocal clock
+            now = time.perf_counter()
+            elapsed, clock = now - clock, now
+            return elapsed
+
+        memory = self.memory.get(request.session_id)
+        adapter = request.adapter_version or await self.services.active_version()
+        timing.memory = lap()
+        vector = await self.services.embed_query(request.message)
+        timing.embedding = lap()
+        results = await self.services.search(request.message, vector, request.user_id)
+        timing.retrieval = lap()
+        messages = build_messages(
+            request.message, [r.model_dump() for r in results], memory
+        )
+        return _Prepared(messages, results, memory, adapter, timing, started)
+
+    async def _finish(self, request: ChatRequest, prepared: _Prepared, answer: str) -> ChatResponse:
+        timing = prepared.timing
+        turn = Turn(
+            id=uuid.uuid4().hex,
+            session_id=request.session_id,
+            user_id=request.user_id,
+            user=request.message,
+            assistant=answer,
+            adapter_version=prepared.adapter,
+            model=self.model_name,
+            sources=[r.id for r in prepared.results if r.collection == "documents"],
+        )
+        self.memory.add(request.session_id, request.message, answer)
+        clock = time.perf_counter()
+        mlops_info, _ = await asyncio.gather(
+            self.services.record(turn), self.services.remember(turn)
+        )
+        timing.collection = time.perf_counter() - clock
+        timing.total = time.perf_counter() - prepared.started
+        return ChatResponse(
+            response=answer,
+            search_results=prepared.results,
+            memory_content=prepared.memory,
+            timing=timing,
+            mlops_info=mlops_info,
+            model=self.model_name,
+            adapter_version=prepared.adapter,
+            session_id=request.session_id,
+            turn_id=turn.id,
+        )
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        prepared = await self._prepare(request)
+        clock = time.perf_counter()
+        generation = await self.services.generate(prepared.messages, prepared.adapter)
+        prepared.timing.generation = time.perf_counter() - clock
+        return await self._finish(request, prepared, generation.text.strip())
+
+    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        """Events: ``sources`` first, then ``token`` pieces, then ``done`` with the full response."""
+        prepared = await self._prepare(request)
+        yield {
+            "event": "sources",
+            "search_results": [r.model_dump() for r in prepared.results],
+            "adapter_version": prepared.adapter,
+            "model": self.model_name,
+        }
+        clock, pieces = time.perf_counter(), []
+        async for piece in self.services.stream(prepared.messages, prepared.adapter):
+            pieces.append(piece)
+            yield {"event": "token", "text": piece}
+        prepared.timing.generation = time.perf_counter() - clock
+        response = await self._finish(request, prepared, "".join(pieces).strip())
+        yield {"event": "done", "response": response.model_dump()}

@@ -1,0 +1,78 @@
+"""Prompt assembly: Korean system prompt, numbered context passages and short-term memory.
+
+The result is a list of chat messages; the tokenizer's own chat template turns it
+into model input (``LocalGenerator``) or it goes to an OpenAI-compatible API as is.
+"""
+
+from __future__ import annotations
+
+SYSTEM_PROMPT = (
+    "당신은 EchoRAG의 한국어 AI 어시스턴트입니다. 항상 한국어로 답하세요.\n"
+    "사용자 메시지의 '참고 문서'에 있는 내용만 근거로 답하고, "
+    "근거로 삼은 문서는 [1], [2]처럼 번호로 밝히세요.\n"
+    "참고 문서에 답이 없으면 지어내지 말고 "
+    "\"제공된 문서에서 답을 찾을 수 없습니다.\"라고 말하세요.\n"
+    "답은 간결하고 정확하게 쓰세요."
+)
+
+NO_CONTEXT = "(관련 문서 없음)"
+
+# Below this many characters a truncated passage is noise, not context.
+_MIN_PASSAGE_CHARS = 20
+
+
+def build_messages(
+    question: str,
+    passages: list[dict],
+    memory: list[dict],
+    max_context_chars: int = 3000,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> list[dict]:
+    """Chat messages for one RAG turn.
+
+    ``passages`` are ranked retrieval hits (``text``, optional ``metadata.title`` and
+    ``collection``); ``memory`` holds earlier turns ``{"user", "assistant"}``, oldest first.
+    """
+    messages = [{"role": "system", "content": system_prompt}]
+    for turn in memory:
+        if turn.get("user"):
+            messages.append({"role": "user", "content": turn["user"]})
+        if turn.get("assistant"):
+            messages.append({"role": "assistant", "content": turn["assistant"]})
+    context = format_passages(passages, max_context_chars)
+    messages.append({"role": "user", "content": f"참고 문서:\n{context}\n\n질문: {question.strip()}"})
+    return messages
+
+
+def format_passages(passages: list[dict], max_chars: int = 3000) -> str:
+    """Number passages [1], [2]… in rank order; the block never exceeds ``max_chars``.
+
+    The best-ranked passages are kept whole as long as they fit, the first one that
+    does not fit is cut, and the rest are dropped.
+    """
+    blocks: list[str] = []
+    used = 0
+    for number, passage in enumerate(passages, start=1):
+        header = _header(number, passage)
+        separator = 2 if blocks else 0  # blocks are joined by a blank line
+        room = max_chars - used - separator - len(header) - 1  # 1: newline after the header
+        if room < _MIN_PASSAGE_CHARS:
+            break
+        text = passage["text"].strip()
+        if len(text) > room:
+            text = text[: room - 1].rstrip() + "…"
+        block = f"{header}\n{text}"
+        blocks.append(block)
+        used += separator + len(block)
+    return "\n\n".join(blocks) if blocks else NO_CONTEXT
+
+
+def _header(number: int, passage: dict) -> str:
+    title = (passage.get("metadata") or {}).get("title")
+    source = passage.get("collection")
+    parts = [f"[{number}]"]
+    if title:
+        parts.append(f"제목: {title}")
+    if source:
+        parts.append(f"출처: {source}")
+    return " ".join(parts[:1]) + (" " + " · ".join(parts[1:]) if parts[1:] else "")

@@ -1,0 +1,122 @@
+"""The HTTP contract: every request and response body as a pydantic model."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from echorag.korean import normalize
+
+
+def _clean(text: str) -> str:
+    text = normalize(text).strip()
+    if not text:
+        raise ValueError("must not be empty or whitespace")
+    return text
+
+
+class ChatRequest(BaseModel):
+    message: str = Field(..., description="The user's message (Korean or any language).")
+    user_id: str = Field("anonymous", min_length=1, max_length=128)
+    session_id: str = Field("default", min_length=1, max_length=128)
+    adapter_version: str | None = Field(
+        None, description="Pin an adapter version (e.g. 'v2' or 'base'); default: the active one."
+    )
+
+    _clean_message = field_validator("message")(_clean)
+
+
+class SearchResult(BaseModel):
+    id: str
+    text: str
+    score: float
+    collection: Literal["documents", "memory"]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Timing(BaseModel):
+    """Seconds spent per stage of one request."""
+
+    memory: float = 0.0
+    embedding: float = 0.0
+    retrieval: float = 0.0
+    generation: float = 0.0
+    collection: float = 0.0
+    total: float = 0.0
+
+
+class MlopsInfo(BaseModel):
+    collected: bool = False
+    total_collected: int = 0
+    new_data_count: int = 0
+    should_train: bool = False
+    training_queued: bool = False
+    current_version: str = "base"
+
+
+class ChatResponse(BaseModel):
+    response: str
+    search_results: list[SearchResult]
+    memory_content: list[dict[str, str]] = Field(
+        default_factory=list, description="Short-term memory of this session used for the answer."
+    )
+    timing: Timing
+    mlops_info: MlopsInfo
+    model: str
+    adapter_version: str
+    session_id: str
+    turn_id: str | None = None
+
+
+class DocumentIn(BaseModel):
+    id: str | None = Field(None, min_length=1, max_length=256)
+    text: str
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    _clean_text = field_validator("text")(_clean)
+
+
+class DocumentsRequest(BaseModel):
+    documents: list[DocumentIn] = Field(..., min_length=1, max_length=10_000)
+
+
+class DocumentsResponse(BaseModel):
+    ids: list[str] = Field(..., description="Ids of the documents as stored.")
+    chunks: int = Field(..., description="Number of chunks indexed.")
+    total_documents: int = Field(..., description="Chunks in the documents collection after ingestion.")
+
+
+class MemoryResponse(BaseModel):
+    session_id: str
+    turns: list[dict[str, str]]
+    max_turns: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    model: str
+    model_kind: Literal["kanana", "tiny", "hub", "local", "openai"]
+    demo_model: bool = Field(..., description="True when the tiny offline demo model serves.")
+    embedder: str
+    device: str
+    documents: int
+    memory: int
+    adapter_version: str
+    uptime_s: float
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatsResponse(BaseModel):
+    requests: int
+    errors: int
+    avg_latency_s: float
+    documents: int
+    memory: int
+    sessions: int
+    uptime_s: float
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: Any = None

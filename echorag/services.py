@@ -1,0 +1,96 @@
+"""In-process ``ChatServices``: the whole pipeline in one Python process.
+
+Used by benchmarks (the baseline the Serve application is compared with), by
+tests that need no cluster, and by offline evaluation. Blocking model calls run
+in threads so the event loop stays free, as they do inside Serve replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from echorag.config import Settings
+from echorag.generation import BASE, Generation
+from echorag.pipeline import Turn
+from echorag.retrieval import Retriever, chunk_documents
+from echorag.schemas import MlopsInfo, SearchResult
+
+
+def adapter_arg(version: str) -> str | None:
+    """The generator's name for a version: ``None`` is the bare base model."""
+    return None if version in (BASE, "", None) else version
+
+
+class LocalServices:
+    def __init__(self, settings: Settings, embedder, retriever: Retriever, generator) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.retriever = retriever
+        self.generator = generator
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        return (await asyncio.to_thread(self.embedder.embed_queries, [text]))[0]
+
+    async def search(self, query: str, vector: np.ndarray, user_id: str) -> list[SearchResult]:
+        s = self.settings
+        return await asyncio.to_thread(
+            self.retriever.chat_context, query, vector, user_id, s.top_k, s.memory_top_k
+        )
+
+    async def generate(self, messages: list[dict], adapter: str) -> Generation:
+        s = self.settings
+        out = await asyncio.to_thread(
+            self.generator.generate, [messages], [adapter_arg(adapter)], s.max_new_tokens, s.temperature
+        )
+        return out[0]
+
+    async def stream(self, messages: list[dict], adapter: str) -> AsyncIterator[str]:
+        s = self.settings
+        async for piece in iterate_in_thread(
+            self.generator.stream, messages, adapter_arg(adapter), s.max_new_tokens, s.temperature
+        ):
+            yield piece
+
+    async def record(self, turn: Turn) -> MlopsInfo:
+        return MlopsInfo(current_version=turn.adapter_version)
+
+    async def remember(self, turn: Turn) -> None:
+        vector = await asyncio.to_thread(self.embedder.embed_passages, [turn.memory_text()])
+        await asyncio.to_thread(
+            self.retriever.remember, turn.id, turn.memory_text(), vector[0], turn.memory_metadata()
+        )
+
+    async def active_version(self) -> str:
+        return BASE
+
+    def ingest(self, documents: list[dict]) -> list[str]:
+        chunks = chunk_documents(documents, self.settings.chunk_size, self.settings.chunk_overlap)
+        vectors = self.embedder.embed_passages([c.text for c in chunks])
+        self.retriever.add_chunks(chunks, vectors)
+        return list(dict.fromkeys(c.metadata["doc_id"] for c in chunks))
+
+
+async def iterate_in_thread(blocking_iterator_fn, *args) -> AsyncIterator:
+    """Drive a blocking iterator in a worker thread and yield its items on the event loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in blocking_iterator_fn(*args):
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+        except BaseException as exc:  # surfaced to the consumer below
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := await queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
