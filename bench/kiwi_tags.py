@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -24,7 +25,7 @@ import kiwipiepy
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from echorag.evaluation import evaluate, load_jsonl  # noqa: E402
+from echorag.evaluation import evaluate, load_jsonl, ndcg_at_k  # noqa: E402
 from echorag.korean import morphemes_many, normalize  # noqa: E402
 from echorag.lexical import BM25Index  # noqa: E402
 
@@ -91,14 +92,29 @@ class CachedTokenizer:
         return [self.cache[t] for t in texts]
 
 
-def run_dataset(corpus: list[dict], queries: list[dict], tokenizer: CachedTokenizer, k1: float, b: float) -> dict:
+def run_dataset(
+    corpus: list[dict], queries: list[dict], tokenizer: CachedTokenizer, k1: float, b: float
+) -> tuple[dict, list[float]]:
+    """Mean metrics, and each query's nDCG@10 (for paired comparisons)."""
     index = BM25Index(k1=k1, b=b, tokenize=tokenizer)
     index.add([d["id"] for d in corpus], [d["text"] for d in corpus])
     tokenizer([q["query"] for q in queries])  # one Kiwi batch instead of one call per query
     ranked = [[doc_id for doc_id, _ in index.search(q["query"], k=10)] for q in queries]
-    metrics = evaluate(ranked, [q["relevant_ids"] for q in queries])
-    return {"ndcg@10": metrics["ndcg@10"], "recall@1": metrics["recall@1"], "recall@5": metrics["recall@5"],
-            "recall@10": metrics["recall@10"], "mrr@10": metrics["mrr@10"], "queries": metrics["queries"]}
+    relevant = [q["relevant_ids"] for q in queries]
+    metrics = evaluate(ranked, relevant)
+    per_query = [ndcg_at_k(r, rel, 10) for r, rel in zip(ranked, relevant)]
+    return metrics, per_query
+
+
+def paired_difference(row: list[list[float]], best: list[list[float]]) -> tuple[float, float]:
+    """Mean nDCG@10 difference to the best config (averaged over data sets) and its standard error."""
+    means, variances = [], []
+    for ours, theirs in zip(row, best):
+        diffs = [a - b for a, b in zip(ours, theirs)]
+        mean = sum(diffs) / len(diffs)
+        means.append(mean)
+        variances.append(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+    return sum(means) / len(means), math.sqrt(sum(variances)) / len(variances)
 
 
 def main() -> None:
@@ -112,24 +128,31 @@ def main() -> None:
         for name in DATASETS
     }
     started = time.perf_counter()
-    rows = []
+    rows, per_query = [], []
     for config in TAG_CONFIGS:
         tokenizer = CachedTokenizer(config)
         for k1, b in K1_B:
             row = {"config": config.name, "tags": sorted(config.tags), "lemmatize": config.lemmatize,
                    "kiwi_options": config.kiwi_options, "k1": k1, "b": b}
+            ndcgs = []
             for name, (corpus, queries) in data.items():
-                row[name] = run_dataset(corpus, queries, tokenizer, k1, b)
+                row[name], ndcg = run_dataset(corpus, queries, tokenizer, k1, b)
+                ndcgs.append(ndcg)
             row["mean_ndcg@10"] = sum(row[name]["ndcg@10"] for name in DATASETS) / len(DATASETS)
             rows.append(row)
+            per_query.append(ndcgs)
             print(f"{config.name:38s} k1={k1:<4} b={b:<5} mean nDCG@10={row['mean_ndcg@10']:.4f}", file=sys.stderr)
 
     kiwi_rows = [r for r in rows if r["config"] != "char-bigrams (baseline)"]
     best = max(kiwi_rows, key=lambda r: r["mean_ndcg@10"])
+    best_ndcgs = per_query[rows.index(best)]
+    for row, ndcgs in zip(rows, per_query):
+        row["delta_vs_best"], row["delta_se"] = paired_difference(ndcgs, best_ndcgs)
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "data_dir": str(args.data_dir),
-        "selection": "highest nDCG@10 averaged over both data sets (Kiwi configs only)",
+        "selection": "highest nDCG@10 averaged over both data sets (Kiwi configs only); "
+        "delta_vs_best/delta_se: paired per-query difference of that average and its standard error",
         "best": {key: best[key] for key in ("config", "tags", "lemmatize", "kiwi_options", "k1", "b")},
         "results": rows,
         "runtime_s": round(time.perf_counter() - started, 1),
@@ -139,14 +162,17 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
-    header = f"{'config':38s} {'k1':>4} {'b':>5} | " + " | ".join(f"{n[:8]:>8} nDCG  R@1   R@5  MRR" for n in DATASETS)
+    columns = " | ".join(f"{name[:15]:>15} nDCG   R@1   R@5   MRR" for name in DATASETS)
+    header = f"{'config':36s} {'k1':>4} {'b':>4} | {columns} | Δ mean nDCG ± SE"
     print(header)
     print("-" * len(header))
     for r in sorted(rows, key=lambda r: -r["mean_ndcg@10"]):
         cells = " | ".join(
-            f"{r[n]['ndcg@10']:13.4f} {r[n]['recall@1']:.3f} {r[n]['recall@5']:.3f} {r[n]['mrr@10']:.3f}" for n in DATASETS
+            f"{r[n]['ndcg@10']:20.4f} {r[n]['recall@1']:.3f} {r[n]['recall@5']:.3f} {r[n]['mrr@10']:.3f}"
+            for n in DATASETS
         )
-        print(f"{r['config']:38s} {r['k1']:>4} {r['b']:>5} | {cells}")
+        delta = f"{r['delta_vs_best']:+.4f} ± {r['delta_se']:.4f}"
+        print(f"{r['config']:36s} {r['k1']:>4} {r['b']:>4} | {cells} | {delta}")
     print(f"\nbest: {best['config']} k1={best['k1']} b={best['b']}  ({result['runtime_s']} s) -> {args.out}")
 
 

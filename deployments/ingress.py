@@ -122,9 +122,15 @@ class EchoRAGIngress:
         if len(request.message) > limit:
             raise HTTPException(413, f"message is {len(request.message)} characters; the limit is {limit}")
 
+    def _check_version(self, request: ChatRequest) -> None:
+        version = request.adapter_version
+        if version and version != BASE and not (self.settings.adapters_dir / version / "adapter_config.json").is_file():
+            raise HTTPException(404, f"adapter version {version!r} does not exist")
+
     @app.post("/chat", response_model=ChatResponse)
     async def chat(self, request: ChatRequest) -> ChatResponse:
         self._check_length(request)
+        self._check_version(request)
         pipeline = await self._ready()
         started = time.perf_counter()
         self.requests += 1
@@ -140,6 +146,7 @@ class EchoRAGIngress:
     async def chat_stream(self, request: ChatRequest) -> StreamingResponse:
         """Server-sent events: ``sources``, then ``token`` pieces, then ``done`` (the /chat response)."""
         self._check_length(request)
+        self._check_version(request)
         pipeline = await self._ready()
         self.requests += 1
 

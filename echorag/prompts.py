@@ -70,9 +70,7 @@ def format_passages(passages: list[dict], max_chars: int = 3000) -> str:
 def _header(number: int, passage: dict) -> str:
     title = (passage.get("metadata") or {}).get("title")
     source = passage.get("collection")
-    parts = [f"[{number}]"]
-    if title:
-        parts.append(f"제목: {title}")
-    if source:
-        parts.append(f"출처: {source}")
-    return " ".join(parts[:1]) + (" " + " · ".join(parts[1:]) if parts[1:] else "")
+    labels = " · ".join(
+        label for label in (title and f"제목: {title}", source and f"출처: {source}") if label
+    )
+    return f"[{number}] {labels}" if labels else f"[{number}]"

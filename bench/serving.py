@@ -1,0 +1,213 @@
+"""Serving benchmark: /chat latency over HTTP vs the same pipeline in-process, and
+the embedder's throughput with and without ``@serve.batch``.
+
+    python bench/serving.py            # writes bench/results/serving.{json,png}
+
+Runs a local Ray cluster with the tiny offline model and the bundled sample
+knowledge base. Every ratio compares two runs made in this same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+import httpx  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def summarize(latencies: list[float], wall: float) -> dict:
+    return {
+        "requests": len(latencies),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p95_ms": round(percentile(latencies, 95) * 1000, 1),
+        "mean_ms": round(statistics.mean(latencies) * 1000, 1),
+        "throughput_rps": round(len(latencies) / wall, 2),
+    }
+
+
+def questions() -> list[str]:
+    from echorag.documents import read_jsonl, sample_path
+
+    return [q["query"] for q in read_jsonl(sample_path("dev_queries.jsonl"))]
+
+
+async def load(call, concurrency: int, total: int) -> dict:
+    """``total`` calls, at most ``concurrency`` in flight; call(i) is one request."""
+    latencies: list[float] = []
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            t0 = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(total)))
+    return summarize(latencies, time.perf_counter() - started)
+
+
+async def http_chat(url: str, qs: list[str], concurrency: int, total: int) -> dict:
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
+        async def call(i: int) -> None:
+            body = {"message": qs[i % len(qs)], "user_id": f"bench-{i}", "session_id": f"bench-{i}"}
+            r = await client.post("/chat", json=body)
+            r.raise_for_status()
+
+        return await load(call, concurrency, total)
+
+
+async def inprocess_chat(settings, qs: list[str], total: int) -> dict:
+    from echorag.embedding import make_embedder
+    from echorag.generation import LocalGenerator
+    from echorag.memory import SessionMemory
+    from echorag.models import resolve_generator
+    from echorag.pipeline import ChatPipeline
+    from echorag.retrieval import Retriever
+    from echorag.schemas import ChatRequest
+    from echorag.services import LocalServices
+    from echorag.store import VectorStore
+    from echorag.documents import read_documents, sample_path
+
+    embedder = make_embedder(settings)
+    store = VectorStore.from_settings(settings, embedder.id, embedder.dim)
+    retriever = Retriever(store, settings.fusion, settings.bm25_weight, settings.dense_weight)
+    generator = LocalGenerator(resolve_generator(settings.generator_model, settings.models_dir))
+    services = LocalServices(settings, embedder, retriever, generator)
+    services.ingest(read_documents([sample_path()]))
+    pipeline = ChatPipeline(services, SessionMemory(settings.memory_turns), generator.name)
+
+    async def call(i: int) -> None:
+        await pipeline.chat(ChatRequest(message=qs[i % len(qs)], user_id=f"bench-{i}", session_id=f"bench-{i}"))
+
+    await call(0)  # warm-up
+    return await load(call, 1, total)
+
+
+async def embedder_throughput(handle, qs: list[str], concurrency: int, total: int) -> dict:
+    async def call(i: int) -> None:
+        await handle.embed_query.remote(qs[i % len(qs)])
+
+    await call(0)
+    result = await load(call, concurrency, total)
+    result["queries_per_s"] = result.pop("throughput_rps")
+    return result
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    levels = [str(c) for c in report["http_chat"]]
+    p50 = [report["http_chat"][c]["p50_ms"] for c in report["http_chat"]]
+    p95 = [report["http_chat"][c]["p95_ms"] for c in report["http_chat"]]
+    x = range(len(levels))
+    ax1.bar([i - 0.2 for i in x], p50, 0.4, label="p50")
+    ax1.bar([i + 0.2 for i in x], p95, 0.4, label="p95")
+    ax1.axhline(report["inprocess_chat"]["p50_ms"], color="gray", ls="--", label="in-process p50 (c=1)")
+    ax1.set_xticks(list(x), levels)
+    ax1.set_xlabel("concurrent users")
+    ax1.set_ylabel("/chat latency (ms)")
+    ax1.set_title("/chat over HTTP (tiny model)")
+    ax1.legend()
+    emb = report["embedder"]
+    ax2.bar(["no batching", "@serve.batch"], [emb["unbatched"]["queries_per_s"], emb["batched"]["queries_per_s"]],
+            color=["#bbb", "#3a7"])
+    ax2.set_ylabel("queries / s")
+    ax2.set_title(f"embedder at concurrency {emb['concurrency']}: {emb['speedup']}x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--embed-requests", type=int, default=640)
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+    from deployments.embedder import Embedder
+    from echorag.config import load_settings
+    from echorag.documents import read_documents, sample_path
+    from echorag.models import build_tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="echorag-bench-"))
+    build_tiny_model(work / "serve" / "models" / "tiny-ko")
+    app_args = {"data_dir": str(work / "serve"), "generator_model": "auto", "max_new_tokens": args.max_new_tokens}
+    qs = questions()
+
+    ray.init(num_cpus=8, include_dashboard=False, namespace="echorag-bench")
+    serve.start(http_options={"host": "127.0.0.1", "port": 8123})
+    serve.run(build_app(app_args), name="echorag", route_prefix="/")
+    url = "http://127.0.0.1:8123"
+    httpx.post(f"{url}/documents", json={"documents": read_documents([sample_path()])}, timeout=600).raise_for_status()
+    report: dict = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]), "max_new_tokens": args.max_new_tokens}
+
+    asyncio.run(http_chat(url, qs, 4, 8))  # warm-up: load models, JIT paths, connection pools
+    report["http_chat"] = {}
+    for c in args.levels:
+        report["http_chat"][c] = asyncio.run(http_chat(url, qs, c, max(args.requests, c * 2)))
+        print(f"/chat c={c}: {report['http_chat'][c]}", flush=True)
+
+    # Embedder: the same deployment class, batch size 1 (no batching) vs 32.
+    emb = {"concurrency": 32}
+    for label, size in (("unbatched", 1), ("batched", 32)):
+        handle = serve.run(
+            Embedder.options(user_config={"max_batch_size": size, "batch_wait_timeout_s": 0.005}).bind(app_args),
+            name=f"embedder-{label}", route_prefix=None,
+        )
+        emb[label] = asyncio.run(embedder_throughput(handle, qs, 32, args.embed_requests))
+        serve.delete(f"embedder-{label}")
+        print(f"embedder {label}: {emb[label]}", flush=True)
+    emb["speedup"] = round(emb["batched"]["queries_per_s"] / emb["unbatched"]["queries_per_s"], 2)
+    report["embedder"] = emb
+
+    serve.shutdown()
+    ray.shutdown()
+
+    # In-process baseline: the same ChatPipeline with local objects, one request at a time.
+    (work / "local" / "models").mkdir(parents=True)
+    (work / "local" / "models" / "tiny-ko").symlink_to(work / "serve" / "models" / "tiny-ko")
+    settings = load_settings(**{**app_args, "data_dir": str(work / "local")})
+    report["inprocess_chat"] = asyncio.run(inprocess_chat(settings, qs, max(args.requests, 2)))
+    report["http_over_inprocess_p50_c1"] = round(report["http_chat"][1]["p50_ms"] / report["inprocess_chat"]["p50_ms"], 3)
+    print(f"in-process: {report['inprocess_chat']}")
+    print(f"ratio /chat p50 HTTP/in-process at c=1: {report['http_over_inprocess_p50_c1']} (target <= 1.3)")
+    print(f"embedder @serve.batch speedup at c=32: {emb['speedup']}x (target >= 3)")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serving.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    plot(report, RESULTS / "serving.png")
+    print(f"wrote {RESULTS / 'serving.json'} and serving.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,499 @@
+"""Model resolution ("auto", a hub id, a local directory) and EchoRAG's tiny offline model.
+
+``auto`` prefers Kakao's KANANA: from the local Hugging Face cache, else from the
+hub when it answers. Without either, the service still runs end to end on a tiny
+Llama that the project builds itself in seconds: a Korean byte-level BPE
+tokenizer, a KANANA-like chat template and a short deterministic warm-up. Its
+answers are Korean-looking but meaningless, so every surface labels it a demo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from filelock import FileLock
+
+logger = logging.getLogger(__name__)
+
+KANANA_ID = "kakaocorp/kanana-1.5-2.1b-instruct-2505"
+TINY_NAME = "echorag-tiny-ko-demo"
+TINY_VERSION = 1  # bump when the recipe changes: cached builds are then rebuilt
+TINY_MARKER = "echorag_tiny.json"
+
+_HUB_TIMEOUT_S = 3.0
+_KANANA_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja", "LICENSE*"]
+_SAMPLE_KB = Path(__file__).parent / "data" / "sample_kb.jsonl"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: str  # a local directory or a hub id, ready for ``from_pretrained``
+    kind: Literal["kanana", "tiny", "hub", "local"]
+    name: str  # what the API, /health and the UI show
+
+    @property
+    def is_demo(self) -> bool:
+        return self.kind == "tiny"
+
+
+def tiny_model_dir(models_dir: Path) -> Path:
+    return Path(models_dir) / "tiny-ko"
+
+
+def resolve_generator(spec: str, models_dir: Path) -> ResolvedModel:
+    """Turn a model spec ("auto", "tiny", a hub id or a local directory) into something loadable."""
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        return _resolve_auto(Path(models_dir))
+    if spec == "tiny":
+        return _tiny(Path(models_dir), reason="requested explicitly")
+    return resolve_model(spec)
+
+
+def resolve_model(spec: str) -> ResolvedModel:
+    """A local directory or a hub id (no "auto": that needs a models directory)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if _tiny_version(path) is not None:
+            _warn_demo(path, "given as a local directory")
+            return ResolvedModel(str(path.resolve()), "tiny", TINY_NAME)
+        return ResolvedModel(str(path.resolve()), "local", path.resolve().name)
+    if spec.startswith(("/", ".", "~")) or spec.count("/") != 1:
+        raise FileNotFoundError(f"model directory not found (and not a hub id): {spec}")
+    return ResolvedModel(spec, "kanana" if spec == KANANA_ID else "hub", spec)
+
+
+def _resolve_auto(models_dir: Path) -> ResolvedModel:
+    if cached := _cached_snapshot(KANANA_ID):
+        return ResolvedModel(str(cached), "kanana", KANANA_ID)
+    if _offline():
+        return _tiny(models_dir, reason=f"{KANANA_ID} is not in the local cache and the hub is offline")
+    if not _hub_answers(KANANA_ID):
+        return _tiny(models_dir, reason=f"{KANANA_ID} is not cached and the hub did not answer")
+    from huggingface_hub import snapshot_download
+
+    logger.info("Downloading %s from the Hugging Face Hub (about 4.6 GB)...", KANANA_ID)
+    try:
+        path = snapshot_download(KANANA_ID, allow_patterns=_KANANA_FILES, cache_dir=_hub_cache())
+    except Exception as exc:  # a broken download must not take the service down
+        return _tiny(models_dir, reason=f"downloading {KANANA_ID} failed: {exc}")
+    return ResolvedModel(path, "kanana", KANANA_ID)
+
+
+def _tiny(models_dir: Path, reason: str) -> ResolvedModel:
+    path = ensure_tiny_model(models_dir)
+    _warn_demo(path, reason)
+    return ResolvedModel(str(path), "tiny", TINY_NAME)
+
+
+def _warn_demo(path: Path, reason: str) -> None:
+    logger.warning(
+        "Serving EchoRAG's tiny DEMO model from %s (%s). Its answers are not meaningful; "
+        "cache %s or set a generator model for real answers.",
+        path, reason, KANANA_ID,
+    )
+
+
+def _offline() -> bool:
+    # Read at call time: huggingface_hub reads these once, at import.
+    return any(
+        os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_cache() -> Path:
+    # Also read at call time, for the same reason (tests point HF_HOME elsewhere).
+    if cache := os.environ.get("HF_HUB_CACHE"):
+        return Path(cache)
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot directory of ``repo_id`` if its config and all weights are there."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=_hub_cache()))
+    except Exception:  # not cached (LocalEntryNotFoundError) or unreadable cache
+        return None
+    index = path / "model.safetensors.index.json"
+    if index.exists():  # sharded: every shard must be there, not just some
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        complete = all((path / shard).exists() for shard in shards)
+    else:
+        complete = (path / "model.safetensors").exists()
+    return path if complete and (path / "config.json").exists() else None
+
+
+def _hub_answers(repo_id: str, timeout: float = _HUB_TIMEOUT_S) -> bool:
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+        return True
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------- tiny model
+
+
+def ensure_tiny_model(models_dir: Path, seed: int = 0) -> Path:
+    """The tiny model directory, built once; safe when several processes start together."""
+    out = tiny_model_dir(models_dir)
+    if _tiny_version(out) == TINY_VERSION:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if _tiny_version(out) != TINY_VERSION:  # nobody built it while we waited
+            build_tiny_model(out, seed=seed)
+    return out
+
+
+def _tiny_version(path: Path) -> int | None:
+    try:
+        return json.loads((Path(path) / TINY_MARKER).read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# Llama-3 style, as KANANA 1.5 uses. `{% generation %}` marks the assistant reply
+# (and its end-of-turn token) for `return_assistant_tokens_mask=True`.
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{%- generation %}{{- message['content'] | trim + '<|eot_id|>' }}{%- endgeneration %}"
+    "{%- else %}"
+    "{{- message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- endif %}"
+)
+BOS, EOS, EOT, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|pad|>"
+SPECIAL_TOKENS = [BOS, EOS, PAD, "<|start_header_id|>", "<|end_header_id|>", EOT]
+
+# Model and warm-up recipe: small enough to build in seconds on 2 CPU cores.
+TINY_VOCAB = 3000
+TINY_CONFIG = dict(
+    hidden_size=96,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+WARMUP_STEPS = 240
+WARMUP_BATCH = 16
+WARMUP_LR = 3e-3
+LM_BLOCK = 96  # tokens per plain-text training block
+CHAT_CONTEXT_CHARS = 240  # short passages keep warm-up sequences cheap
+
+
+def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
+    """Build EchoRAG's tiny offline Korean model into ``out_dir`` (replaced atomically)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    docs = _corpus()
+    tokenizer = _train_tokenizer([f"{d['title']}\n{d['text']}" for d in docs])
+
+    torch.manual_seed(seed)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOT],
+        pad_token_id=ids[PAD],
+        **TINY_CONFIG,
+    )
+    model = LlamaForCausalLM(config)
+    loss = _warm_up(model, tokenizer, docs, seed)
+    model.eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids[BOS], eos_token_id=ids[EOT], pad_token_id=ids[PAD], do_sample=False
+    )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        params = sum(p.numel() for p in model.parameters())
+        card = dict(version=TINY_VERSION, name=TINY_NAME, seed=seed, params=params,
+                    vocab_size=len(tokenizer), warmup_steps=WARMUP_STEPS, warmup_loss=round(loss, 4),
+                    corpus_chars=sum(len(d["text"]) for d in docs))
+        (tmp / TINY_MARKER).write_text(json.dumps(card, indent=2) + "\n")
+        (tmp / "README.md").write_text(_model_card(card))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)  # readers see the old directory or the complete new one
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Built the tiny demo model (%d params) in %.1f s: %s",
+                params, time.perf_counter() - started, out_dir)
+    return out_dir
+
+
+def build_tiny_model_main(out_dir: str | None = None, seed: int = 0) -> Path:
+    """CLI hook: build into ``out_dir`` or ``$ECHORAG_DATA_DIR/models/tiny-ko``."""
+    if out_dir is None:
+        from echorag.config import load_settings
+
+        out_dir = str(tiny_model_dir(load_settings().models_dir))
+    return build_tiny_model(Path(out_dir), seed=seed)
+
+
+def _train_tokenizer(texts: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    # Plain text starts with <|begin_of_text|>, like Llama 3; chat templates add it themselves.
+    bpe.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bpe.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=BOS,
+        eos_token=EOT,  # end of an assistant turn, as in Llama-3-style instruct models
+        pad_token=PAD,
+        additional_special_tokens=SPECIAL_TOKENS[3:],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=TINY_CONFIG["max_position_embeddings"],
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _warm_up(model, tokenizer, docs: list[dict], seed: int) -> float:
+    """A few hundred seeded AdamW steps so the model speaks Korean-looking text and ends its turn."""
+    import torch
+
+    examples = _lm_examples(tokenizer, docs) + _chat_examples(tokenizer, docs, seed)
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=WARMUP_LR, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 20) * (1 - step / WARMUP_STEPS)
+    )
+    model.train()
+    order: list[int] = []
+    for step in range(WARMUP_STEPS):
+        if len(order) < WARMUP_BATCH:
+            order += rng.sample(range(len(examples)), len(examples))
+        batch = [examples[order.pop()] for _ in range(WARMUP_BATCH)]
+        input_ids, labels, attention = _collate(batch, tokenizer.pad_token_id)
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), -100)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        attention[row, : len(ids)] = 1
+    return input_ids, labels, attention
+
+
+def _lm_examples(tokenizer, docs: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """Plain Korean text packed into fixed blocks; loss on every token."""
+    stream: list[int] = []
+    for doc in docs:
+        stream += tokenizer(f"{doc['title']}\n{doc['text']}")["input_ids"]
+    blocks = [stream[i : i + LM_BLOCK] for i in range(0, len(stream) - LM_BLOCK // 2, LM_BLOCK)]
+    return [(block, block) for block in blocks]
+
+
+def _chat_examples(tokenizer, docs: list[dict], seed: int) -> list[tuple[list[int], list[int]]]:
+    """RAG-shaped chats (system prompt, a numbered passage, a question) answered from the
+    passage with a citation; loss on the assistant reply only, as the learning loop trains."""
+    from echorag.prompts import build_messages
+
+    questions = ["{}에 대해 알려 주세요.", "{}에 대해 설명해 주세요.", "{}의 특징은 무엇인가요?"]
+    rng = random.Random(seed)
+    examples = []
+    for doc in docs:
+        sentences = _sentences(doc["text"])
+        for template in questions:
+            passage = {"text": doc["text"], "metadata": {"title": doc["title"]}}
+            messages = build_messages(template.format(doc["title"]), [passage], [],
+                                      max_context_chars=CHAT_CONTEXT_CHARS)
+            answer = " ".join(sentences[: rng.choice([1, 2])])
+            messages.append({"role": "assistant", "content": f"{answer} [1]"})
+            enc = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+            ids, mask = enc["input_ids"], enc["assistant_masks"]
+            examples.append((ids, [t if m else -100 for t, m in zip(ids, mask)]))
+    return examples
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
+def _corpus() -> list[dict]:
+    """The project's own Korean text: the sample knowledge base when present, plus a
+    built-in fallback so the build always works (and is the same on every machine)."""
+    docs = [{"title": title, "text": text} for title, text in FALLBACK_CORPUS]
+    try:
+        lines = _SAMPLE_KB.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            text = record["text"].strip()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # a colleague's half-written line must not break the build
+        title = (record.get("metadata") or {}).get("title") or text.split(".")[0][:20]
+        if len(text) >= 40:
+            docs.append({"title": str(title), "text": text})
+    return docs
+
+
+def _model_card(card: dict) -> str:
+    return f"""---
+language: ko
+library_name: transformers
+tags: [echorag, demo, tiny, llama]
+---
+# {TINY_NAME}: EchoRAG's tiny demo model
+
+This is **not** a real language model. EchoRAG builds it locally, in seconds and
+without network, so that the whole service (retrieval, chat, streaming, LoRA
+adapters, the learning loop) runs offline and in tests when Kakao's KANANA
+(`{KANANA_ID}`) is not available. Its answers look Korean but mean nothing.
+
+- Architecture: `LlamaForCausalLM`, {TINY_CONFIG['num_hidden_layers']} layers, hidden size
+  {TINY_CONFIG['hidden_size']}, {TINY_CONFIG['num_attention_heads']} heads, tied embeddings,
+  {card['params']:,} parameters.
+- Tokenizer: byte-level BPE trained on EchoRAG's Korean sample text, {card['vocab_size']} tokens,
+  with a KANANA-like (Llama 3 style) chat template that marks assistant tokens
+  with `{{% generation %}}`.
+- Warm-up: {card['warmup_steps']} seeded AdamW steps on the same text (final loss {card['warmup_loss']}).
+- Seed: {card['seed']}; recipe version {card['version']}.
+
+Rebuild with `echorag build-tiny-model`.
+"""
+
+
+# Built-in Korean text: the tokenizer and the warm-up never depend on files that may be
+# missing. Short encyclopedic paragraphs on everyday topics and on EchoRAG itself.
+FALLBACK_CORPUS: list[tuple[str, str]] = [
+    ("한글", "한글은 조선의 세종대왕이 1443년에 만들고 1446년에 훈민정음이라는 이름으로 반포한 문자입니다. "
+     "자음과 모음을 조합해 음절을 만들며, 배우기 쉽고 과학적인 문자로 알려져 있습니다. "
+     "매년 10월 9일은 한글날로, 한글의 창제를 기념하는 국경일입니다."),
+    ("서울", "서울은 대한민국의 수도이며 한강을 중심으로 발달한 대도시입니다. "
+     "약 천만 명에 가까운 인구가 살고 있으며 경복궁, 남산서울타워, 북촌 한옥마을 같은 명소가 있습니다. "
+     "지하철과 버스가 잘 연결되어 있어 대중교통으로 이동하기 편리합니다."),
+    ("부산", "부산은 대한민국 제2의 도시이자 가장 큰 항구 도시입니다. "
+     "해운대와 광안리 해수욕장이 유명하고, 매년 가을에는 부산국제영화제가 열립니다. "
+     "자갈치시장에서는 신선한 해산물을 맛볼 수 있습니다."),
+    ("제주도", "제주도는 대한민국에서 가장 큰 섬으로 화산 활동으로 만들어졌습니다. "
+     "한라산, 성산일출봉, 만장굴 등 아름다운 자연 경관이 유네스코 세계자연유산으로 등재되어 있습니다. "
+     "감귤과 흑돼지가 특산물로 알려져 있습니다."),
+    ("김치", "김치는 배추나 무 같은 채소를 소금에 절인 뒤 고춧가루, 마늘, 젓갈 등으로 양념해 발효시킨 한국의 전통 음식입니다. "
+     "늦가을에 겨울 동안 먹을 김치를 한꺼번에 담그는 일을 김장이라고 합니다. "
+     "김장 문화는 유네스코 인류무형문화유산으로 등재되었습니다."),
+    ("설날", "설날은 음력 1월 1일로 한국의 가장 큰 명절 가운데 하나입니다. "
+     "가족이 모여 차례를 지내고 어른께 세배를 드리며 떡국을 먹습니다. "
+     "떡국을 먹으면 나이를 한 살 더 먹는다는 말이 있습니다."),
+    ("추석", "추석은 음력 8월 15일로 한가위라고도 부릅니다. "
+     "한 해의 수확에 감사하며 송편을 빚고 조상의 묘를 찾아 성묘를 합니다. "
+     "보름달을 보며 소원을 비는 풍습도 있습니다."),
+    ("한강", "한강은 서울을 가로질러 서해로 흐르는 강입니다. "
+     "강변에는 공원과 자전거 도로가 조성되어 있어 시민들이 산책과 운동을 즐깁니다. "
+     "여름 밤에는 한강공원에서 야경을 보며 쉬는 사람이 많습니다."),
+    ("지하철 이용 방법", "지하철을 타려면 교통카드를 개찰구에 대고 들어가면 됩니다. "
+     "환승할 때에도 카드를 다시 찍어야 환승 할인을 받을 수 있습니다. "
+     "내릴 역이 가까워지면 안내 방송이 나오므로 잘 들어 두는 것이 좋습니다."),
+    ("도서관", "공공도서관에서는 회원증을 만들면 누구나 책을 빌릴 수 있습니다. "
+     "보통 한 번에 다섯 권 안팎을 두 주 동안 빌릴 수 있고, 기한 안에 한 번 연장할 수 있습니다. "
+     "전자책과 열람실 좌석 예약 서비스를 제공하는 도서관도 많습니다."),
+    ("커피", "커피는 커피나무 열매의 씨앗을 볶아서 만든 음료입니다. "
+     "한국은 일인당 커피 소비량이 많은 나라로 거리마다 카페를 쉽게 볼 수 있습니다. "
+     "아메리카노는 에스프레소에 물을 더해 만든 커피입니다."),
+    ("건강한 생활 습관", "건강을 지키려면 규칙적인 운동과 충분한 수면, 균형 잡힌 식사가 중요합니다. "
+     "하루 삼십 분 정도 걷기만 해도 심장 건강에 도움이 됩니다. "
+     "물을 자주 마시고 오래 앉아 있을 때는 가끔 일어나 몸을 움직이는 것이 좋습니다."),
+    ("사계절", "한국은 봄, 여름, 가을, 겨울의 사계절이 뚜렷합니다. "
+     "봄에는 벚꽃과 진달래가 피고, 여름에는 장마와 더위가 찾아옵니다. "
+     "가을에는 단풍이 아름답고 겨울에는 춥고 건조하며 눈이 내리기도 합니다."),
+    ("인공지능", "인공지능은 사람의 학습, 추론, 인식 같은 능력을 컴퓨터로 구현하는 기술입니다. "
+     "최근에는 많은 글을 학습한 대규모 언어 모델이 질문에 답하고 글을 요약하며 번역도 합니다. "
+     "다만 언어 모델은 사실이 아닌 내용을 그럴듯하게 만들어 낼 수 있어 확인이 필요합니다."),
+    ("검색 증강 생성", "검색 증강 생성(RAG)은 질문과 관련된 문서를 먼저 검색한 뒤, 그 문서를 근거로 언어 모델이 답을 만드는 방법입니다. "
+     "모델이 학습하지 않은 최신 정보나 내부 문서도 활용할 수 있습니다. "
+     "답변에 근거 문서의 번호를 함께 밝히면 사용자가 내용을 확인하기 쉽습니다."),
+    ("임베딩", "임베딩은 문장이나 단어의 의미를 숫자 벡터로 표현한 것입니다. "
+     "의미가 비슷한 문장은 벡터 공간에서 서로 가까이 위치합니다. "
+     "검색 시스템은 질문의 임베딩과 가장 가까운 문서를 찾아 보여 줍니다."),
+    ("형태소 분석", "한국어는 조사와 어미가 붙는 교착어라서 띄어쓰기 단위만으로는 검색이 어렵습니다. "
+     "형태소 분석기는 문장을 의미를 가진 가장 작은 단위인 형태소로 나눕니다. "
+     "키위는 빠르고 정확한 한국어 형태소 분석기입니다."),
+    ("LoRA 미세 조정", "LoRA는 큰 언어 모델의 가중치는 그대로 두고 작은 저랭크 행렬만 학습하는 미세 조정 방법입니다. "
+     "학습할 파라미터가 적어서 적은 메모리로도 빠르게 학습할 수 있습니다. "
+     "학습된 어댑터는 용량이 작아 여러 버전을 저장하고 바꿔 끼우기 쉽습니다."),
+    ("카나나", "카나나는 카카오가 개발한 한국어와 영어를 잘하는 언어 모델 시리즈입니다. "
+     "카나나 1.5 2.1B 인스트럭트 모델은 크기가 작아 하나의 GPU에서도 빠르게 실행됩니다. "
+     "에코RAG는 카나나를 기본 생성 모델로 사용합니다."),
+    ("레이 서브", "레이 서브는 파이썬으로 모델 서빙 애플리케이션을 만드는 라이브러리입니다. "
+     "여러 배포를 하나의 그래프로 연결하고, 요청량에 따라 복제본 수를 자동으로 조절합니다. "
+     "요청을 모아 한 번에 처리하는 배치 기능과 여러 모델을 나눠 싣는 멀티플렉싱 기능도 제공합니다."),
+    ("에코RAG", "에코RAG는 자신의 대화에서 배우는 한국어 검색 증강 채팅 서비스입니다. "
+     "대화가 충분히 모이면 LoRA로 생성 모델을 다시 학습하고, 평가를 통과한 어댑터로 서비스를 바꿉니다. "
+     "새 어댑터가 더 나쁘면 이전 버전으로 되돌릴 수 있습니다."),
+    ("개인정보 보호", "주민등록번호, 전화번호, 이메일 주소, 카드 번호는 대표적인 개인정보입니다. "
+     "대화 기록을 저장하기 전에 이런 정보를 가려야 개인정보가 학습 데이터에 남지 않습니다. "
+     "개인정보는 꼭 필요한 만큼만 모으고 안전하게 보관해야 합니다."),
+    ("재활용 분리배출", "재활용품은 종이, 플라스틱, 유리병, 캔으로 나누어 배출합니다. "
+     "용기는 내용물을 비우고 물로 헹군 뒤 라벨을 떼어 내면 재활용이 잘 됩니다. "
+     "음식물 쓰레기는 물기를 빼서 전용 봉투나 수거함에 버립니다."),
+    ("택배", "택배를 보낼 때는 받는 사람의 주소와 연락처를 정확하게 적어야 합니다. "
+     "깨지기 쉬운 물건은 완충재로 감싸고 상자에 취급 주의 표시를 합니다. "
+     "운송장 번호로 배송 위치를 조회할 수 있습니다."),
+    ("비빔밥", "비빔밥은 밥 위에 나물, 고기, 달걀 등을 올리고 고추장을 넣어 비벼 먹는 음식입니다. "
+     "전주비빔밥이 특히 유명하며, 뜨거운 돌솥에 담아 먹는 돌솥비빔밥도 인기가 많습니다. "
+     "여러 재료가 어우러져 영양이 골고루 들어 있습니다."),
+    ("태권도", "태권도는 한국에서 시작된 무술로 손과 발을 사용해 겨루는 운동입니다. "
+     "2000년 시드니 올림픽부터 정식 종목이 되었습니다. "
+     "몸과 마음을 함께 단련하며 예절을 중요하게 여깁니다."),
+]

@@ -1,0 +1,69 @@
+"""One real local Ray cluster and one EchoRAG application for all Serve tests."""
+
+import os
+import shutil
+import socket
+
+import httpx
+import pytest
+
+from echorag.documents import read_documents, sample_path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray import serve
+
+    # Logical CPUs above the 2 physical cores so every deployment and a Train worker schedule.
+    ray.init(
+        num_cpus=8,
+        namespace="echorag",
+        include_dashboard=False,
+        runtime_env={"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "ANONYMIZED_TELEMETRY", "TOKENIZERS_PARALLELISM")}},
+    )
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, tiny_model_path):
+    """A data dir where `auto` finds the tiny model already built (as after a first start)."""
+    root = tmp_path_factory.mktemp("data")
+    shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")
+    return root
+
+
+@pytest.fixture(scope="session")
+def app_settings(data_dir) -> dict:
+    return {"data_dir": str(data_dir), "generator_model": "auto", "max_new_tokens": 24, "temperature": 0.0}
+
+
+@pytest.fixture(scope="session")
+def server(ray_cluster, app_settings):
+    """Base URL of the running EchoRAG application, sample knowledge base ingested."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.run(build_app(app_settings), name="echorag", route_prefix="/")
+    documents = read_documents([sample_path()])
+    with httpx.Client(base_url=ray_cluster, timeout=300) as client:
+        response = client.post("/documents", json={"documents": documents})
+        response.raise_for_status()
+    return ray_cluster
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server, timeout=120) as c:
+        yield c

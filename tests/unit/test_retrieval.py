@@ -1,0 +1,104 @@
+"""The hybrid retriever on real Chroma (embedded) with the real e5 embedder."""
+
+import chromadb
+import numpy as np
+import pytest
+from chromadb.config import Settings as ChromaSettings
+
+from echorag.embedding import E5Embedder
+from echorag.retrieval import Retriever, chunk_documents
+from echorag.store import EmbedderMismatchError, VectorStore, reindex
+
+DOCS = [
+    {"id": "seoul", "text": "서울은 대한민국의 수도이다. 한강이 도시를 가로지른다.", "metadata": {"title": "서울"}},
+    {"id": "busan", "text": "부산은 대한민국 제2의 도시이며 큰 항구가 있다. 해운대 해수욕장이 유명하다."},
+    {"id": "kimchi", "text": "김치는 배추를 소금에 절인 뒤 고춧가루 양념으로 버무려 발효시킨 음식이다."},
+    {"id": "jeju", "text": "제주도는 화산섬으로 한라산이 있다. 감귤과 돌하르방으로 유명하다."},
+]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return E5Embedder()
+
+
+@pytest.fixture()
+def client(tmp_path):
+    return chromadb.PersistentClient(str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False))
+
+
+def _index(client, embedder, docs=DOCS):
+    retriever = Retriever(VectorStore(client, embedder.id, embedder.dim))
+    chunks = chunk_documents(docs, 200, 50)
+    retriever.add_chunks(chunks, embedder.embed_passages([c.text for c in chunks]))
+    return retriever
+
+
+@pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
+@pytest.mark.parametrize(("query", "doc"), [("한국의 수도는 어디야?", "seoul"), ("해운대가 있는 도시", "busan"), ("배추를 절이는 발효 음식", "kimchi")])
+def test_each_mode_finds_the_document(client, embedder, mode, query, doc):
+    retriever = _index(client, embedder)
+    hits = retriever.search(query, embedder.embed_queries([query])[0], 3, mode=mode)
+    assert hits[0].metadata["doc_id"] == doc
+    assert hits[0].text and isinstance(hits[0].score, float)
+
+
+def test_bm25_is_rebuilt_from_chroma_after_a_restart(client, embedder):
+    _index(client, embedder)
+    reopened = Retriever(VectorStore(client, embedder.id, embedder.dim))
+    assert reopened.search("한라산 감귤", None, 1, mode="bm25")[0].metadata["doc_id"] == "jeju"
+
+
+def test_reingesting_a_document_replaces_its_chunks(client, embedder):
+    retriever = _index(client, embedder)
+    before = retriever.counts()["documents"]
+    changed = [{"id": "seoul", "text": "서울의 인구는 약 930만 명이다."}]
+    chunks = chunk_documents(changed, 200, 50)
+    retriever.add_chunks(chunks, embedder.embed_passages([c.text for c in chunks]))
+    assert retriever.counts()["documents"] == before
+    assert not retriever.search("한강", None, 5, mode="bm25") or all(
+        "한강" not in h.text for h in retriever.search("한강", None, 5, mode="bm25")
+    )
+
+
+def test_memory_is_recalled_only_for_its_user(client, embedder):
+    retriever = _index(client, embedder)
+    text = "질문: 내 강아지 이름은 초코야\n답변: 초코라는 이름이 귀엽네요."
+    retriever.remember("t1", text, embedder.embed_passages([text])[0], {"user_id": "alice", "session_id": "s"})
+    query = embedder.embed_queries(["강아지 이름이 뭐였지?"])[0]
+    assert [h.id for h in retriever.recall(query, 3, "alice")] == ["t1"]
+    assert retriever.recall(query, 3, "bob") == []
+    context = retriever.chat_context("강아지 이름이 뭐였지?", query, "alice", 2, 1)
+    assert [r.collection for r in context] == ["documents", "documents", "memory"]
+
+
+def test_another_embedder_is_refused_with_the_reindex_command(client, embedder):
+    _index(client, embedder)
+    with pytest.raises(EmbedderMismatchError, match="echorag reindex"):
+        VectorStore(client, "kanana:other:mean", 1792)
+
+
+def test_reindex_swaps_in_the_new_embedder_without_losing_text(client, embedder):
+    _index(client, embedder)
+
+    class Halved:  # a different embedder: e5 vectors folded to half the dimension
+        id, dim = "test:halved", embedder.dim // 2
+
+        def embed_passages(self, texts):
+            v = embedder.embed_passages(texts)
+            v = v[:, : self.dim] + v[:, self.dim :]
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    counts = reindex(client, Halved())
+    assert counts["documents"] == len(chunk_documents(DOCS, 200, 50))
+    store = VectorStore(client, Halved.id, Halved.dim)
+    assert {h.metadata["doc_id"] for h in store.get_all("documents")} == {d["id"] for d in DOCS}
+
+
+def test_e5_vectors_are_unit_length_and_nfd_matches_nfc(embedder):
+    import unicodedata
+
+    text = "훈민정음은 세종대왕이 만들었다"
+    nfc, nfd = embedder.embed_queries([text, unicodedata.normalize("NFD", text)])
+    assert np.allclose(np.linalg.norm(nfc), 1.0, atol=1e-5)
+    assert np.allclose(nfc, nfd)
