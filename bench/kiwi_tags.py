@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from echorag.evaluation import evaluate, load_jsonl, ndcg_at_k  # noqa: E402
-from echorag.korean import morphemes_many, normalize  # noqa: E402
+from echorag.korean import BM25_TAGS, morphemes_many, normalize  # noqa: E402
 from echorag.lexical import BM25Index  # noqa: E402
 
 DATASETS = ("belebele_ko", "kobest_boolq_ko")
@@ -53,6 +53,7 @@ TAG_CONFIGS = [
     TagConfig("nouns+sym+lemmas", frozenset(NOUNS | SYMBOLS | VERBS)),
     TagConfig("nouns+sym+lemmas+XR", frozenset(NOUNS | SYMBOLS | VERBS | {"XR"})),
     TagConfig("nouns+sym+lemmas+XR+MAG", frozenset(NOUNS | SYMBOLS | VERBS | {"XR", "MAG"})),
+    TagConfig("nouns+sym+lemmas+XR+MAG+NNB", frozenset(NOUNS | SYMBOLS | VERBS | {"XR", "MAG", "NNB"})),
     TagConfig("nouns+sym+lemmas+XR split_complex", frozenset(NOUNS | SYMBOLS | VERBS | {"XR"}),
               kiwi_options={"split_complex": True}),
     TagConfig("nouns+sym+lemmas+XR saisiot", frozenset(NOUNS | SYMBOLS | VERBS | {"XR"}),
@@ -117,6 +118,13 @@ def paired_difference(row: list[list[float]], best: list[list[float]]) -> tuple[
     return sum(means) / len(means), math.sqrt(sum(variances)) / len(variances)
 
 
+def is_default(row: dict) -> bool:
+    """Does this config match what echorag ships (BM25_TAGS, lemmas, BM25Index's k1 and b)?"""
+    default = BM25Index()
+    return (set(row["tags"]) == set(BM25_TAGS) and row["lemmatize"] and not row["kiwi_options"]
+            and (row["k1"], row["b"]) == (default.k1, default.b))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
@@ -154,6 +162,7 @@ def main() -> None:
         "selection": "highest nDCG@10 averaged over both data sets (Kiwi configs only); "
         "delta_vs_best/delta_se: paired per-query difference of that average and its standard error",
         "best": {key: best[key] for key in ("config", "tags", "lemmatize", "kiwi_options", "k1", "b")},
+        "best_is_the_default": is_default(best),
         "results": rows,
         "runtime_s": round(time.perf_counter() - started, 1),
         "environment": {"python": platform.python_version(), "kiwipiepy": kiwipiepy.__version__,
@@ -174,6 +183,8 @@ def main() -> None:
         delta = f"{r['delta_vs_best']:+.4f} ± {r['delta_se']:.4f}"
         print(f"{r['config']:36s} {r['k1']:>4} {r['b']:>4} | {cells} | {delta}")
     print(f"\nbest: {best['config']} k1={best['k1']} b={best['b']}  ({result['runtime_s']} s) -> {args.out}")
+    if not result["best_is_the_default"]:
+        print("NOTE: the best config is not the default of korean.BM25_TAGS / BM25Index(k1, b)")
 
 
 if __name__ == "__main__":

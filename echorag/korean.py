@@ -10,13 +10,13 @@ from collections.abc import Iterable
 from kiwipiepy import Kiwi
 
 # Invisible characters that break matching (copy-paste from the web, Word, BOMs).
-_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+_ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
 
-# Content morphemes kept as BM25 terms: nouns, foreign words, numbers, Hanja, roots,
-# verb/adjective lemmas ('먹다'), and Kiwi's special tokens (URL, e-mail, ...).
-# Measured in bench/results/kiwi_tags.json (bench/kiwi_tags.py).
+# Content morphemes kept as BM25 terms: nouns, numerals, foreign words, numbers, Hanja,
+# roots, verb/adjective lemmas ('먹다'), adverbs, and Kiwi's URL/e-mail/hashtag/serial tokens.
+# Pronouns (NP) hurt; measured in bench/results/kiwi_tags.json (python bench/kiwi_tags.py).
 BM25_TAGS: frozenset[str] = frozenset(
-    {"NNG", "NNP", "NR", "SL", "SN", "SH", "XR", "VV", "VA",
+    {"NNG", "NNP", "NR", "SL", "SN", "SH", "XR", "VV", "VA", "MAG",
      "W_URL", "W_EMAIL", "W_HASHTAG", "W_SERIAL"}
 )
 # Verbs and adjectives are indexed as lemmas ('먹' -> '먹다'), so they never collide with nouns.
@@ -25,7 +25,7 @@ _LEMMA_TAGS = frozenset({"VV", "VA"})
 
 def normalize(text: str) -> str:
     """NFC (macOS writes NFD Hangul) without zero-width characters."""
-    return unicodedata.normalize("NFC", text.translate(_ZERO_WIDTH))
+    return unicodedata.normalize("NFC", _ZERO_WIDTH.sub("", text))
 
 
 _kiwi: Kiwi | None = None
@@ -44,7 +44,7 @@ def get_kiwi() -> Kiwi:
     return _kiwi
 
 
-def _terms(tokens: Iterable, tags: Iterable[str], lemmatize: bool) -> list[str]:
+def _terms(tokens: Iterable, tags: frozenset[str], lemmatize: bool) -> list[str]:
     terms = []
     for token in tokens:
         tag = token.tag.partition("-")[0]  # 'VV-I' (irregular) -> 'VV'
@@ -76,7 +76,8 @@ def morphemes_many(
 
 def split_sentences(text: str) -> list[str]:
     """Sentences as they are written in the (normalised) text."""
-    return [text[start:end] for start, end in _sentence_spans(normalize(text))]
+    text = normalize(text)
+    return [text[start:end] for start, end, _ in _sentences(text)]
 
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
@@ -91,36 +92,33 @@ def _paragraph_spans(text: str) -> list[tuple[int, int]]:
     return [(s, e) for s, e in spans if text[s:e].strip()]
 
 
-def _sentence_spans(text: str, paragraph_ids: list[int] | None = None) -> list[tuple[int, int]]:
-    """(start, end) of each sentence; a sentence never crosses a blank line.
-
-    If `paragraph_ids` is given, it is filled with each sentence's paragraph number.
-    """
+def _sentences(text: str) -> list[tuple[int, int, int]]:
+    """(start, end, paragraph number) of each sentence; none crosses a blank line."""
     paragraphs = _paragraph_spans(text)
     results = get_kiwi().split_into_sents([text[s:e] for s, e in paragraphs], return_sub_sents=False)
-    spans = []
-    for number, ((offset, _), sentences) in enumerate(zip(paragraphs, results)):
-        for sentence in sentences:
-            if sentence.text.strip():
-                spans.append((offset + sentence.start, offset + sentence.end))
-                if paragraph_ids is not None:
-                    paragraph_ids.append(number)
-    return spans
+    return [
+        (offset + sentence.start, offset + sentence.end, number)
+        for number, ((offset, _), sentences) in enumerate(zip(paragraphs, results))
+        for sentence in sentences
+        if sentence.text.strip()
+    ]
 
 
 def chunk_text(text: str, size: int = 500, overlap: int = 100) -> list[str]:
     """Pack whole sentences into chunks of at most `size` characters.
 
-    Consecutive chunks of one paragraph share up to `overlap` characters of whole
-    sentences; a new paragraph starts a fresh chunk when the current one is at least
-    half full. A sentence longer than `size` becomes a chunk of its own. Chunks are
-    verbatim slices of the normalised text.
+    A chunk that would end mid-paragraph ends at its last paragraph break instead,
+    if it stays at least half full. Consecutive chunks within one paragraph share up
+    to `overlap` characters of whole sentences; a new paragraph starts afresh. A
+    sentence longer than `size` is a chunk of its own. Chunks are verbatim slices of
+    the normalised text.
     """
     if size <= 0 or not 0 <= overlap < size:
         raise ValueError("need size > 0 and 0 <= overlap < size")
     text = normalize(text)
-    paragraph_of: list[int] = []
-    spans = _sentence_spans(text, paragraph_of)
+    sentences = _sentences(text)
+    spans = [(start, end) for start, end, _ in sentences]
+    paragraph_of = [paragraph for _, _, paragraph in sentences]
 
     def length(first: int, last: int) -> int:  # characters of sentences first..last
         return spans[last][1] - spans[first][0]
