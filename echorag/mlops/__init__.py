@@ -1,0 +1,56 @@
+"""The learning loop's plain-Python core: collection, filtering, the training policy,
+the evaluation gate, the adapter registry, events and webhooks. Ray actors and Train
+jobs in ``deployments/`` wrap these; nothing here imports Ray."""
+
+from echorag.mlops.events import Event
+from echorag.mlops.filters import Screened, TurnFilter, scrub_pii
+from echorag.mlops.gate import EvaluationGate, GateDecision, split_holdout
+from echorag.mlops.notify import payload_for, send_webhook
+from echorag.mlops.policy import (
+    Decision,
+    MarkPending,
+    Nothing,
+    PolicyConfig,
+    RetryLater,
+    StartRun,
+    TrainingPolicy,
+)
+from echorag.mlops.registry import (
+    BASE,
+    AdapterInfo,
+    AdapterRegistry,
+    InvalidAdapterError,
+    VersionExistsError,
+    validate_adapter_dir,
+)
+from echorag.mlops.store import AddResult, ConversationStore, Counts, Run, StoredTurn
+
+__all__ = [
+    "BASE",
+    "AdapterInfo",
+    "AdapterRegistry",
+    "AddResult",
+    "ConversationStore",
+    "Counts",
+    "Decision",
+    "EvaluationGate",
+    "Event",
+    "GateDecision",
+    "InvalidAdapterError",
+    "MarkPending",
+    "Nothing",
+    "PolicyConfig",
+    "RetryLater",
+    "Run",
+    "Screened",
+    "StartRun",
+    "StoredTurn",
+    "TrainingPolicy",
+    "TurnFilter",
+    "VersionExistsError",
+    "payload_for",
+    "scrub_pii",
+    "send_webhook",
+    "split_holdout",
+    "validate_adapter_dir",
+]

@@ -1,0 +1,447 @@
+"""The collector's SQLite database: conversations, filter counts, runtime settings,
+training runs and events.
+
+WAL mode with ``synchronous=FULL``: a turn that ``add_turn`` reports as stored has
+been fsynced. ``seq`` (AUTOINCREMENT, never reused) orders the data; training
+consumes it by watermark: everything with ``seq <= watermark`` has been trained on.
+One connection guarded by a lock serves every thread of the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from echorag.mlops.events import Event
+from echorag.mlops.filters import TurnFilter
+
+if TYPE_CHECKING:
+    from echorag.pipeline import Turn
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL UNIQUE,
+    session_id      TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    user            TEXT NOT NULL,
+    assistant       TEXT NOT NULL,
+    adapter_version TEXT NOT NULL,
+    model           TEXT NOT NULL,
+    sources         TEXT NOT NULL DEFAULT '[]',
+    created_at      REAL NOT NULL,
+    feedback        INTEGER NOT NULL DEFAULT 0 CHECK (feedback IN (-1, 0, 1)),
+    fingerprint     TEXT NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS conversations_created_at ON conversations (created_at);
+CREATE TABLE IF NOT EXISTS filter_counts (
+    reason TEXT PRIMARY KEY,
+    count  INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    status     TEXT NOT NULL,
+    from_seq   INTEGER NOT NULL,
+    to_seq     INTEGER NOT NULL,
+    version    TEXT,
+    started_at REAL NOT NULL,
+    ended_at   REAL,
+    attempts   INTEGER NOT NULL DEFAULT 1,
+    error      TEXT,
+    metrics    TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    type       TEXT NOT NULL,
+    message    TEXT NOT NULL,
+    data       TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
+"""
+
+_TURN_COLUMNS = (
+    "seq, id, session_id, user_id, user, assistant, adapter_version, model,"
+    " sources, created_at, feedback, fingerprint"
+)
+RunStatus = Literal["running", "succeeded", "failed"]
+
+
+class StoredTurn(BaseModel):
+    seq: int
+    id: str
+    session_id: str
+    user_id: str
+    user: str
+    assistant: str
+    adapter_version: str
+    model: str
+    sources: list[str] = Field(default_factory=list)
+    created_at: float
+    feedback: int = 0
+
+    def messages(self) -> list[dict[str, str]]:
+        """The turn in chat-messages format (what the tokenizer's chat template takes)."""
+        return [{"role": "user", "content": self.user}, {"role": "assistant", "content": self.assistant}]
+
+
+class Run(BaseModel):
+    id: int
+    status: RunStatus
+    from_seq: int
+    to_seq: int
+    version: str | None = None
+    started_at: float
+    ended_at: float | None = None
+    attempts: int = 1
+    error: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class Counts(BaseModel):
+    total: int = Field(..., description="Stored turns.")
+    liked: int
+    disliked: int
+    max_seq: int = Field(..., description="Highest seq ever assigned (survives clear()).")
+    filtered: dict[str, int] = Field(default_factory=dict, description="Turns not stored, or scrubbed, by reason.")
+
+
+@dataclass(frozen=True)
+class AddResult:
+    stored: bool
+    reason: str | None = None  # "empty" | "too_short" | "duplicate" when not stored
+    seq: int | None = None
+    pii: list[str] = field(default_factory=list)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _turn(row: sqlite3.Row) -> StoredTurn:
+    fields = {k: row[k] for k in row.keys() if k != "fingerprint"}
+    return StoredTurn(**fields | {"sources": json.loads(row["sources"])})
+
+
+def _run(row: sqlite3.Row) -> Run:
+    return Run(**dict(row) | {"metrics": json.loads(row["metrics"])})
+
+
+def _event(row: sqlite3.Row) -> Event:
+    return Event(**dict(row) | {"data": json.loads(row["data"])})
+
+
+class ConversationStore:
+    def __init__(self, path: str | Path, turn_filter: TurnFilter | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.filter = turn_filter or TurnFilter()
+        self._lock = threading.RLock()
+        # Autocommit mode: transactions are explicit (_tx), so nothing lingers uncommitted.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ConversationStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def pragma(self, name: str) -> Any:
+        return self._query(f"PRAGMA {name}")[0][0]
+
+    # -- conversations ------------------------------------------------------------------
+
+    def add_turn(self, turn: Turn) -> AddResult:
+        """Screen, scrub and store one turn. Recording the same turn id twice is a no-op
+        that reports the first result (callers may retry)."""
+        screened = self.filter.screen(turn)
+        with self._tx() as db:
+            if screened.reason:
+                self._count(db, screened.reason)
+                return AddResult(False, screened.reason)
+            row = db.execute("SELECT seq FROM conversations WHERE id = ?", (turn.id,)).fetchone()
+            if row:
+                return AddResult(True, seq=row["seq"])
+            if db.execute("SELECT 1 FROM conversations WHERE fingerprint = ?", (screened.fingerprint,)).fetchone():
+                self._count(db, "duplicate")
+                return AddResult(False, "duplicate")
+            cursor = db.execute(
+                "INSERT INTO conversations (id, session_id, user_id, user, assistant, adapter_version, model,"
+                " sources, created_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    turn.id, screened.session_id, screened.user_id, screened.user, screened.assistant,
+                    turn.adapter_version, turn.model, _dumps(list(turn.sources)), turn.created_at,
+                    screened.fingerprint,
+                ),
+            )
+            if screened.pii:
+                self._count(db, "pii_scrubbed")
+            return AddResult(True, seq=cursor.lastrowid, pii=list(screened.pii))
+
+    @staticmethod
+    def _count(db: sqlite3.Connection, reason: str) -> None:
+        db.execute(
+            "INSERT INTO filter_counts (reason, count) VALUES (?, 1)"
+            " ON CONFLICT (reason) DO UPDATE SET count = count + 1",
+            (reason,),
+        )
+
+    def set_feedback(self, turn_id: str, value: int) -> bool:
+        """👍 = 1, 👎 = -1 (excluded from training), 0 = none. False if the turn is unknown."""
+        if value not in (-1, 0, 1):
+            raise ValueError("feedback must be -1, 0 or 1")
+        with self._tx() as db:
+            return db.execute("UPDATE conversations SET feedback = ? WHERE id = ?", (value, turn_id)).rowcount > 0
+
+    def get_turn(self, turn_id: str) -> StoredTurn | None:
+        rows = self._query(f"SELECT {_TURN_COLUMNS} FROM conversations WHERE id = ?", (turn_id,))
+        return _turn(rows[0]) if rows else None
+
+    def max_seq(self) -> int:
+        """The highest seq ever assigned: the top of the data watermark, even after clear()."""
+        rows = self._query("SELECT seq FROM sqlite_sequence WHERE name = 'conversations'")
+        return rows[0][0] if rows else 0
+
+    def counts(self) -> Counts:
+        row = self._query(
+            "SELECT COUNT(*) AS total, COALESCE(SUM(feedback = 1), 0) AS liked,"
+            " COALESCE(SUM(feedback = -1), 0) AS disliked FROM conversations"
+        )[0]
+        filtered = {r["reason"]: r["count"] for r in self._query("SELECT reason, count FROM filter_counts")}
+        return Counts(**dict(row), max_seq=self.max_seq(), filtered=filtered)
+
+    def turns_after(self, seq: int, limit: int | None = None) -> list[StoredTurn]:
+        rows = self._query(
+            f"SELECT {_TURN_COLUMNS} FROM conversations WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, -1 if limit is None else limit),
+        )
+        return [_turn(r) for r in rows]
+
+    def recent_turns(self, limit: int = 50) -> list[StoredTurn]:
+        rows = self._query(f"SELECT {_TURN_COLUMNS} FROM conversations ORDER BY seq DESC LIMIT ?", (limit,))
+        return [_turn(r) for r in rows]
+
+    def trainable_turns(self, from_seq: int, to_seq: int) -> list[StoredTurn]:
+        """Training data of a run on ``(from_seq, to_seq]``: every turn but the 👎 ones."""
+        rows = self._query(
+            f"SELECT {_TURN_COLUMNS} FROM conversations WHERE seq > ? AND seq <= ? AND feedback >= 0 ORDER BY seq",
+            (from_seq, to_seq),
+        )
+        return [_turn(r) for r in rows]
+
+    def replay_sample(self, before_seq: int, n: int, seed: int = 0) -> list[StoredTurn]:
+        """A deterministic sample of earlier accepted turns (``seq <= before_seq``), mixed
+        into a run so the adapter does not forget what it learned before."""
+        seqs = [r[0] for r in self._query(
+            "SELECT seq FROM conversations WHERE seq <= ? AND feedback >= 0 ORDER BY seq", (before_seq,)
+        )]
+        chosen = random.Random(seed).sample(seqs, min(n, len(seqs)))
+        rows = self._query(
+            f"SELECT {_TURN_COLUMNS} FROM conversations WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq",
+            (json.dumps(chosen),),
+        )
+        return [_turn(r) for r in rows]
+
+    def export_jsonl(self, path: str | Path, from_seq: int = 0, to_seq: int | None = None) -> int:
+        """Write the training dataset (chat-messages format, 👎 excluded); returns the line count."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        turns = self.trainable_turns(from_seq, self.max_seq() if to_seq is None else to_seq)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for t in turns:
+                f.write(_dumps({"messages": t.messages()}) + "\n")
+        os.replace(tmp, path)
+        return len(turns)
+
+    # -- backup, restore, retention ---------------------------------------------------
+
+    def backup(self, directory: str | Path) -> Path:
+        """A consistent snapshot of the whole database (SQLite online backup)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"conversations-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.sqlite"
+        destination = sqlite3.connect(target)
+        try:
+            with self._lock:
+                self._db.backup(destination)
+            destination.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        finally:
+            destination.close()
+        return target
+
+    def restore(self, path: str | Path) -> int:
+        """Merge the conversations of a backup back in; returns how many were added.
+
+        Turns keep their original seq when it is free, so data that was trained on
+        stays below the watermark and untrained data becomes pending again. Turns
+        already present (same id or same content) are skipped.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"backup not found: {path}")
+        with self._lock:
+            self._db.execute("ATTACH DATABASE ? AS backup", (str(path),))
+            try:
+                if not self._db.execute(
+                    "SELECT 1 FROM backup.sqlite_master WHERE type = 'table' AND name = 'conversations'"
+                ).fetchone():
+                    raise ValueError(f"{path} is not an EchoRAG conversation backup")
+                columns = _TURN_COLUMNS.removeprefix("seq, ")
+                with self._tx() as db:
+                    before = db.total_changes
+                    db.execute(
+                        f"INSERT OR IGNORE INTO conversations ({_TURN_COLUMNS}) SELECT {_TURN_COLUMNS}"
+                        " FROM backup.conversations AS b"
+                        " WHERE NOT EXISTS (SELECT 1 FROM main.conversations AS c WHERE c.seq = b.seq)"
+                    )
+                    # Rows whose seq is taken (a backup of another database) get a new seq.
+                    db.execute(
+                        f"INSERT OR IGNORE INTO conversations ({columns}) SELECT {columns}"
+                        " FROM backup.conversations ORDER BY seq"
+                    )
+                    return db.total_changes - before
+            finally:
+                self._db.execute("DETACH DATABASE backup")
+
+    def clear(self, backup: bool = False, backups_dir: str | Path | None = None) -> tuple[int, Path | None]:
+        """Delete every conversation (and the filter counts), optionally after a backup
+        (default folder: ``backups/`` next to the database). Seqs are never reused."""
+        saved = self.backup(backups_dir or self.path.parent / "backups") if backup else None
+        with self._tx() as db:
+            deleted = db.execute("DELETE FROM conversations").rowcount
+            db.execute("DELETE FROM filter_counts")
+        return deleted, saved
+
+    def cleanup(self, keep_days: float) -> dict[str, int]:
+        """Delete conversations and events older than ``keep_days``."""
+        cutoff = time.time() - keep_days * 86400
+        with self._tx() as db:
+            conversations = db.execute("DELETE FROM conversations WHERE created_at < ?", (cutoff,)).rowcount
+            events = db.execute("DELETE FROM events WHERE created_at < ?", (cutoff,)).rowcount
+        return {"conversations": conversations, "events": events}
+
+    # -- runtime settings ---------------------------------------------------------------
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        rows = self._query("SELECT value FROM settings WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def set_settings(self, **values: Any) -> None:
+        """Persist runtime settings (e.g. ``finetune_batch_size=50``) so restarts keep them."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                [(k, _dumps(v), time.time()) for k, v in values.items()],
+            )
+
+    def set_setting(self, key: str, value: Any) -> None:
+        self.set_settings(**{key: value})
+
+    def runtime_settings(self) -> dict[str, Any]:
+        return {r["key"]: json.loads(r["value"]) for r in self._query("SELECT key, value FROM settings")}
+
+    # -- training runs ------------------------------------------------------------------
+
+    def start_run(self, from_seq: int, to_seq: int, attempts: int = 1) -> Run:
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (status, from_seq, to_seq, started_at, attempts) VALUES ('running', ?, ?, ?, ?)",
+                (from_seq, to_seq, time.time(), attempts),
+            )
+            return _run(db.execute("SELECT * FROM runs WHERE id = ?", (cursor.lastrowid,)).fetchone())
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: RunStatus,
+        *,
+        version: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> Run:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, version = ?, metrics = ?, error = ?, ended_at = ? WHERE id = ?",
+                (status, version, _dumps(metrics or {}), error, time.time(), run_id),
+            )
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run {run_id}")
+        return _run(row)
+
+    def runs(self, limit: int = 50) -> list[Run]:
+        return [_run(r) for r in self._query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def trained_watermark(self) -> int:
+        """Everything with ``seq <=`` this has been trained on (by a run that completed,
+        whether or not the gate promoted its adapter)."""
+        rows = self._query("SELECT MAX(to_seq) FROM runs WHERE status = 'succeeded'")
+        return rows[0][0] or 0
+
+    def interrupt_running_runs(self, reason: str = "interrupted: the process restarted") -> list[Run]:
+        """On startup: runs still marked running died with the previous process."""
+        running = [r["id"] for r in self._query("SELECT id FROM runs WHERE status = 'running'")]
+        return [self.finish_run(run_id, "failed", error=reason) for run_id in running]
+
+    # -- events -------------------------------------------------------------------------
+
+    def add_event(self, event: Event | str, message: str = "", data: dict[str, Any] | None = None) -> Event:
+        """Store an event, given as an ``Event`` or as its type, message and data."""
+        if isinstance(event, str):
+            event = Event(type=event, message=message, data=data or {})
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO events (type, message, data, created_at) VALUES (?, ?, ?, ?)",
+                (event.type, event.message, _dumps(event.data), event.created_at),
+            )
+        return event.model_copy(update={"id": cursor.lastrowid})
+
+    def events(self, event_type: str | None = None, limit: int = 100) -> list[Event]:
+        """Newest first."""
+        if event_type is None:
+            rows = self._query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query("SELECT * FROM events WHERE type = ? ORDER BY id DESC LIMIT ?", (event_type, limit))
+        return [_event(r) for r in rows]

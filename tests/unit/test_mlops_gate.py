@@ -1,0 +1,43 @@
+import math
+
+import pytest
+
+from echorag.mlops import EvaluationGate, split_holdout
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "candidate", "active", "promote"),
+    [
+        (0.0, 1.0, 1.0, True),  # equal is not worse
+        (0.0, 0.9, 1.0, True),
+        (0.0, 1.0001, 1.0, False),
+        (0.05, 1.05, 1.0, True),  # exactly at the tolerance
+        (0.05, 1.0501, 1.0, False),
+        (-0.1, 0.95, 1.0, False),  # a negative tolerance demands a 10 % gain
+        (-0.1, 0.9, 1.0, True),
+        (0.0, math.nan, 1.0, False),
+        (0.0, math.inf, 1.0, False),
+        (0.0, 2.0, None, True),  # nothing to compare with: the first adapter
+    ],
+)
+def test_gate_tolerance_boundaries(tolerance, candidate, active, promote):
+    decision = EvaluationGate(tolerance).decide(candidate, active)
+    assert decision.promote is promote
+    assert decision.metrics["candidate_loss"] is candidate and decision.reason
+
+
+def test_gate_reports_the_relative_change():
+    decision = EvaluationGate(0.02).decide(1.1, 1.0)
+    assert not decision.promote and decision.metrics["relative_change"] == pytest.approx(0.1)
+
+
+def test_holdout_split_is_deterministic_and_order_independent():
+    turns = [{"id": f"t{i}"} for i in range(100)]
+    train, held = split_holdout(turns, 0.1, seed=3)
+    assert len(held) == 10 and len(train) == 90 and not {t["id"] for t in train} & {t["id"] for t in held}
+    assert split_holdout(turns, 0.1, seed=3) == (train, held)
+    _, held_reversed = split_holdout(turns[::-1], 0.1, seed=3)
+    assert {t["id"] for t in held_reversed} == {t["id"] for t in held}
+    assert split_holdout(turns, 0.1, seed=4)[1] != held
+    assert len(split_holdout(turns[:3], 0.1)[1]) == 1  # always something to evaluate on
+    assert split_holdout(turns[:1], 0.1) == (turns[:1], [])

@@ -1,0 +1,108 @@
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from echorag.mlops import Event, payload_for, send_webhook
+from echorag.mlops.events import training_failed, training_succeeded
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 that answers from a script, then 200."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+        self.script = list(script)
+        self.bodies: list[dict] = []
+        self.times: list[float] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                receiver.times.append(time.monotonic())
+                status, headers = receiver.script.pop(0) if receiver.script else (200, {})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver_factory():
+    made = []
+
+    def make(script=()):
+        made.append(Receiver(list(script)))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+EVENT = training_succeeded("v3", 1.23, 1.10)
+
+
+def test_korean_messages():
+    assert EVENT.message == "✅ 미세조정 완료: v3 (held-out loss 1.23 → 1.10)"
+    failed = training_failed("CUDA out of memory", attempt=1, max_attempts=3, retry_in=30)
+    assert failed.message.startswith("❌ 미세조정 실패: CUDA out of memory") and "30초 후 재시도" in failed.message
+
+
+def test_payload_shapes_by_url():
+    assert payload_for("https://hooks.slack.com/services/T0/B0/x", EVENT) == {"text": EVENT.message}
+    assert payload_for("https://discord.com/api/webhooks/1/abc", EVENT) == {"content": EVENT.message}
+    assert payload_for("https://discordapp.com/api/webhooks/1/abc", EVENT) == {"content": EVENT.message}
+    generic = payload_for("https://example.com/hook", EVENT)
+    assert generic["type"] == "training_succeeded" and generic["text"] == EVENT.message
+    assert generic["data"]["version"] == "v3"
+    assert payload_for("https://discord.com/api/webhooks/1/x", "가" * 3000)["content"] == "가" * 2000
+
+
+def test_retries_503_and_429_then_delivers(receiver_factory):
+    r = receiver_factory([(503, {}), (429, {"Retry-After": "0.3"})])
+    assert send_webhook(r.url, EVENT, attempts=4, backoff=0.01) is True
+    assert len(r.bodies) == 3 and r.bodies[-1]["message"] == EVENT.message
+    assert r.times[2] - r.times[1] >= 0.3  # Retry-After honoured, not the 0.02 s backoff
+
+
+@pytest.mark.parametrize(
+    ("flavor", "expected"),
+    [("slack", {"text": EVENT.message}), ("discord", {"content": EVENT.message})],
+)
+def test_slack_and_discord_bodies_arrive(receiver_factory, flavor, expected):
+    r = receiver_factory([(500, {})])
+    assert send_webhook(r.url, EVENT, backoff=0.01, flavor=flavor)
+    assert r.bodies == [expected, expected]
+
+
+def test_gives_up_without_raising(receiver_factory):
+    r = receiver_factory([(503, {})] * 10)
+    assert send_webhook(r.url, EVENT, attempts=3, backoff=0.01) is False
+    assert len(r.bodies) == 3
+
+
+def test_client_errors_are_not_retried(receiver_factory):
+    r = receiver_factory([(404, {})])
+    assert send_webhook(r.url, Event(type="test", message="테스트")) is False
+    assert len(r.bodies) == 1
+
+
+def test_unreachable_or_invalid_urls_never_raise():
+    assert send_webhook("http://127.0.0.1:9/hook", EVENT, attempts=2, backoff=0.01, timeout=0.5) is False
+    assert send_webhook("not a url", EVENT, attempts=1) is False
