@@ -6,12 +6,13 @@ into model input (``LocalGenerator``) or it goes to an OpenAI-compatible API as 
 
 from __future__ import annotations
 
+NO_ANSWER = "제공된 문서에서 답을 찾을 수 없습니다."
+
 SYSTEM_PROMPT = (
     "당신은 EchoRAG의 한국어 AI 어시스턴트입니다. 항상 한국어로 답하세요.\n"
     "사용자 메시지의 '참고 문서'에 있는 내용만 근거로 답하고, "
     "근거로 삼은 문서는 [1], [2]처럼 번호로 밝히세요.\n"
-    "참고 문서에 답이 없으면 지어내지 말고 "
-    "\"제공된 문서에서 답을 찾을 수 없습니다.\"라고 말하세요.\n"
+    f"참고 문서에 답이 없으면 지어내지 말고 \"{NO_ANSWER}\"라고 말하세요.\n"
     "답은 간결하고 정확하게 쓰세요."
 )
 

@@ -1,0 +1,190 @@
+"""LocalGenerator on the tiny model with real peft LoRA adapters; OpenAIGenerator on a mock API."""
+
+import json
+import re
+from pathlib import Path
+
+import httpx2
+import pytest
+import torch
+
+from echorag.generation import BASE, Generation, LocalGenerator, OpenAIGenerator
+from echorag.prompts import build_messages
+
+SEOUL = build_messages(
+    "서울의 명소는 어디인가요?",
+    [{"text": "서울에는 경복궁과 남산서울타워가 있습니다.", "metadata": {"title": "서울 여행"}}],
+    [{"user": "안녕하세요", "assistant": "안녕하세요! 무엇을 도와드릴까요?"}],
+)
+KIMCHI = build_messages("김치는 어떻게 만드나요?", [], [])
+REFUND = build_messages(
+    "환불은 언제까지 되나요?",
+    [{"text": "구매 후 7일 이내에는 전액 환불이 가능합니다.", "collection": "documents"},
+     {"text": "포장을 뜯은 제품은 환불이 어렵습니다."}],
+    [],
+)
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model is all per-op overhead: extra threads only add contention (and flakiness
+    of timing when the machine is busy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(tiny_model_path, tmp_path_factory) -> dict[str, Path]:
+    """Two different random LoRA adapters, saved the way the learning loop saves them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dirs = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+        config = LoraConfig(r=8, lora_alpha=32, target_modules="all-linear",
+                            init_lora_weights=False)  # random, so outputs visibly change
+        dirs[name] = tmp_path_factory.mktemp(f"adapter-{name}")
+        get_peft_model(base, config).save_pretrained(dirs[name])
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_path, adapter_dirs) -> LocalGenerator:
+    generator = LocalGenerator(str(tiny_model_path))
+    for name, path in adapter_dirs.items():
+        generator.load_adapter(name, path)
+    return generator
+
+
+def test_loads_the_tiny_demo_on_cpu(generator):
+    assert (generator.kind, generator.device, generator.is_demo) == ("tiny", "cpu", True)
+    assert generator.model.dtype == torch.float32
+    assert generator.adapters == ["a", "b"]
+
+
+def test_generate_returns_korean_with_token_counts(generator):
+    [out] = generator.generate([SEOUL], [None], max_new_tokens=MAX_NEW)
+    assert isinstance(out, Generation) and re.search(r"[가-힣]", out.text)
+    assert out.prompt_tokens == generator.count_tokens(SEOUL)
+    assert 0 < out.completion_tokens <= MAX_NEW
+
+
+def test_adapters_change_the_output(generator):
+    outputs = {
+        adapter: [g.text for g in generator.generate([SEOUL, REFUND], [adapter] * 2, MAX_NEW)]
+        for adapter in ("a", "b", None)
+    }
+    assert outputs["a"] != outputs["b"] != outputs[None] != outputs["a"]
+    assert generator.generate([SEOUL], [BASE], MAX_NEW)[0].text == outputs[None][0]  # "base" = no adapter
+
+
+def test_mixed_batch_equals_each_row_alone(generator):
+    conversations, adapters = [SEOUL, KIMCHI, REFUND], ["a", "b", None]  # lengths differ: padding
+    batch = generator.generate(conversations, adapters, max_new_tokens=MAX_NEW)
+    alone = [generator.generate([c], [a], max_new_tokens=MAX_NEW)[0] for c, a in zip(conversations, adapters)]
+    assert batch == alone
+
+
+def test_generation_is_deterministic(generator):
+    first = generator.generate([SEOUL, KIMCHI], ["a", None], MAX_NEW)
+    assert generator.generate([SEOUL, KIMCHI], ["a", None], MAX_NEW) == first
+
+
+def test_stream_joins_to_the_generated_text(generator):
+    for adapter in (None, "a", "b"):
+        pieces = list(generator.stream(REFUND, adapter, max_new_tokens=MAX_NEW))
+        assert len(pieces) > 1
+        assert "".join(pieces) == generator.generate([REFUND], [adapter], MAX_NEW)[0].text
+
+
+def test_stream_stopped_early_releases_the_model(generator):
+    stream = generator.stream(SEOUL, "a", max_new_tokens=64)
+    next(stream)
+    stream.close()  # e.g. the HTTP client went away
+    assert generator.generate([KIMCHI], max_new_tokens=4)  # the lock was released
+
+
+def test_sampling_runs(generator):
+    [out] = generator.generate([KIMCHI], ["b"], max_new_tokens=8, temperature=0.8)
+    assert out.completion_tokens <= 8
+
+
+def test_unknown_adapter_is_a_key_error(generator):
+    with pytest.raises(KeyError, match="unknown adapter 'v9'"):
+        generator.generate([SEOUL], ["v9"])
+    with pytest.raises(KeyError, match="v9"):
+        generator.stream(SEOUL, "v9")  # at the call, not at the first piece
+    with pytest.raises(ValueError):
+        generator.generate([SEOUL, KIMCHI], ["a"])
+
+
+def test_load_and_unload_adapters(tiny_model_path, adapter_dirs):
+    from peft import PeftModel
+
+    generator = LocalGenerator(str(tiny_model_path))
+    base = generator.generate([SEOUL], max_new_tokens=MAX_NEW)
+    with pytest.raises(ValueError):
+        generator.load_adapter(BASE, adapter_dirs["a"])
+    generator.load_adapter("v1", adapter_dirs["a"])
+    generator.load_adapter("v2", adapter_dirs["b"])
+    v1 = generator.generate([SEOUL], ["v1"], MAX_NEW)
+    generator.load_adapter("v1", adapter_dirs["b"])  # same name again: replaced
+    assert generator.generate([SEOUL], ["v1"], MAX_NEW) == generator.generate([SEOUL], ["v2"], MAX_NEW) != v1
+    generator.unload_adapter("v1")
+    assert generator.adapters == ["v2"]
+    generator.unload_adapter("v2")
+    assert generator.adapters == [] and not isinstance(generator.model, PeftModel)
+    assert generator.generate([SEOUL], max_new_tokens=MAX_NEW) == base
+    with pytest.raises(KeyError):
+        generator.unload_adapter("v2")
+
+
+# -- OpenAI-compatible backend, against a mock transport (no network) ---------------------
+
+
+def _openai_mock(request: httpx2.Request) -> httpx2.Response:
+    body = json.loads(request.content)
+    assert request.url.path == "/v1/chat/completions" and body["model"] == "gpt-4o-mini"
+    question = body["messages"][-1]["content"]
+    if body.get("stream"):
+        chunks = [{"content": "안녕"}, {"content": "하세요"}, {}]
+        lines = [
+            "data: " + json.dumps({
+                "id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None if delta else "stop"}],
+            })
+            for delta in chunks
+        ]
+        sse = "\n\n".join([*lines, "data: [DONE]"]) + "\n\n"
+        return httpx2.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"})
+    return httpx2.Response(200, json={
+        "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": f"답: {question[-3:]}"}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
+    })
+
+
+@pytest.fixture()
+def openai_generator() -> OpenAIGenerator:
+    from openai import OpenAI
+
+    client = OpenAI(api_key="test", base_url="http://mock.test/v1",
+                    http_client=httpx2.Client(transport=httpx2.MockTransport(_openai_mock)))
+    return OpenAIGenerator(model="gpt-4o-mini", client=client)
+
+
+def test_openai_generate_keeps_order_and_usage(openai_generator):
+    out = openai_generator.generate([SEOUL, KIMCHI], ["v2", None], max_new_tokens=16)
+    assert [g.text for g in out] == [f"답: {SEOUL[-1]['content'][-3:]}", f"답: {KIMCHI[-1]['content'][-3:]}"]
+    assert (out[0].prompt_tokens, out[0].completion_tokens) == (11, 3)
+    assert (openai_generator.name, openai_generator.kind) == ("gpt-4o-mini", "openai")
+
+
+def test_openai_stream(openai_generator):
+    assert list(openai_generator.stream(SEOUL)) == ["안녕", "하세요"]
