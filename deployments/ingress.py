@@ -1,10 +1,12 @@
 """HTTP ingress: FastAPI routes over the embedder, retriever and generator handles.
 
+(No ``from __future__ import annotations`` here: FastAPI reads the route annotations
+at runtime, and Serve's class-based ingress cannot resolve postponed ones.)
+
 Follow ``POST /chat``: ``chat`` → ``ChatPipeline.chat`` (echorag/pipeline.py) →
 ``ServeServices`` below → the Embedder, Retriever and Generator deployments.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json
