@@ -54,9 +54,11 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, le=50, validation_alias=_env("top_k"))
     chunk_size: int = Field(500, ge=50, validation_alias=_env("chunk_size"))
     chunk_overlap: int = Field(100, ge=0, validation_alias=_env("chunk_overlap"))
-    fusion: Literal["rrf", "score"] = Field("rrf", validation_alias=_env("fusion"))
-    bm25_weight: float = Field(1.0, ge=0.0, validation_alias=_env("bm25_weight"))
-    dense_weight: float = Field(1.0, ge=0.0, validation_alias=_env("dense_weight"))
+    # Normalised score fusion 0.5/0.5 was best on all three evaluation sets
+    # (bench/results/retrieval.json, `python bench/retrieval.py`).
+    fusion: Literal["rrf", "score"] = Field("score", validation_alias=_env("fusion"))
+    bm25_weight: float = Field(0.5, ge=0.0, validation_alias=_env("bm25_weight"))
+    dense_weight: float = Field(0.5, ge=0.0, validation_alias=_env("dense_weight"))
     memory_top_k: int = Field(2, ge=0, le=20, validation_alias=_env("memory_top_k"))
 
     # Chat limits and short-term memory

@@ -45,9 +45,9 @@ class Retriever:
     def __init__(
         self,
         store: VectorStore,
-        fusion: Literal["rrf", "score"] = "rrf",
-        bm25_weight: float = 1.0,
-        dense_weight: float = 1.0,
+        fusion: Literal["rrf", "score"] = "score",
+        bm25_weight: float = 0.5,
+        dense_weight: float = 0.5,
         candidates: int = 30,
     ) -> None:
         self.store = store

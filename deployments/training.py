@@ -1,0 +1,278 @@
+"""The Ray layer of LoRA fine-tuning: the core loop (``echorag.mlops.training``) inside a
+Ray Train ``TorchTrainer``.
+
+- ``run_training`` builds the trainer (CPU or GPU workers), blocks in ``fit()`` and
+  returns the adapter directory of the run's final checkpoint. Call it off the event
+  loop (a Ray task or a thread): a run takes minutes.
+- ``train_loop_per_worker`` is what each worker runs: ``prepare_model`` puts the model
+  on the worker's device (DDP with several workers), ``ray.train.report`` records every
+  epoch (the last one with the adapter as a ``Checkpoint``, saved by rank 0 only), and
+  every optimizer step goes to a ``TrainingProgress`` actor and to Ray metrics, so the
+  coordinator and the dashboard show step / total / loss / ETA while the run goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.actor import ActorHandle
+from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.util.metrics import Gauge
+
+from echorag.mlops.registry import InvalidAdapterError, validate_adapter_dir
+from echorag.mlops.training import (
+    Chat,
+    EpochInfo,
+    StepInfo,
+    TrainConfig,
+    TrainingError,
+    read_chats_jsonl,
+    save_adapter,
+    train_lora,
+)
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_ACTOR_NAME = "echorag-training-progress"
+ADAPTER_DIR_NAME = "adapter"  # the final checkpoint's directory inside the run folder
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@ray.remote(num_cpus=0)
+class TrainingProgress:
+    """Where training steps go while a run is going; the coordinator reads it for
+    ``GET /mlops/training-progress``. Plain state, no resources (``num_cpus=0``)."""
+
+    def __init__(self, max_steps: int = 100_000) -> None:
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._steps: dict[str, deque[dict[str, Any]]] = {}
+        self._epochs: dict[str, list[dict[str, Any]]] = {}
+        self._max_steps = max_steps
+        self._latest: str | None = None
+
+    def start(self, run_id: str, info: dict[str, Any] | None = None) -> None:
+        if run_id not in self._runs:
+            self._runs[run_id] = {"run_id": run_id, "status": "running", "started_at": time.time()}
+            self._steps[run_id] = deque(maxlen=self._max_steps)
+            self._epochs[run_id] = []
+        self._runs[run_id] |= info or {}
+        self._latest = run_id
+
+    def update(self, info: dict[str, Any]) -> None:
+        """A step (``kind="step"``, the default) or an epoch summary (``kind="epoch"``)."""
+        run_id = info["run_id"]
+        if run_id not in self._runs:  # a worker that reports before start() (or without it)
+            self.start(run_id)
+        if info.get("kind", "step") == "epoch":
+            self._epochs[run_id].append(info)
+        else:
+            self._steps[run_id].append(info)
+            self._runs[run_id] |= {k: v for k, v in info.items() if k != "kind"} | {"updated_at": time.time()}
+
+    def finish(self, run_id: str, status: str, **extra: Any) -> None:
+        run = self._runs.setdefault(run_id, {"run_id": run_id})
+        run |= {"status": status, "ended_at": time.time(), **extra}
+
+    def get(self, run_id: str | None = None) -> dict[str, Any] | None:
+        """The latest state of ``run_id`` (default: the most recent run), or None."""
+        run = self._runs.get(run_id or self._latest or "")
+        return dict(run) if run else None
+
+    def steps(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        return list(self._steps.get(run_id or self._latest or "", ()))
+
+    def epochs(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        return list(self._epochs.get(run_id or self._latest or "", ()))
+
+
+def progress_actor(name: str = PROGRESS_ACTOR_NAME, namespace: str | None = None) -> ActorHandle:
+    """The named progress actor, created on first use (detached: it outlives its creator)."""
+    return TrainingProgress.options(
+        name=name, namespace=namespace, get_if_exists=True, lifetime="detached"
+    ).remote()
+
+
+_GAUGES: dict[str, Gauge] = {}
+
+
+def _gauge(name: str, description: str) -> Gauge:
+    # One Gauge object per name and process: workers are reused across runs in tests.
+    if name not in _GAUGES:
+        _GAUGES[name] = Gauge(name, description=description, tag_keys=("run_id",))
+    return _GAUGES[name]
+
+
+class _StepReporter:
+    """Sends rank 0's steps to the progress actor (fire and forget, in order) and to Ray
+    metrics. Other ranks take the same steps; one voice is enough."""
+
+    def __init__(self, run_id: str, actor: ActorHandle | None, rank: int) -> None:
+        self.run_id, self.actor, self.active = run_id, actor, rank == 0
+        self._last_call: ray.ObjectRef | None = None
+        self.step_gauge = _gauge("echorag_training_step", "Optimizer steps done in the current training run.")
+        self.loss_gauge = _gauge("echorag_training_loss", "Training loss of the latest optimizer step.")
+        self.progress_gauge = _gauge("echorag_training_progress", "Share of the run's steps done (0..1).")
+
+    def step(self, info: StepInfo) -> None:
+        if not self.active:
+            return
+        tags = {"run_id": self.run_id}
+        self.step_gauge.set(info.step, tags=tags)
+        self.loss_gauge.set(info.loss, tags=tags)
+        self.progress_gauge.set(info.progress, tags=tags)
+        self._send(info.to_dict() | {"kind": "step"})
+
+    def epoch(self, info: EpochInfo) -> None:
+        if self.active:
+            self._send(info.to_dict() | {"kind": "epoch"})
+            self.flush()  # once an epoch: a slow actor never falls far behind
+
+    def _send(self, info: dict[str, Any]) -> None:
+        if self.actor is not None:
+            self._last_call = self.actor.update.remote(info | {"run_id": self.run_id})
+
+    def flush(self) -> None:
+        """Wait for the last update: calls from one caller run in order, so all are in."""
+        if self._last_call is not None:
+            ray.get(self._last_call)
+            self._last_call = None
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def _examples(config: dict[str, Any]) -> list[Chat]:
+    if config.get("examples_path"):
+        return read_chats_jsonl(config["examples_path"])
+    examples = config["examples"]
+    return ray.get(examples) if isinstance(examples, ray.ObjectRef) else examples
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker. ``config``: ``base_path``, ``examples`` (chats, or an
+    ObjectRef to them) or ``examples_path`` (JSONL of ``{"messages": ...}``),
+    ``train_config`` (``TrainConfig.to_dict()``), ``init_adapter``, ``run_id`` and
+    ``progress_actor`` (a ``TrainingProgress`` handle or None)."""
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    train_config = TrainConfig.from_dict(config["train_config"])
+    run_id = config["run_id"]
+    reporter = _StepReporter(run_id, config.get("progress_actor"), rank)
+    last_epoch: list[EpochInfo] = []
+
+    def on_epoch_end(info: EpochInfo) -> None:
+        reporter.epoch(info)
+        last_epoch[:] = [info]
+        if info.epoch < info.epochs - 1:  # the last epoch reports below, with the adapter
+            ray.train.report(info.to_dict() | {"run_id": run_id})
+
+    init_adapter = config.get("init_adapter")
+    result = train_lora(
+        config["base_path"],
+        _examples(config),
+        train_config,
+        init_adapter=Path(init_adapter) if init_adapter else None,
+        on_step=reporter.step,
+        model_wrapper=ray.train.torch.prepare_model,
+        on_epoch_end=on_epoch_end,
+        device=ray.train.torch.get_device(),
+        rank=rank,
+        world_size=world_size,
+    )
+    metrics = last_epoch[0].to_dict() | result.timings | {
+        "run_id": run_id, "examples": result.examples, "final": True, "world_size": world_size,
+    }
+    # Every rank must call report the same number of times; only rank 0 holds a checkpoint.
+    with tempfile.TemporaryDirectory(prefix="echorag-adapter-") as tmp:
+        checkpoint = Checkpoint.from_directory(save_adapter(result.model, tmp)) if rank == 0 else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=ADAPTER_DIR_NAME)
+    reporter.flush()
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def new_run_name() -> str:
+    """Unique: Ray Train resumes a run whose name already exists in the storage path."""
+    return f"echorag-lora-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _local_or_id(path: str | Path) -> str:
+    # Workers may start in another directory: absolute paths for local files, ids as they are.
+    return str(Path(path).resolve()) if Path(path).exists() else str(path)
+
+
+def run_training(
+    base_path: str | Path,
+    train_examples: list[Chat],
+    config: TrainConfig,
+    run_dir: Path,
+    init_adapter: Path | None = None,
+    use_gpu: bool = False,
+    num_workers: int = 1,
+    progress_actor: ActorHandle | str | None = None,
+    run_name: str | None = None,
+    gpus_per_worker: float = 1.0,
+) -> Path:
+    """Fine-tune a LoRA with a ``TorchTrainer`` and return the adapter directory of the
+    final checkpoint (``run_dir/<run_name>/adapter``). Blocks until the run ends; raises
+    ``TrainingError`` when it fails. ``gpus_per_worker`` < 1 shares a GPU with serving."""
+    run_name = run_name or new_run_name()
+    if isinstance(progress_actor, str):
+        progress_actor = ray.get_actor(progress_actor)
+    if progress_actor is not None:
+        # Waited for: the workers' updates come from other callers, so no order is implied.
+        ray.get(progress_actor.start.remote(run_name, {"examples": len(train_examples), "epochs": config.epochs}))
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "base_path": _local_or_id(base_path),
+            "examples": train_examples,
+            "train_config": config.to_dict(),
+            "init_adapter": _local_or_id(init_adapter) if init_adapter else None,
+            "run_id": run_name,
+            "progress_actor": progress_actor,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": 1, "GPU": gpus_per_worker} if use_gpu else {"CPU": 1},
+        ),
+        run_config=RunConfig(name=run_name, storage_path=str(Path(run_dir).resolve())),
+    )
+    started = time.perf_counter()
+    try:
+        result = trainer.fit()
+        if result.error:  # fit() raises in Ray 2.60; older Train versions returned the error
+            raise result.error
+        if result.checkpoint is None:
+            raise TrainingError(f"training run {run_name} ended without an adapter checkpoint")
+        adapter_dir = Path(result.checkpoint.path)
+        validate_adapter_dir(adapter_dir)
+    except Exception as exc:
+        if progress_actor is not None:
+            ray.get(progress_actor.finish.remote(run_name, "failed", error=str(exc)[-2000:]))
+        if isinstance(exc, TrainingError):
+            raise
+        if isinstance(exc, InvalidAdapterError):
+            raise TrainingError(f"training run {run_name} saved an unusable adapter: {exc}") from exc
+        raise TrainingError(f"training run {run_name} failed: {exc}") from exc
+    if progress_actor is not None:
+        ray.get(progress_actor.finish.remote(
+            run_name, "succeeded", adapter_dir=str(adapter_dir), wall_s=time.perf_counter() - started
+        ))
+    logger.info("Training run %s finished in %.1f s: %s", run_name, time.perf_counter() - started, adapter_dir)
+    return adapter_dir

@@ -1,0 +1,492 @@
+"""LoRA fine-tuning of the generator on collected conversations: plain torch + peft.
+
+The loop is deliberately small (nanoGPT-like): encode chats with the tokenizer's chat
+template (loss on assistant tokens only), shuffle with a seed, pad, AdamW on the LoRA
+parameters, gradient accumulation, one ``on_step`` callback per optimizer step.
+Nothing here imports Ray: ``deployments/training.py`` runs the same loop inside a
+``TorchTrainer`` worker, passing ``ray.train.torch.prepare_model`` as ``model_wrapper``
+and reporting ``on_step`` / ``on_epoch_end`` to Ray.
+
+Typical use by the coordinator::
+
+    data = prepare_examples(store, from_seq, to_seq, config)      # train / holdout / replay
+    result = train_lora(base, data.train, config, init_adapter=active_dir)
+    save_adapter(result.model, out_dir)
+    losses = heldout_losses(base, {"candidate": out_dir, "active": active_dir}, data.holdout, config)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from echorag.mlops.gate import split_holdout
+
+if TYPE_CHECKING:
+    from echorag.mlops.store import ConversationStore, StoredTurn
+
+logger = logging.getLogger(__name__)
+
+IGNORE = -100  # label value that cross-entropy skips (prompt tokens, padding)
+Chat = list[dict[str, str]]  # chat messages: [{"role": ..., "content": ...}, ...]
+
+# A template "supports" assistant masks when it marks replies with {% generation %}.
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+class TrainingError(RuntimeError):
+    """A training run failed; its data stays pending (the caller decides about retries)."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2
+    learning_rate: float = 1e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_length: int = 512  # tokens per chat; longer ones are cut at the end
+    batch_size: int = 4  # chats per micro-batch (per worker)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seed: int = 0
+    replay_fraction: float = 0.25  # earlier turns mixed in, as a share of the new turns
+    holdout_fraction: float = 0.2  # new turns kept out of training for the gate
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    dtype: str = "auto"  # "auto": bfloat16 on a GPU that supports it, else float32
+
+    # TrainConfig field -> Settings field; Settings fields that do not exist keep the default.
+    _SETTINGS: ClassVar[dict[str, str]] = {
+        "epochs": "finetune_epochs",
+        "learning_rate": "finetune_learning_rate",
+        "lora_r": "finetune_lora_r",
+        "lora_alpha": "finetune_lora_alpha",
+        "lora_dropout": "finetune_lora_dropout",
+        "target_modules": "finetune_target_modules",
+        "max_length": "finetune_max_length",
+        "batch_size": "finetune_train_batch_size",  # not finetune_batch_size: that is the trigger size
+        "grad_accum": "finetune_grad_accum",
+        "seed": "finetune_seed",
+        "replay_fraction": "finetune_replay_fraction",
+        "holdout_fraction": "finetune_holdout_fraction",
+    }
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):
+            self.target_modules = (self.target_modules,)
+        self.target_modules = tuple(self.target_modules)
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
+            raise ValueError("epochs, batch_size and grad_accum must be >= 1 and max_length >= 2")
+        if not 0 <= self.holdout_fraction < 1 or self.replay_fraction < 0:
+            raise ValueError("holdout_fraction must be in [0, 1) and replay_fraction >= 0")
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> TrainConfig:
+        """Read what ``echorag.config.Settings`` has (today ``finetune_epochs``); defaults
+        for the rest. ``overrides`` win (e.g. runtime settings from the collector)."""
+        values = {}
+        for name, setting in cls._SETTINGS.items():
+            value = getattr(settings, setting, None)
+            if value is not None:
+                values[name] = value
+        return cls(**values | overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replay_size(self, new_turns: int) -> int:
+        """How many earlier turns to mix into a run on ``new_turns`` new ones."""
+        return round(new_turns * self.replay_fraction)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingData:
+    """What one run trains and is judged on: the gate's holdout comes from new turns only."""
+
+    train: list[Chat]
+    holdout: list[Chat]
+    new_turns: int
+    replay_turns: int
+
+
+def prepare_examples(
+    store: ConversationStore, from_seq: int, to_seq: int, config: TrainConfig
+) -> TrainingData:
+    """New turns on ``(from_seq, to_seq]`` (👎 excluded) split into train / holdout, plus a
+    replay sample of earlier turns for the train side, so the adapter keeps what it knew."""
+    new = store.trainable_turns(from_seq, to_seq)
+    train, holdout = split_holdout(new, config.holdout_fraction, seed=config.seed)
+    replay: list[StoredTurn] = store.replay_sample(from_seq, config.replay_size(len(train)), seed=config.seed)
+    return TrainingData(
+        train=[t.messages() for t in train + replay],
+        holdout=[t.messages() for t in holdout],
+        new_turns=len(new),
+        replay_turns=len(replay),
+    )
+
+
+def read_chats_jsonl(path: str | Path) -> list[Chat]:
+    """Chats from a JSONL file of ``{"messages": [...]}`` lines (``ConversationStore.export_jsonl``)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+def supports_assistant_mask(tokenizer) -> bool:
+    return bool(tokenizer.chat_template and _GENERATION_TAG.search(tokenizer.chat_template))
+
+
+def _render(tokenizer, messages: Chat, add_generation_prompt: bool = False) -> list[int]:
+    return list(
+        tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, return_dict=True)[
+            "input_ids"
+        ]
+    )
+
+
+def encode_chat(tokenizer, messages: Chat, max_length: int) -> dict[str, list[int]]:
+    """Token ids and labels for one chat: labels are ``-100`` everywhere except on the
+    assistant replies (with their end-of-turn token), so the loss teaches answers only.
+
+    Templates with ``{% generation %}`` markers give the mask directly. Others (KANANA's)
+    are rendered turn by turn: reply ``i`` spans from the end of the prompt for it
+    (``messages[:i]`` + generation prompt) to the end of ``messages[:i + 1]``.
+    """
+    if supports_assistant_mask(tokenizer):
+        enc = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+        ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+    else:
+        ids = _render(tokenizer, messages)
+        mask = [0] * len(ids)
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start = len(_render(tokenizer, messages[:i], add_generation_prompt=True))
+            end = len(_render(tokenizer, messages[: i + 1]))
+            if _render(tokenizer, messages[: i + 1]) != ids[:end]:
+                # Without prefix-stable rendering the span would be a guess: refuse, loudly.
+                raise ValueError("the chat template does not render conversations prefix-stably")
+            mask[start:end] = [1] * (end - start)
+    ids, mask = ids[:max_length], mask[:max_length]
+    return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]}
+
+
+def _encode_all(tokenizer, chats: Sequence[Chat], max_length: int) -> list[dict[str, list[int]]]:
+    encoded = [encode_chat(tokenizer, chat, max_length) for chat in chats]
+    kept = [e for e in encoded if any(label != IGNORE for label in e["labels"])]
+    if len(kept) < len(encoded):  # the prompt alone filled max_length: nothing to learn
+        logger.warning("skipped %d of %d chats with no assistant tokens within max_length=%d",
+                       len(encoded) - len(kept), len(encoded), max_length)
+    return kept
+
+
+def collate(batch: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padding is masked out of attention and loss."""
+    width = max(len(e["input_ids"]) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, e in enumerate(batch):
+        n = len(e["input_ids"])
+        input_ids[row, :n] = torch.tensor(e["input_ids"])
+        labels[row, :n] = torch.tensor(e["labels"])
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def _shard(n: int, rng: random.Random, rank: int, world_size: int) -> list[int]:
+    """This worker's share of a shuffled epoch. As torch's DistributedSampler: the order is
+    the same on every worker (same seed) and padded by wrapping, so all shards are equally
+    long and every worker takes the same number of steps (DDP would hang otherwise)."""
+    order = rng.sample(range(n), n)
+    total = math.ceil(n / world_size) * world_size
+    order += (order * math.ceil(total / n))[: total - n]
+    return order[rank:total:world_size]
+
+
+# --------------------------------------------------------------------------- model
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(base_path: str | Path):
+    tokenizer = AutoTokenizer.from_pretrained(str(base_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_model(
+    base_path: str | Path, init_adapter: Path | None, config: TrainConfig, device: str | torch.device | None = None
+) -> PeftModel:
+    """The base model with a trainable LoRA: a fresh one, or the active adapter to continue."""
+    device = pick_device(device)
+    torch.manual_seed(config.seed)  # a fresh LoRA's A matrices are random
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=_dtype(config.dtype, device))
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+    else:
+        lora = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules),
+        )
+        model = get_peft_model(base, lora)
+    return model.to(device)
+
+
+def unwrap(model: torch.nn.Module) -> PeftModel:
+    """The peft model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def save_adapter(model: torch.nn.Module, out_dir: str | Path) -> Path:
+    """Write the LoRA weights and config (peft ``save_pretrained``) to ``out_dir``."""
+    out_dir = Path(out_dir)
+    unwrap(model).save_pretrained(str(out_dir))
+    return out_dir
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Progress after one optimizer step (``step`` counts from 1 to ``total_steps``)."""
+
+    step: int
+    total_steps: int
+    epoch: int  # from 0
+    loss: float  # mean loss of this step's micro-batches
+    elapsed_s: float
+    eta_s: float
+    learning_rate: float = 0.0
+
+    @property
+    def progress(self) -> float:
+        return self.step / self.total_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"progress": self.progress}
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    epoch: int  # from 0
+    epochs: int
+    step: int  # optimizer steps done so far
+    total_steps: int
+    loss: float  # mean step loss over the epoch
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: PeftModel  # unwrapped, in eval mode
+    losses: list[float]  # one per optimizer step
+    epoch_losses: list[float]
+    steps: int
+    examples: int  # chats trained on (after dropping ones with nothing to learn)
+    timings: dict[str, float] = field(default_factory=dict)  # load_s, train_s, total_s
+
+
+def _identity(model: torch.nn.Module) -> torch.nn.Module:
+    return model
+
+
+def train_lora(
+    base_path: str | Path,
+    train_examples: list[Chat],
+    config: TrainConfig,
+    init_adapter: Path | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    model_wrapper: Callable[[torch.nn.Module], torch.nn.Module] = _identity,
+    *,
+    on_epoch_end: Callable[[EpochInfo], None] | None = None,
+    device: str | torch.device | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> TrainResult:
+    """Fine-tune a LoRA on ``train_examples`` (chats), loss on assistant tokens only.
+
+    ``model_wrapper`` wraps the model before training (the Ray layer passes
+    ``ray.train.torch.prepare_model``, which moves it to the worker's device and adds
+    DDP when there are several workers); ``rank`` / ``world_size`` pick this worker's
+    share of every epoch.
+    """
+    started = time.perf_counter()
+    device = pick_device(device)
+    tokenizer = load_tokenizer(base_path)
+    examples = _encode_all(tokenizer, train_examples, config.max_length)
+    if not examples:
+        raise TrainingError("no training example has assistant tokens to learn from")
+    model = model_wrapper(build_model(base_path, init_adapter, config, device))
+    device = next(model.parameters()).device  # where the wrapper put it
+    load_s = time.perf_counter() - started
+
+    params = [p for p in model.parameters() if p.requires_grad]  # the LoRA matrices only
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    rng = random.Random(config.seed)
+    micro_per_epoch = math.ceil(math.ceil(len(examples) / world_size) / config.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+
+    logger.info("LoRA training: %d chats, %d epochs, %d steps (batch %d x accum %d x %d workers) on %s",
+                len(examples), config.epochs, total_steps, config.batch_size, config.grad_accum, world_size, device)
+    losses: list[float] = []
+    epoch_losses: list[float] = []
+    step = 0
+    train_started = time.perf_counter()
+    model.train()
+    for epoch in range(config.epochs):
+        order = _shard(len(examples), rng, rank, world_size)
+        batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        epoch_first_step = len(losses)
+        for first in range(0, len(batches), config.grad_accum):
+            group = batches[first : first + config.grad_accum]
+            step_loss = 0.0
+            for indices in group:
+                batch = {k: v.to(device) for k, v in collate([examples[i] for i in indices], tokenizer.pad_token_id).items()}
+                # The model shifts labels itself and averages over the non-ignored tokens.
+                loss = model(**batch).loss / len(group)
+                loss.backward()
+                step_loss += loss.item()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            step += 1
+            losses.append(step_loss)
+            elapsed = time.perf_counter() - train_started
+            if on_step is not None:
+                eta = elapsed / step * (total_steps - step)
+                on_step(StepInfo(step, total_steps, epoch, step_loss, elapsed, eta, config.learning_rate))
+        epoch_losses.append(sum(losses[epoch_first_step:]) / max(1, len(losses) - epoch_first_step))
+        logger.info("epoch %d/%d: mean loss %.4f", epoch + 1, config.epochs, epoch_losses[-1])
+        if on_epoch_end is not None:
+            on_epoch_end(EpochInfo(epoch, config.epochs, step, total_steps, epoch_losses[-1],
+                                   time.perf_counter() - train_started))
+
+    peft_model = unwrap(model).eval()
+    train_s = time.perf_counter() - train_started
+    return TrainResult(
+        model=peft_model,
+        losses=losses,
+        epoch_losses=epoch_losses,
+        steps=step,
+        examples=len(examples),
+        timings={"load_s": load_s, "train_s": train_s, "total_s": time.perf_counter() - started},
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def _mean_loss(model: torch.nn.Module, examples: list[dict[str, list[int]]], pad_id: int,
+               batch_size: int, device: torch.device) -> float:
+    """Mean cross-entropy per assistant token (every token weighs the same, whatever its chat)."""
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size], pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]  # token t predicts token t + 1
+        total += torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+        ).item()
+        count += int((targets != IGNORE).sum())
+    return total / count
+
+
+def heldout_losses(
+    base_path: str | Path,
+    adapters: dict[str, Path | None],
+    examples: list[Chat],
+    config: TrainConfig,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Held-out loss of several versions with ONE base model load (``None``: the base model
+    itself). The gate compares the candidate with the active version this way."""
+    if not examples:
+        raise ValueError("no held-out examples")
+    device = pick_device(device)
+    tokenizer = load_tokenizer(base_path)
+    encoded = _encode_all(tokenizer, examples, config.max_length)
+    if not encoded:
+        raise ValueError("no held-out example has assistant tokens within max_length")
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=_dtype(config.dtype, device))
+    model.to(device).eval()
+
+    def loss(m: torch.nn.Module) -> float:
+        return _mean_loss(m, encoded, tokenizer.pad_token_id, config.batch_size, device)
+
+    results: dict[str, float] = {}
+    for name, path in adapters.items():
+        if path is None:
+            if isinstance(model, PeftModel):
+                with model.disable_adapter():
+                    results[name] = loss(model)
+            else:
+                results[name] = loss(model)
+            continue
+        adapter_name = f"eval{len(results)}"  # peft names must be unique; user names may clash
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=adapter_name)
+        else:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name)
+        model.set_adapter(adapter_name)
+        model.to(device).eval()
+        results[name] = loss(model)
+    return results
+
+
+def heldout_loss(
+    base_path: str | Path,
+    adapter_path: Path | None,
+    examples: list[Chat],
+    config: TrainConfig,
+    device: str | torch.device | None = None,
+) -> float:
+    """Mean assistant-token loss on ``examples`` of the base model (``adapter_path`` None)
+    or of base + adapter."""
+    return heldout_losses(base_path, {"model": adapter_path}, examples, config, device)["model"]
