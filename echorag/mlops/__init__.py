@@ -24,10 +24,32 @@ from echorag.mlops.registry import (
     validate_adapter_dir,
 )
 from echorag.mlops.store import AddResult, ConversationStore, Counts, Run, StoredTurn
+from echorag.mlops.api import RuntimeSettings, SettingsUpdate, TrainingProgress
+from echorag.mlops.loop import (
+    Conflict,
+    LearningLoop,
+    MlopsError,
+    NotFound,
+    TrainingInProgress,
+    TrainingJob,
+    TrainingOutcome,
+    local_train_fn,
+)
 
 __all__ = [
     "BASE",
     "AdapterInfo",
+    "Conflict",
+    "LearningLoop",
+    "MlopsError",
+    "NotFound",
+    "RuntimeSettings",
+    "SettingsUpdate",
+    "TrainingInProgress",
+    "TrainingJob",
+    "TrainingOutcome",
+    "TrainingProgress",
+    "local_train_fn",
     "AdapterRegistry",
     "AddResult",
     "ConversationStore",
