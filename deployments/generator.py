@@ -15,6 +15,7 @@ from ray import serve
 
 from echorag.config import load_settings
 from echorag.generation import BASE, Generation, LocalGenerator, OpenAIGenerator
+from echorag.mlops.registry import validate_adapter_dir
 from echorag.models import resolve_generator
 from echorag.services import adapter_arg, iterate_in_thread
 
@@ -59,14 +60,17 @@ class Generator:
         if version == BASE or self.resolved is None:
             return LoadedAdapter(None, BASE)
         path = self.settings.adapters_dir / version
-        if not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"adapter version {version!r} not found at {path}")
+        validate_adapter_dir(path, version)  # a missing or corrupted version is never served
         await asyncio.to_thread(self.model.load_adapter, version, path)
         return LoadedAdapter(self.model, version)
 
     async def _adapter_name(self) -> str | None:
         adapter = await self.get_adapter(serve.get_multiplexed_model_id() or BASE)
         return adapter_arg(adapter.version)
+
+    async def warmup(self) -> str:
+        """Load the requested version now, so its first real request pays nothing."""
+        return (await self.get_adapter(serve.get_multiplexed_model_id() or BASE)).version
 
     async def generate(self, messages: list[dict]) -> Generation:
         return await self._generate_batch(messages, await self._adapter_name())

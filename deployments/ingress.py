@@ -14,16 +14,22 @@ import time
 from collections.abc import AsyncIterator
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.mlops import get_collector
 from echorag.config import load_settings
 from echorag.generation import BASE, Generation
 from echorag.memory import SessionMemory
+from echorag.mlops import api as mlops_api
+from echorag.mlops.loop import MlopsError
+from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError
 from echorag.pipeline import ChatPipeline, Turn
+from echorag.security import ensure_admin_token, token_matches
 from echorag.schemas import (
     ChatRequest,
     ChatResponse,
@@ -58,6 +64,15 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     )
 
 
+bearer = HTTPBearer(auto_error=False, description="ECHORAG_ADMIN_TOKEN")
+Admin = Security(bearer)
+
+
+@app.exception_handler(MlopsError)
+async def _mlops_error(request: Request, exc: MlopsError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content={"error": str(exc), "detail": getattr(exc, "detail", None)})
+
+
 @app.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content={"error": exc.detail}, headers=exc.headers)
@@ -66,8 +81,10 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 class ServeServices:
     """``ChatServices`` over deployment handles."""
 
-    def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, generator: DeploymentHandle) -> None:
+    def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, generator: DeploymentHandle,
+                 collector, registry: AdapterRegistry) -> None:
         self.embedder, self.retriever, self.generator = embedder, retriever, generator
+        self.collector, self.registry = collector, registry
 
     async def embed_query(self, text: str) -> np.ndarray:
         return await self.embedder.embed_query.remote(text)
@@ -84,13 +101,16 @@ class ServeServices:
             yield piece
 
     async def record(self, turn: Turn) -> MlopsInfo:
-        return MlopsInfo(current_version=turn.adapter_version)
+        # Ray retries this call across a collector restart; storing a turn id twice is a no-op.
+        return await self.collector.call.remote("record", turn)
 
     async def remember(self, turn: Turn) -> None:
         await self.retriever.remember.remote(turn.id, turn.memory_text(), turn.memory_metadata())
 
     async def active_version(self) -> str:
-        return BASE
+        # The registry's pointer file is the truth; every replica reads it, so new and
+        # restarted replicas serve the active version by themselves.
+        return self.registry.active
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
@@ -105,7 +125,10 @@ class EchoRAGIngress:
     ) -> None:
         self.settings = load_settings(**settings)
         self.retriever, self.generator, self.embedder = retriever, generator, embedder
-        self.services = ServeServices(embedder, retriever, generator)
+        self.registry = AdapterRegistry(self.settings.adapters_dir)
+        self.collector = get_collector(settings)
+        self.admin_token = ensure_admin_token(self.settings.data_dir, self.settings.admin_token)
+        self.services = ServeServices(embedder, retriever, generator, self.collector, self.registry)
         self.memory = SessionMemory(self.settings.memory_turns)
         self.started = time.time()
         self.requests = self.errors = 0
@@ -126,8 +149,20 @@ class EchoRAGIngress:
 
     def _check_version(self, request: ChatRequest) -> None:
         version = request.adapter_version
-        if version and version != BASE and not (self.settings.adapters_dir / version / "adapter_config.json").is_file():
-            raise HTTPException(404, f"adapter version {version!r} does not exist")
+        if version and version != BASE:
+            try:
+                self.registry.path(version)
+            except (InvalidAdapterError, ValueError) as exc:
+                raise HTTPException(404, f"adapter version {version!r} is not available: {exc}") from None
+
+    def _admin(self, credentials: HTTPAuthorizationCredentials | None) -> None:
+        if credentials is None or not token_matches(credentials.credentials, self.admin_token):
+            raise HTTPException(401, "admin token required: Authorization: Bearer $ECHORAG_ADMIN_TOKEN",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    async def _loop(self, method: str, *args, **kwargs):
+        """Call the learning loop; its errors (409 conflict, 404…) keep their status codes."""
+        return await self.collector.call.remote(method, *args, **kwargs)
 
     @app.post("/chat", response_model=ChatResponse)
     async def chat(self, request: ChatRequest) -> ChatResponse:
@@ -214,6 +249,85 @@ class EchoRAGIngress:
         return {"session_id": session_id, "cleared": self.memory.clear(session_id)}
 
     @app.post("/documents", response_model=DocumentsResponse)
-    async def add_documents(self, request: DocumentsRequest) -> DocumentsResponse:
+    async def add_documents(self, request: DocumentsRequest, credentials=Admin) -> DocumentsResponse:
+        self._admin(credentials)
         documents = [d.model_dump() for d in request.documents]
         return DocumentsResponse(**await self.retriever.add_documents.remote(documents))
+
+    # -- the learning loop ---------------------------------------------------------------
+    @app.post("/feedback", response_model=mlops_api.FeedbackResponse)
+    async def feedback(self, request: mlops_api.FeedbackRequest):
+        return await self._loop("feedback", request.turn_id, request.rating)
+
+    @app.get("/mlops/status", response_model=mlops_api.StatusResponse)
+    async def mlops_status(self):
+        return await self._loop("status")
+
+    @app.get("/mlops/training-progress", response_model=mlops_api.TrainingProgress)
+    async def training_progress(self):
+        return await self._loop("training_progress")
+
+    @app.get("/mlops/training-history", response_model=mlops_api.TrainingHistory)
+    async def training_history(self, limit: int = Query(50, ge=1, le=1000)):
+        return await self._loop("training_history", limit)
+
+    @app.get("/mlops/models", response_model=mlops_api.ModelsResponse)
+    async def models(self):
+        return await self._loop("models")
+
+    @app.get("/mlops/performance", response_model=mlops_api.PerformanceMetrics)
+    async def performance(self):
+        return await self._loop("performance")
+
+    @app.get("/mlops/events", response_model=mlops_api.EventsResponse)
+    async def events(
+        self, event_type: str | None = None, limit: int = Query(100, ge=1, le=mlops_api.EVENTS_LIMIT_MAX),
+        credentials=Admin,
+    ):
+        self._admin(credentials)
+        return await self._loop("events", event_type, limit)
+
+    @app.get("/mlops/conversations", response_model=mlops_api.ConversationsResponse)
+    async def conversations(
+        self, limit: int = Query(50, ge=1, le=mlops_api.CONVERSATIONS_LIMIT_MAX), offset: int = Query(0, ge=0),
+        credentials=Admin,
+    ):
+        self._admin(credentials)
+        return await self._loop("conversations", limit, offset)
+
+    @app.delete("/mlops/conversations", response_model=mlops_api.ClearConversationsResponse)
+    async def clear_conversations(self, backup: bool = False, credentials=Admin):
+        self._admin(credentials)
+        return await self._loop("clear_conversations", backup)
+
+    @app.post("/mlops/finetune", response_model=mlops_api.FinetuneResponse)
+    async def finetune(self, request: mlops_api.FinetuneRequest | None = None, credentials=Admin):
+        self._admin(credentials)
+        request = request or mlops_api.FinetuneRequest()
+        return await self._loop("finetune", request.force, request.backup_existing)
+
+    @app.post("/mlops/settings", response_model=mlops_api.RuntimeSettings)
+    async def update_settings(self, update: mlops_api.SettingsUpdate, credentials=Admin):
+        self._admin(credentials)
+        return await self._loop("update_settings", update)
+
+    @app.post("/mlops/rollback", response_model=mlops_api.AdapterChange)
+    async def rollback(self, request: mlops_api.RollbackRequest, credentials=Admin):
+        self._admin(credentials)
+        return await self._loop("rollback", request.version)
+
+    @app.post("/mlops/promote", response_model=mlops_api.AdapterChange)
+    async def promote(self, request: mlops_api.PromoteRequest, credentials=Admin):
+        self._admin(credentials)
+        return await self._loop("promote", request.version)
+
+    @app.post("/mlops/export", response_model=mlops_api.ExportResponse)
+    async def export(self, request: mlops_api.ExportRequest | None = None, credentials=Admin):
+        self._admin(credentials)
+        request = request or mlops_api.ExportRequest()
+        return await self._loop("export", None, request.inline)
+
+    @app.post("/mlops/cleanup", response_model=mlops_api.CleanupResponse)
+    async def cleanup(self, request: mlops_api.CleanupRequest, credentials=Admin):
+        self._admin(credentials)
+        return await self._loop("cleanup", request.keep_days)

@@ -18,11 +18,13 @@ import tempfile
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.train
+import torch
 import ray.train.torch
 from ray.actor import ActorHandle
 from ray.train import Checkpoint, RunConfig, ScalingConfig
@@ -108,7 +110,7 @@ _GAUGES: dict[str, Gauge] = {}
 
 
 def _gauge(name: str, description: str) -> Gauge:
-    # One Gauge object per name and process: workers are reused across runs in tests.
+    # One Gauge per name and process, however many runs the process sees.
     if name not in _GAUGES:
         _GAUGES[name] = Gauge(name, description=description, tag_keys=("run_id",))
     return _GAUGES[name]
@@ -140,14 +142,26 @@ class _StepReporter:
             self.flush()  # once an epoch: a slow actor never falls far behind
 
     def _send(self, info: dict[str, Any]) -> None:
-        if self.actor is not None:
+        if self.actor is None:
+            return
+        try:
             self._last_call = self.actor.update.remote(info | {"run_id": self.run_id})
+        except Exception as exc:  # best effort, as in flush()
+            logger.warning("training progress not sent: %s", exc)
 
     def flush(self) -> None:
         """Wait for the last update: calls from one caller run in order, so all are in."""
         if self._last_call is not None:
-            ray.get(self._last_call)
+            _quietly(lambda: ray.get(self._last_call))
             self._last_call = None
+
+
+def _quietly(call: Callable[[], Any]) -> None:
+    """Progress is best effort: a lost progress actor must not fail a training run."""
+    try:
+        call()
+    except Exception as exc:  # RayActorError, a killed actor, ...
+        logger.warning("training progress not recorded: %s", exc)
 
 
 # --------------------------------------------------------------------------- the worker
@@ -193,6 +207,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     metrics = last_epoch[0].to_dict() | result.timings | {
         "run_id": run_id, "examples": result.examples, "final": True, "world_size": world_size,
+        "torch_threads": torch.get_num_threads(),
     }
     # Every rank must call report the same number of times; only rank 0 holds a checkpoint.
     with tempfile.TemporaryDirectory(prefix="echorag-adapter-") as tmp:
@@ -225,6 +240,7 @@ def run_training(
     progress_actor: ActorHandle | str | None = None,
     run_name: str | None = None,
     gpus_per_worker: float = 1.0,
+    cpus_per_worker: float = 1.0,
 ) -> Path:
     """Fine-tune a LoRA with a ``TorchTrainer`` and return the adapter directory of the
     final checkpoint (``run_dir/<run_name>/adapter``). Blocks until the run ends; raises
@@ -234,7 +250,8 @@ def run_training(
         progress_actor = ray.get_actor(progress_actor)
     if progress_actor is not None:
         # Waited for: the workers' updates come from other callers, so no order is implied.
-        ray.get(progress_actor.start.remote(run_name, {"examples": len(train_examples), "epochs": config.epochs}))
+        info = {"examples": len(train_examples), "epochs": config.epochs}
+        _quietly(lambda: ray.get(progress_actor.start.remote(run_name, info)))
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -249,7 +266,9 @@ def run_training(
         scaling_config=ScalingConfig(
             num_workers=num_workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": 1, "GPU": gpus_per_worker} if use_gpu else {"CPU": 1},
+            resources_per_worker=(
+                {"CPU": cpus_per_worker, "GPU": gpus_per_worker} if use_gpu else {"CPU": cpus_per_worker}
+            ),
         ),
         run_config=RunConfig(name=run_name, storage_path=str(Path(run_dir).resolve())),
     )
@@ -264,15 +283,15 @@ def run_training(
         validate_adapter_dir(adapter_dir)
     except Exception as exc:
         if progress_actor is not None:
-            ray.get(progress_actor.finish.remote(run_name, "failed", error=str(exc)[-2000:]))
+            _quietly(lambda: ray.get(progress_actor.finish.remote(run_name, "failed", error=str(exc)[-2000:])))
         if isinstance(exc, TrainingError):
             raise
         if isinstance(exc, InvalidAdapterError):
             raise TrainingError(f"training run {run_name} saved an unusable adapter: {exc}") from exc
         raise TrainingError(f"training run {run_name} failed: {exc}") from exc
     if progress_actor is not None:
-        ray.get(progress_actor.finish.remote(
-            run_name, "succeeded", adapter_dir=str(adapter_dir), wall_s=time.perf_counter() - started
-        ))
+        done = {"adapter_dir": str(adapter_dir), "wall_s": time.perf_counter() - started,
+                "metrics": dict(result.metrics or {})}
+        _quietly(lambda: ray.get(progress_actor.finish.remote(run_name, "succeeded", **done)))
     logger.info("Training run %s finished in %.1f s: %s", run_name, time.perf_counter() - started, adapter_dir)
     return adapter_dir

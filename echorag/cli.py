@@ -22,9 +22,20 @@ class CommandError(Exception):
     """A user-facing failure: printed without a traceback, exit code 1."""
 
 
+def _admin_token() -> str | None:
+    """ECHORAG_ADMIN_TOKEN, else the token a local server generated in its data dir."""
+    if token := os.environ.get("ECHORAG_ADMIN_TOKEN"):
+        return token
+    from echorag.config import load_settings
+    from echorag.security import TOKEN_FILE
+
+    path = load_settings().data_dir / TOKEN_FILE
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+
 def _client(args) -> httpx.Client:
     headers = {}
-    if token := os.environ.get("ECHORAG_ADMIN_TOKEN"):
+    if token := _admin_token():
         headers["Authorization"] = f"Bearer {token}"
     return httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout)
 

@@ -81,6 +81,30 @@ class Settings(BaseSettings):
         True,
         validation_alias=_env("conversation_collection_enabled", "CONVERSATION_COLLECTION_ENABLED"),
     )
+    # Training run (the original's defaults: r=16, alpha=32, 2 epochs, lr 1e-4)
+    finetune_learning_rate: float = Field(1e-4, gt=0, le=1, validation_alias=_env("finetune_learning_rate"))
+    finetune_lora_r: int = Field(16, ge=1, le=1024, validation_alias=_env("finetune_lora_r"))
+    finetune_lora_alpha: int = Field(32, ge=1, validation_alias=_env("finetune_lora_alpha"))
+    finetune_lora_dropout: float = Field(0.05, ge=0, lt=1, validation_alias=_env("finetune_lora_dropout"))
+    finetune_target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj"), validation_alias=_env("finetune_target_modules")
+    )
+    finetune_max_length: int = Field(512, ge=16, validation_alias=_env("finetune_max_length"))
+    finetune_train_batch_size: int = Field(4, ge=1, validation_alias=_env("finetune_train_batch_size"))
+    finetune_grad_accum: int = Field(1, ge=1, validation_alias=_env("finetune_grad_accum"))
+    finetune_replay_fraction: float = Field(0.25, ge=0, le=10, validation_alias=_env("finetune_replay_fraction"))
+    finetune_holdout_fraction: float = Field(0.2, ge=0, lt=1, validation_alias=_env("finetune_holdout_fraction"))
+    finetune_gate_tolerance: float = Field(0.0, gt=-1, le=10, validation_alias=_env("finetune_gate_tolerance"))
+    finetune_max_attempts: int = Field(3, ge=1, le=20, validation_alias=_env("finetune_max_attempts"))
+    finetune_retry_backoff_s: float = Field(30.0, ge=0, validation_alias=_env("finetune_retry_backoff_s"))
+    finetune_seed: int = Field(0, ge=0, validation_alias=_env("finetune_seed"))
+    # Train workers: GPUs only where serving does not hold them; CPU workers otherwise.
+    finetune_num_workers: int = Field(1, ge=1, validation_alias=_env("finetune_num_workers"))
+    finetune_worker_cpus: float = Field(1.0, gt=0, validation_alias=_env("finetune_worker_cpus"))
+    finetune_worker_gpus: float = Field(
+        -1.0, validation_alias=_env("finetune_worker_gpus"),
+        description="GPUs per training worker; -1: one when the cluster has a GPU serving does not hold, else 0",
+    )
 
     # Operations
     log_level: str = Field("INFO", validation_alias=_env("log_level", "LOG_LEVEL"))

@@ -184,12 +184,12 @@ def encode_chat(tokenizer, messages: Chat, max_length: int) -> dict[str, list[in
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            start = len(_render(tokenizer, messages[:i], add_generation_prompt=True))
-            end = len(_render(tokenizer, messages[: i + 1]))
-            if _render(tokenizer, messages[: i + 1]) != ids[:end]:
+            prompt = _render(tokenizer, messages[:i], add_generation_prompt=True)
+            through_reply = _render(tokenizer, messages[: i + 1])
+            if ids[: len(prompt)] != prompt or ids[: len(through_reply)] != through_reply:
                 # Without prefix-stable rendering the span would be a guess: refuse, loudly.
                 raise ValueError("the chat template does not render conversations prefix-stably")
-            mask[start:end] = [1] * (end - start)
+            mask[len(prompt) : len(through_reply)] = [1] * (len(through_reply) - len(prompt))
     ids, mask = ids[:max_length], mask[:max_length]
     return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]}
 

@@ -10,6 +10,10 @@ import pytest
 from echorag.documents import read_documents, sample_path
 
 
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,7 +49,10 @@ def data_dir(tmp_path_factory, tiny_model_path):
 
 @pytest.fixture(scope="session")
 def app_settings(data_dir) -> dict:
-    return {"data_dir": str(data_dir), "generator_model": "auto", "max_new_tokens": 24, "temperature": 0.0}
+    return {
+        "data_dir": str(data_dir), "generator_model": "auto", "max_new_tokens": 24, "temperature": 0.0,
+        "admin_token": ADMIN_TOKEN,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +65,12 @@ def server(ray_cluster, app_settings):
     serve.run(build_app(app_settings), name="echorag", route_prefix="/")
     documents = read_documents([sample_path()])
     with httpx.Client(base_url=ray_cluster, timeout=300) as client:
-        response = client.post("/documents", json={"documents": documents})
+        response = client.post("/documents", json={"documents": documents}, headers=ADMIN)
         assert response.status_code == 200, response.text
     return ray_cluster
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def client(server):
     with httpx.Client(base_url=server, timeout=120) as c:
         yield c

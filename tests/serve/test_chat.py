@@ -5,6 +5,7 @@ import json
 import pytest
 
 from echorag.documents import read_jsonl, sample_path
+from tests.serve.conftest import ADMIN
 
 pytestmark = pytest.mark.serve
 
@@ -96,17 +97,18 @@ def test_bad_chat_input_is_a_clear_4xx(client, payload, status):
 def test_invalid_json_and_bad_documents_are_4xx(client):
     r = client.post("/chat", content=b'{"message": "\xec\x95\x88', headers={"content-type": "application/json"})
     assert r.status_code == 422 and "error" in r.json()
-    assert client.post("/documents", json={"documents": []}).status_code == 422
-    assert client.post("/documents", json={"documents": [{"text": "  "}]}).status_code == 422
+    assert client.post("/documents", json={"documents": []}, headers=ADMIN).status_code == 422
+    assert client.post("/documents", json={"documents": [{"text": "  "}]}, headers=ADMIN).status_code == 422
     assert client.get("/no-such-route").status_code == 404
 
 
 def test_ingested_document_is_searchable_and_replaced_on_reingest(client):
     doc = {"id": "test-ulleungdo", "text": "울릉도 오징어는 가을에 가장 많이 잡힌다. 울릉도는 화산섬이다.", "metadata": {"title": "울릉도"}}
-    r = client.post("/documents", json={"documents": [doc]})
+    assert client.post("/documents", json={"documents": [doc]}).status_code == 401  # admins only
+    r = client.post("/documents", json={"documents": [doc]}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["ids"] == ["test-ulleungdo"]
     before = client.get("/health").json()["documents"]
-    client.post("/documents", json={"documents": [doc]})
+    client.post("/documents", json={"documents": [doc]}, headers=ADMIN)
     assert client.get("/health").json()["documents"] == before  # replaced, not duplicated
     body = client.post("/chat", json={"message": "울릉도 오징어는 언제 많이 잡혀?", "user_id": "ul"}).json()
     assert body["search_results"][0]["metadata"]["doc_id"] == "test-ulleungdo"

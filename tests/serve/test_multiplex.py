@@ -20,10 +20,17 @@ def _make_adapter(base_path, out_dir, seed):
 
 
 @pytest.fixture(scope="module")
-def adapters(data_dir, tiny_model_path):
-    for name, seed in (("test-a", 1), ("test-b", 2)):
-        _make_adapter(tiny_model_path, data_dir / "adapters" / name, seed)
-    return ["test-a", "test-b"]
+def adapters(data_dir, tiny_model_path, tmp_path_factory):
+    """Two random LoRA adapters registered as new versions (as a training run would)."""
+    from echorag.mlops.registry import AdapterRegistry
+
+    registry = AdapterRegistry(data_dir / "adapters")
+    versions = []
+    for seed in (1, 2):
+        out = tmp_path_factory.mktemp(f"adapter-{seed}")
+        _make_adapter(tiny_model_path, out, seed)
+        versions.append(registry.add(out).version)
+    return versions
 
 
 def _ask(client, version):
@@ -37,7 +44,7 @@ def _ask(client, version):
 
 
 def test_each_request_gets_its_own_adapter_under_concurrency(client, adapters):
-    versions = ["test-a", "test-b", "base"]
+    versions = [*adapters, "base"]
     alone = {v: _ask(client, v) for v in versions}
     assert len(set(alone.values())) == 3, alone  # three different models answer differently
 

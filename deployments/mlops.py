@@ -1,0 +1,164 @@
+"""The learning loop on Ray: one named, detached actor owns the conversation store
+and coordinates training runs (``echorag.mlops.LearningLoop``).
+
+- ``Collector`` is created by the ingress with ``get_if_exists``; it survives Serve
+  redeploys, and Ray restarts it (state rebuilt from SQLite) and retries calls in
+  flight, which ``record`` tolerates because storing a turn id twice is a no-op.
+- A run is a Ray Train ``TorchTrainer`` job (``deployments/training.py``) started from a
+  thread of this actor, never on an event loop; its workers and logs show in the Ray
+  dashboard, and every step reaches this actor (``update``) for ``/mlops/training-progress``.
+- Held-out losses for the gate are computed in a Ray task with the workers' resources.
+- When a version becomes active, the generator is warmed with it before traffic arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from echorag.config import Settings, load_settings
+from echorag.mlops.loop import LearningLoop, TrainingJob, TrainingOutcome
+from echorag.mlops.training import TrainConfig, heldout_losses
+from echorag.models import resolve_generator
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "echorag"
+COLLECTOR_NAME = "echorag-collector"
+
+# LearningLoop methods the HTTP layer may call through ``Collector.call``.
+LOOP_METHODS = frozenset({
+    "record", "feedback", "status", "training_progress", "finetune", "update_settings",
+    "events", "training_history", "models", "performance", "export", "conversations",
+    "clear_conversations", "cleanup", "rollback", "promote", "active_version", "wait_idle",
+})
+
+
+def train_resources(settings: Settings) -> dict[str, float]:
+    """GPUs for training only where serving does not hold them; CPU workers otherwise."""
+    gpus = settings.finetune_worker_gpus
+    if gpus < 0:
+        free = ray.available_resources().get("GPU", 0.0)
+        gpus = 1.0 if free >= 1.0 else 0.0
+    return {"CPU": settings.finetune_worker_cpus, "GPU": gpus}
+
+
+def ray_train_fn(settings: Settings, base_path: str, progress_sink) -> Callable:
+    """A ``LearningLoop`` train function that runs Ray Train and evaluates both versions."""
+    from deployments.training import run_training
+
+    evaluate = ray.remote(heldout_losses)
+
+    def train(job: TrainingJob, on_progress: Callable[[dict[str, Any]], None]) -> TrainingOutcome:
+        config = TrainConfig.from_dict(TrainConfig.from_settings(settings).to_dict() | job.config)
+        resources = train_resources(settings)
+        progress_sink.listen(job.name, on_progress)
+        started = time.perf_counter()
+        try:
+            adapter = run_training(
+                base_path, job.train, config, settings.data_dir / "training" / "ray",
+                init_adapter=job.init_adapter, use_gpu=resources["GPU"] > 0,
+                num_workers=settings.finetune_num_workers, progress_actor=progress_sink.handle,
+                run_name=job.name, gpus_per_worker=resources["GPU"] or 1.0,
+                cpus_per_worker=resources["CPU"],
+            )
+        finally:
+            progress_sink.listen(job.name, None)
+        shutil.copytree(adapter, job.output_dir)
+        train_s = time.perf_counter() - started
+        losses: dict[str, float] = {}
+        if job.holdout:
+            versions = {"candidate": str(job.output_dir), "active": str(job.init_adapter) if job.init_adapter else None}
+            task = evaluate.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"])
+            losses = ray.get(task.remote(base_path, versions, job.holdout, config, None))
+        return TrainingOutcome(
+            adapter_dir=job.output_dir,
+            candidate_loss=losses.get("candidate"),
+            active_loss=losses.get("active"),
+            timings={"train_s": train_s, "eval_s": time.perf_counter() - started - train_s},
+            metrics={"examples": len(job.train), "holdout": len(job.holdout)},
+        )
+
+    return train
+
+
+class _ProgressSink:
+    """Routes the train workers' step reports (sent to this actor) to the running job."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self._listeners: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self._lock = threading.Lock()
+
+    def listen(self, run_id: str, callback: Callable[[dict[str, Any]], None] | None) -> None:
+        with self._lock:
+            if callback is None:
+                self._listeners.pop(run_id, None)
+            else:
+                self._listeners[run_id] = callback
+
+    def deliver(self, run_id: str | None, info: dict[str, Any]) -> None:
+        with self._lock:
+            callback = self._listeners.get(run_id) if run_id else next(iter(self._listeners.values()), None)
+        if callback is not None:
+            callback(info)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=32)
+class Collector:
+    def __init__(self, settings: dict, app_name: str = "echorag") -> None:
+        self.settings = load_settings(**settings)
+        self.app_name = app_name
+        self.started_at = time.time()
+        base = resolve_generator(self.settings.generator_model, self.settings.models_dir)
+        self._progress = _ProgressSink(ray.get_runtime_context().current_actor)
+        self.loop = LearningLoop(
+            self.settings,
+            ray_train_fn(self.settings, base.path, self._progress),
+            on_activated=self._warm_generator,
+        )
+
+    def info(self) -> dict[str, Any]:
+        """Which process holds the collector, and since when (changes when Ray restarts it)."""
+        return {"pid": os.getpid(), "started_at": self.started_at}
+
+    def call(self, method: str, *args, **kwargs):
+        if method not in LOOP_METHODS:
+            raise AttributeError(f"unknown learning-loop method {method!r}")
+        return getattr(self.loop, method)(*args, **kwargs)
+
+    # The TrainingProgress protocol of deployments/training.py: workers report here.
+    def start(self, run_id: str, info: dict[str, Any] | None = None) -> None:
+        pass
+
+    def update(self, info: dict[str, Any]) -> None:
+        if info.get("kind", "step") == "step":  # epoch summaries are for Train's own report
+            self._progress.deliver(info.get("run_id"), info)
+
+    def finish(self, run_id: str, status: str, **extra: Any) -> None:
+        pass
+
+    def _warm_generator(self, version: str) -> None:
+        """Load the new adapter on a generator replica before requests ask for it."""
+        from ray import serve
+
+        try:
+            handle = serve.get_deployment_handle("Generator", app_name=self.app_name)
+            handle.options(multiplexed_model_id=version).warmup.remote().result(timeout_s=300)
+        except Exception as exc:  # serving goes on; the first request loads it instead
+            logger.warning("could not warm the generator with %s: %s", version, exc)
+
+
+def get_collector(settings: dict, app_name: str = "echorag"):
+    """The one collector of this cluster (created on first use)."""
+    return Collector.options(
+        name=COLLECTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(settings, app_name)
