@@ -96,6 +96,7 @@ def plot(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = report["runs"]
     steps = [r["steps"] for r in rows]
@@ -110,6 +111,9 @@ def plot(report: dict, path: Path) -> None:
     right.axhline(TARGET_RATIO, color="tab:red", ls=":", label=f"target {TARGET_RATIO}x")
     right.set_xlabel("optimizer steps")
     right.set_yscale("log")  # a tiny run is all start-up; a long one is all training
+    right.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}x"))
+    right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    right.set_yticks([t for t in (1, 1.5, 2, 3, 5, 10, 20, 50, 100) if t <= 1.2 * max(r["ratio"] for r in rows)])
     right.set_ylabel("Ray Train / in process (log)")
     right.set_title("Ray Train overhead ratio")
     right.legend(fontsize=8)

@@ -254,7 +254,8 @@ def load_tokenizer(base_path: str | Path):
 def build_model(
     base_path: str | Path, init_adapter: Path | None, config: TrainConfig, device: str | torch.device | None = None
 ) -> PeftModel:
-    """The base model with a trainable LoRA: a fresh one, or the active adapter to continue."""
+    """The base model with a trainable LoRA: a fresh one, or the active adapter to continue
+    (which keeps its own rank and target modules; ``config``'s LoRA shape is for fresh ones)."""
     device = pick_device(device)
     torch.manual_seed(config.seed)  # a fresh LoRA's A matrices are random
     base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=_dtype(config.dtype, device))
