@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     finetune_seed: int = Field(0, ge=0, validation_alias=_env("finetune_seed"))
     # Train workers: GPUs only where serving does not hold them; CPU workers otherwise.
     finetune_num_workers: int = Field(1, ge=1, validation_alias=_env("finetune_num_workers"))
-    finetune_worker_cpus: float = Field(1.0, gt=0, validation_alias=_env("finetune_worker_cpus"))
+    # Half a CPU, so a training worker still schedules beside the serving replicas on 2 cores.
+    finetune_worker_cpus: float = Field(0.5, gt=0, validation_alias=_env("finetune_worker_cpus"))
     finetune_worker_gpus: float = Field(
         -1.0, validation_alias=_env("finetune_worker_gpus"),
         description="GPUs per training worker; -1: one when the cluster has a GPU serving does not hold, else 0",
