@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -176,6 +177,7 @@ def main() -> None:
         print(f"{turns:5d} turns, {row['steps']:4d} steps: in process {in_process:6.1f} s, "
               f"Ray Train {ray_train:6.1f} s -> ratio {row['ratio']:.2f}x (overhead {row['overhead_s']:.1f} s)")
     ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)  # the tiny model and the Train run folders
 
     report = {
         "benchmark": "Ray Train overhead: run_training (TorchTrainer, 1 CPU worker) / train_lora in process",

@@ -73,6 +73,7 @@ def ray_train_fn(settings: Settings, base_path: str, progress_sink) -> Callable:
         finally:
             progress_sink.listen(job.name, None)
         shutil.copytree(adapter, job.output_dir)
+        shutil.rmtree(adapter.parent, ignore_errors=True)  # the Train run's own copy and results
         train_s = time.perf_counter() - started
         losses: dict[str, float] = {}
         if job.holdout:
