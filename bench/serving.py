@@ -81,6 +81,7 @@ async def inprocess_chat(settings, qs: list[str], total: int) -> dict:
     from echorag.embedding import make_embedder
     from echorag.generation import LocalGenerator
     from echorag.memory import SessionMemory
+    from echorag.mlops.loop import LearningLoop, local_train_fn
     from echorag.models import resolve_generator
     from echorag.pipeline import ChatPipeline
     from echorag.retrieval import Retriever
@@ -92,8 +93,11 @@ async def inprocess_chat(settings, qs: list[str], total: int) -> dict:
     embedder = make_embedder(settings)
     store = VectorStore.from_settings(settings, embedder.id, embedder.dim)
     retriever = Retriever(store, settings.fusion, settings.bm25_weight, settings.dense_weight)
-    generator = LocalGenerator(resolve_generator(settings.generator_model, settings.models_dir))
-    services = LocalServices(settings, embedder, retriever, generator)
+    resolved = resolve_generator(settings.generator_model, settings.models_dir)
+    generator = LocalGenerator(resolved)
+    # The same collection work as the service: every turn is stored (SQLite, synchronous).
+    loop = LearningLoop(settings, local_train_fn(resolved.path))
+    services = LocalServices(settings, embedder, retriever, generator, loop)
     services.ingest(read_documents([sample_path()]))
     pipeline = ChatPipeline(services, SessionMemory(settings.memory_turns), generator.name)
 
@@ -148,6 +152,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--embed-requests", type=int, default=640)
+    parser.add_argument("--inprocess-threads", type=int, default=1, help="threads of the in-process baseline")
     args = parser.parse_args()
 
     import ray
@@ -161,14 +166,21 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="echorag-bench-"))
     build_tiny_model(work / "serve" / "models" / "tiny-ko")
-    app_args = {"data_dir": str(work / "serve"), "generator_model": "auto", "max_new_tokens": args.max_new_tokens}
+    token = "bench-admin-token"
+    app_args = {
+        "data_dir": str(work / "serve"), "generator_model": "auto", "max_new_tokens": args.max_new_tokens,
+        "admin_token": token,
+    }
     qs = questions()
 
     ray.init(num_cpus=8, include_dashboard=False, namespace="echorag-bench")
     serve.start(http_options={"host": "127.0.0.1", "port": 8123})
     serve.run(build_app(app_args), name="echorag", route_prefix="/")
     url = "http://127.0.0.1:8123"
-    httpx.post(f"{url}/documents", json={"documents": read_documents([sample_path()])}, timeout=600).raise_for_status()
+    httpx.post(
+        f"{url}/documents", json={"documents": read_documents([sample_path()])},
+        headers={"Authorization": f"Bearer {token}"}, timeout=600,
+    ).raise_for_status()
     report: dict = {"command": " ".join([sys.executable.split("/")[-1], *sys.argv]), "max_new_tokens": args.max_new_tokens}
 
     asyncio.run(http_chat(url, qs, 4, 8))  # warm-up: load models, JIT paths, connection pools
@@ -181,7 +193,7 @@ def main() -> None:
     emb = {"concurrency": 32}
     for label, size in (("unbatched", 1), ("batched", 32)):
         handle = serve.run(
-            Embedder.options(user_config={"max_batch_size": size, "batch_wait_timeout_s": 0.005}).bind(app_args),
+            Embedder.options(user_config={"max_batch_size": size, "batch_wait_timeout_s": 0.002}).bind(app_args),
             name=f"embedder-{label}", route_prefix=None,
         )
         emb[label] = asyncio.run(embedder_throughput(handle, qs, 32, args.embed_requests))
@@ -193,11 +205,18 @@ def main() -> None:
     serve.shutdown()
     ray.shutdown()
 
-    # In-process baseline: the same ChatPipeline with local objects, one request at a time.
+    # In-process baseline: the same ChatPipeline with local objects, one request at a time,
+    # with the threads a replica gets (Ray gives a fractional-CPU actor one OpenMP/torch
+    # thread), so the ratio measures what distribution costs, not a difference in threads.
+    os.environ["OMP_NUM_THREADS"] = str(args.inprocess_threads)
+    import torch
+
+    torch.set_num_threads(args.inprocess_threads)
     (work / "local" / "models").mkdir(parents=True)
     (work / "local" / "models" / "tiny-ko").symlink_to(work / "serve" / "models" / "tiny-ko")
     settings = load_settings(**{**app_args, "data_dir": str(work / "local")})
     report["inprocess_chat"] = asyncio.run(inprocess_chat(settings, qs, max(args.requests, 2)))
+    report["inprocess_threads"] = args.inprocess_threads
     report["http_over_inprocess_p50_c1"] = round(report["http_chat"][1]["p50_ms"] / report["inprocess_chat"]["p50_ms"], 3)
     print(f"in-process: {report['inprocess_chat']}")
     print(f"ratio /chat p50 HTTP/in-process at c=1: {report['http_over_inprocess_p50_c1']} (target <= 1.3)")

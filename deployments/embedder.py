@@ -19,12 +19,12 @@ class Embedder:
     def reconfigure(self, config: dict) -> None:
         # user_config: {"max_batch_size": n, "batch_wait_timeout_s": s}
         self.embed_query.set_max_batch_size(int(config.get("max_batch_size", 32)))
-        self.embed_query.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.005)))
+        self.embed_query.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.002)))
 
     def info(self) -> dict:
         return {"id": self.embedder.id, "dim": self.embedder.dim}
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def embed_query(self, texts: list[str]) -> list[np.ndarray]:
         # Concurrent single-query calls are served by one model call.
         vectors = await asyncio.to_thread(self.embedder.embed_queries, texts)

@@ -75,7 +75,7 @@ class Generator:
     async def generate(self, messages: list[dict]) -> Generation:
         return await self._generate_batch(messages, await self._adapter_name())
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def _generate_batch(
         self, conversations: list[list[dict]], adapters: list[str | None]
     ) -> list[Generation]:

@@ -283,7 +283,8 @@ def run_training(
         validate_adapter_dir(adapter_dir)
     except Exception as exc:
         if progress_actor is not None:
-            _quietly(lambda: ray.get(progress_actor.finish.remote(run_name, "failed", error=str(exc)[-2000:])))
+            error = str(exc)[-2000:]
+            _quietly(lambda: ray.get(progress_actor.finish.remote(run_name, "failed", error=error)))
         if isinstance(exc, TrainingError):
             raise
         if isinstance(exc, InvalidAdapterError):

@@ -26,11 +26,12 @@ def adapter_arg(version: str) -> str | None:
 
 
 class LocalServices:
-    def __init__(self, settings: Settings, embedder, retriever: Retriever, generator) -> None:
+    def __init__(self, settings: Settings, embedder, retriever: Retriever, generator, loop=None) -> None:
         self.settings = settings
         self.embedder = embedder
         self.retriever = retriever
         self.generator = generator
+        self.loop = loop  # an echorag.mlops.LearningLoop, or None: nothing is collected
 
     async def embed_query(self, text: str) -> np.ndarray:
         return (await asyncio.to_thread(self.embedder.embed_queries, [text]))[0]
@@ -56,7 +57,9 @@ class LocalServices:
             yield piece
 
     async def record(self, turn: Turn) -> MlopsInfo:
-        return MlopsInfo(current_version=turn.adapter_version)
+        if self.loop is None:
+            return MlopsInfo(current_version=turn.adapter_version)
+        return await asyncio.to_thread(self.loop.record, turn)
 
     async def remember(self, turn: Turn) -> None:
         vector = await asyncio.to_thread(self.embedder.embed_passages, [turn.memory_text()])
@@ -65,7 +68,7 @@ class LocalServices:
         )
 
     async def active_version(self) -> str:
-        return BASE
+        return self.loop.active_version() if self.loop is not None else BASE
 
     def ingest(self, documents: list[dict]) -> list[str]:
         chunks = chunk_documents(documents, self.settings.chunk_size, self.settings.chunk_overlap)

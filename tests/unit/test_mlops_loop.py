@@ -8,7 +8,6 @@ import json
 import shutil
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,21 +27,9 @@ from echorag.mlops import (
     validate_adapter_dir,
 )
 from echorag.pipeline import Turn
+from tests.korean_qa import QA
+from tests.webhook_receiver import Receiver
 
-QA = [
-    ("한글은 누가 만들었나요?", "한글은 세종대왕이 만들었습니다."),
-    ("김치는 어떤 음식인가요?", "김치는 배추를 소금에 절여 양념한 발효 음식입니다."),
-    ("제주도는 어디에 있나요?", "제주도는 한반도 남쪽 바다에 있는 섬입니다."),
-    ("태권도는 어디에서 시작되었나요?", "태권도는 한국에서 시작된 무술입니다."),
-    ("비빔밥에는 무엇이 들어가나요?", "비빔밥에는 밥, 나물, 고추장이 들어갑니다."),
-    ("택배 위치는 어떻게 확인하나요?", "운송장 번호로 배송 위치를 조회할 수 있습니다."),
-    ("재활용품은 어떻게 버리나요?", "종이, 플라스틱, 유리병, 캔으로 나누어 버립니다."),
-    ("카드를 잃어버리면 어떻게 하나요?", "바로 카드사에 분실 신고를 해야 합니다."),
-    ("외출 전에 무엇을 확인하나요?", "일기 예보로 기온과 강수 확률을 확인합니다."),
-    ("한글은 언제 반포되었나요?", "한글은 1446년에 훈민정음이라는 이름으로 반포되었습니다."),
-    ("서울의 명소는 어디인가요?", "서울에는 경복궁과 남산서울타워가 있습니다."),
-    ("부산은 어떤 도시인가요?", "부산은 한국 남동쪽의 항구 도시입니다."),
-]
 WAIT = 120  # seconds: generous upper bound for a run on the tiny model
 
 
@@ -86,36 +73,9 @@ class Trainer:
         return self.inner(job, on_progress)
 
 
-class Receiver:
-    """A webhook endpoint on 127.0.0.1 that records JSON bodies and answers 200."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.bodies.append(json.loads(body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
-    r = Receiver()
+    r = Receiver([])
     yield r
     r.close()
 
