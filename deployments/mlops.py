@@ -124,6 +124,7 @@ class Collector:
             self.settings,
             ray_train_fn(self.settings, base.path, self._progress),
             on_activated=self._warm_generator,
+            webhook_flavor=None if self.settings.finetune_webhook_format == "auto" else self.settings.finetune_webhook_format,
         )
 
     def info(self) -> dict[str, Any]:

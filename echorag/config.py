@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     finetune_webhook_url: str | None = Field(
         None, validation_alias=_env("finetune_webhook_url", "FINETUNE_WEBHOOK_URL")
     )
+    finetune_webhook_format: Literal["auto", "slack", "discord", "generic"] = Field(
+        "auto", validation_alias=_env("finetune_webhook_format"),
+        description="Payload shape; auto: Slack or Discord by the URL's host, generic JSON otherwise",
+    )
     finetune_epochs: int = Field(2, ge=1, le=100, validation_alias=_env("finetune_epochs", "FINETUNE_EPOCHS"))
     conversation_collection_enabled: bool = Field(
         True,

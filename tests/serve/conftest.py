@@ -48,10 +48,20 @@ def data_dir(tmp_path_factory, tiny_model_path):
 
 
 @pytest.fixture(scope="session")
-def app_settings(data_dir) -> dict:
+def webhook():
+    """A real local webhook receiver the service reports training to (Slack payloads)."""
+    from tests.webhook_receiver import Receiver
+
+    receiver = Receiver([])
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def app_settings(data_dir, webhook) -> dict:
     return {
         "data_dir": str(data_dir), "generator_model": "auto", "max_new_tokens": 24, "temperature": 0.0,
-        "admin_token": ADMIN_TOKEN,
+        "admin_token": ADMIN_TOKEN, "finetune_webhook_url": webhook.url, "finetune_webhook_format": "slack",
     }
 
 

@@ -155,3 +155,45 @@ def test_killing_the_collector_loses_no_collected_turn(client, fresh_loop):
     stored_ids = {c["id"] for c in stored["conversations"]}
     assert collected <= stored_ids
     print(f"{len(collected)} of {len(answers)} turns reported collected across a collector kill; all on disk")
+
+
+def test_a_failing_run_is_retried_reported_and_leaves_serving_and_data_alone(client, fresh_loop, data_dir, webhook):
+    wait_idle(client)
+    settings = {"batch_size": 1000, "max_attempts": 2, "retry_backoff_s": 1}
+    assert client.post("/mlops/settings", json=settings, headers=ADMIN).status_code == 200
+    active = client.get("/mlops/models").json()["active"]
+    assert active != "base"
+    failed_before = client.get("/mlops/events", params={"event_type": "training_failed"}, headers=ADMIN).json()["count"]
+
+    # Injected fault: the active adapter, which the run continues from, is corrupted on disk.
+    weights = data_dir / "adapters" / active / "adapter_model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(b"not a safetensors file")
+    try:
+        for q in QUESTIONS[:2]:
+            chat(client, q + " (실패 테스트)")
+        r = client.post("/mlops/finetune", json={"force": True}, headers=ADMIN)
+        assert r.status_code == 200 and r.json()["started"], r.text
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            failed = client.get("/mlops/events", params={"event_type": "training_failed"}, headers=ADMIN).json()
+            progress = client.get("/mlops/training-progress").json()
+            if failed["count"] - failed_before >= 2 and progress["status"] == "failed" and not progress["retry_at"]:
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError(f"the run did not fail twice: {progress}")
+
+        # Serving goes on with the version it had; the new turns are still waiting to train.
+        answer = chat(client, QUESTIONS[1])
+        assert answer["adapter_version"] == active
+        assert answer["mlops_info"]["new_data_count"] >= 3
+        # Every failed attempt was reported to the webhook, in Slack's shape.
+        deadline = time.time() + 30
+        while time.time() < deadline and not any("실패" in b.get("text", "") for b in webhook.bodies):
+            time.sleep(0.5)
+        failures = [b for b in webhook.bodies if "실패" in b.get("text", "")]
+        assert len(failures) >= 2 and all(set(b) == {"text"} for b in failures)
+        assert any(set(b) == {"text"} and "완료" in b["text"] for b in webhook.bodies)  # earlier successes too
+    finally:
+        weights.write_bytes(original)
