@@ -86,12 +86,6 @@ def time_ray(model: Path, chats: list[Chat], config: TrainConfig, run_dir: Path)
             "worker_threads": metrics.get("torch_threads"), "adapter": str(adapter)}
 
 
-def measure_chat_to_serving_latency() -> dict:
-    """PLACEHOLDER (to be written by the MLOps-loop owner): time from the chat that
-    triggers a run to the first response served by the new adapter version."""
-    raise NotImplementedError("chat-to-serving latency is not measured yet")
-
-
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -190,7 +184,6 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "ray": ray.__version__},
         "runs": rows,
-        "chat_to_serving_latency": None,  # see measure_chat_to_serving_latency()
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "finetune.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")

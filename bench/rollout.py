@@ -3,11 +3,12 @@ gate and the replicas roll onto the new adapter version.
 
     python -m bench.rollout        # writes bench/results/rollout.{json,png}
 
-Traffic: concurrency 8 on loopback for the whole test. A run is triggered once the
-"before" window has enough requests; "during" lasts from the trigger until the
-first answer generated with the new version; "after" is the rest. Reports failed
-requests, p50/p99 per window, and the time from the trigger to the new version
-serving.
+Traffic: concurrency 8 on loopback for the whole test. Once the "before" window has
+enough requests, the batch size is set just above the collected count, so one of
+the following chats triggers the run by itself (its ``mlops_info.training_queued``
+turns true). "during" lasts from that triggering chat until the first answer
+generated with the new version; "after" is the rest. Reports failed requests,
+p50/p99 per window, and the time from the triggering chat to the new version serving.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def window(rows: list[dict]) -> dict:
 async def run(url: str, concurrency: int, before: int, after_s: float, timeout_s: float) -> dict:
     qs = questions()
     rows: list[dict] = []
-    state = {"trigger_at": None, "new_version": None, "served_at": None, "stop": False}
+    state = {"armed": False, "new_data": 0, "trigger_at": None, "new_version": None, "served_at": None, "stop": False}
 
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
         start_version = (await client.get("/health")).json()["adapter_version"]
@@ -61,21 +62,29 @@ async def run(url: str, concurrency: int, before: int, after_s: float, timeout_s
                 try:
                     r = await client.post("/chat", json=body)
                     ok = r.status_code == 200
-                    version = r.json().get("adapter_version") if ok else None
+                    answer = r.json() if ok else {}
                 except httpx.HTTPError:
-                    ok, version = False, None
+                    ok, answer = False, {}
                 done = time.perf_counter()
+                version, info = answer.get("adapter_version"), answer.get("mlops_info") or {}
                 rows.append({"t": done, "latency": done - t0, "ok": ok, "version": version})
+                state["new_data"] = max(state["new_data"], info.get("new_data_count", 0))
+                if state["armed"] and state["trigger_at"] is None and info.get("training_queued"):
+                    state["trigger_at"] = done  # this chat started the run
                 if ok and version != start_version and state["served_at"] is None and state["trigger_at"]:
                     state["new_version"], state["served_at"] = version, done
 
         async def conductor() -> None:
             while len(rows) < before:
                 await asyncio.sleep(0.1)
-            r = await client.post("/mlops/finetune", json={"force": True}, headers=ADMIN)
+            # A batch size a few turns above what is collected: the next chats complete it.
+            batch = state["new_data"] + concurrency + 2
+            r = await client.post("/mlops/settings", json={"batch_size": batch}, headers=ADMIN)
             r.raise_for_status()
-            state["trigger_at"] = time.perf_counter()
-            deadline = state["trigger_at"] + timeout_s
+            state["armed"] = True
+            deadline = time.perf_counter() + timeout_s
+            while state["trigger_at"] is None and time.perf_counter() < deadline:
+                await asyncio.sleep(0.1)
             while state["served_at"] is None and time.perf_counter() < deadline:
                 await asyncio.sleep(0.2)
             await asyncio.sleep(after_s)
@@ -97,7 +106,7 @@ async def run(url: str, concurrency: int, before: int, after_s: float, timeout_s
         "failed": sum(not r["ok"] for r in rows),
         "from_version": start_version,
         "to_version": state["new_version"],
-        "trigger_to_serving_s": round(served - trigger, 2) if state["served_at"] else None,
+        "triggering_chat_to_serving_s": round(served - trigger, 2) if state["served_at"] else None,
         "run": {k: progress.get(k) for k in ("status", "total_steps", "version", "samples")},
         "windows": {name: window(part) for name, part in phases.items()},
         "timeline": [
@@ -119,7 +128,7 @@ def plot(report: dict, path: Path) -> None:
     for version in sorted({str(p["version"]) for p in report["timeline"]}):
         points = [p for p in report["timeline"] if str(p["version"]) == version]
         ax.scatter([p["t"] for p in points], [p["latency_ms"] for p in points], s=8, label=f"served by {version}")
-    ax.axvline(report["trigger_t"], color="gray", ls="--", label="fine-tune triggered")
+    ax.axvline(report["trigger_t"], color="gray", ls="--", label="triggering chat")
     if report["served_t"]:
         ax.axvline(report["served_t"], color="green", ls="--", label="new version serving")
     ax.set_xlabel("time (s)")
@@ -169,7 +178,7 @@ def main() -> None:
         print(f"{name:6}: {stats}")
     print(f"requests {report['requests']}, failed {report['failed']} (target 0); "
           f"p99 during / before: {report['p99_during_over_before']} (target <= 2)")
-    print(f"trigger -> {report['to_version']} serving: {report['trigger_to_serving_s']} s")
+    print(f"triggering chat -> {report['to_version']} serving: {report['triggering_chat_to_serving_s']} s")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "rollout.json").write_text(json.dumps(report, indent=2))
     plot(report, RESULTS / "rollout.png")

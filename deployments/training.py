@@ -14,6 +14,7 @@ Ray Train ``TorchTrainer``.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 import uuid
@@ -181,6 +182,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ``progress_actor`` (a ``TrainingProgress`` handle or None)."""
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    if not torch.cuda.is_available():
+        # Training on CPUs that serving also uses: let the OS schedule requests first.
+        os.nice(config.get("cpu_niceness", 10))
     train_config = TrainConfig.from_dict(config["train_config"])
     run_id = config["run_id"]
     reporter = _StepReporter(run_id, config.get("progress_actor"), rank)
