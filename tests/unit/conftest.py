@@ -20,3 +20,14 @@ def tiny_tokenizer(tiny_model_path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model is all per-op overhead: extra threads only add contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from echorag.config import Settings
 from echorag.generation import LocalGenerator
@@ -38,13 +37,7 @@ MULTI_TURN = [
 FAST = TrainConfig(epochs=16, learning_rate=5e-3, batch_size=4, max_length=128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is all per-op overhead: extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
