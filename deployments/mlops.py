@@ -123,7 +123,7 @@ class Collector:
         self.loop = LearningLoop(
             self.settings,
             ray_train_fn(self.settings, base.path, self._progress),
-            on_activated=self._warm_generator,
+            warm_up=self._warm_generator,
             webhook_flavor=None if self.settings.finetune_webhook_format == "auto" else self.settings.finetune_webhook_format,
         )
 

@@ -289,7 +289,7 @@ class LearningLoop:
         *,
         submit: Callable[[Callable[[], None]], Any] | None = None,
         schedule: Callable[[float, Callable[[], None]], Any] | None = None,
-        on_activated: Callable[[str], Any] | None = None,
+        warm_up: Callable[[str], Any] | None = None,
         webhook_url: str | None = None,
         webhook_flavor: Flavor | None = None,
         webhook_attempts: int = 4,
@@ -299,7 +299,9 @@ class LearningLoop:
         """Open (or create) the store and registry under ``settings.data_dir`` and rebuild
         the state from disk. ``webhook_url`` defaults to ``settings.finetune_webhook_url``;
         ``webhook_flavor`` forces the payload shape (default: from the URL's host).
-        ``resume``: start a run at once when the data on disk already calls for one."""
+        ``resume``: start a run at once when the data on disk already calls for one.
+        ``warm_up(version)`` runs before a promotion moves the active pointer (and after a
+        rollback), so the first requests for the new version do not pay its load."""
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.backups_dir = self.data_dir / "backups"
@@ -310,7 +312,7 @@ class LearningLoop:
         self._train_fn = train_fn
         self._submit = submit or _thread
         self._schedule = schedule or _timer
-        self._on_activated = on_activated
+        self._warm_up_fn = warm_up  # loads a version on the serving side before it is switched to
         self.webhook_url = webhook_url if webhook_url is not None else getattr(settings, "finetune_webhook_url", None)
         self.webhook_flavor = webhook_flavor
         self.webhook_attempts = webhook_attempts
@@ -415,13 +417,13 @@ class LearningLoop:
             self._notifications = [t for t in self._notifications if t.is_alive()] + [thread]
         thread.start()
 
-    def _activated(self, version: str) -> None:
-        if self._on_activated is None:
+    def _warm_up(self, version: str) -> None:
+        if self._warm_up_fn is None:
             return
         try:
-            self._on_activated(version)
-        except Exception as exc:
-            log.exception("on_activated(%s) failed", version)
+            self._warm_up_fn(version)
+        except Exception as exc:  # serving still switches; the first request loads it instead
+            log.exception("warm_up(%s) failed", version)
             self._event(Event(
                 type="activation_failed",
                 message=f"⚠️ 어댑터 {version} 적용 알림 실패: {exc}",
@@ -617,6 +619,7 @@ class LearningLoop:
         )
         version, previous, promoted, reason = info.version, self.active_version(), decision.promote, decision.reason
         if promoted:
+            self._warm_up(version)
             try:
                 self.registry.promote(version)
             except Exception as exc:
@@ -640,7 +643,6 @@ class LearningLoop:
         else:
             if result.promoted:
                 self._event(ev.adapter_promoted(result.version, result.previous), run_id=run.id, trigger="gate")
-                self._activated(result.version)
                 base_event = ev.training_succeeded(
                     result.version, result.active_loss, result.candidate_loss, run_id=run.id,
                     samples=result.metrics.get("train_examples"), promoted=True,
@@ -832,7 +834,7 @@ class LearningLoop:
         except InvalidAdapterError as exc:
             raise NotFound(str(exc), {"version": version}) from exc
         self._event(ev.adapter_rolled_back(previous, target))
-        self._activated(target)
+        self._warm_up(target)  # usually still loaded: old versions stay in the replicas' cache
         return AdapterChange(active=target, previous=previous)
 
     def promote(self, version: str) -> AdapterChange:
@@ -840,11 +842,13 @@ class LearningLoop:
         version = PromoteRequest(version=version).version
         previous = self.active_version()
         try:
+            if version != BASE:
+                self.registry.path(version)  # exists and is valid, before anything loads it
+            self._warm_up(version)
             self.registry.promote(version)
         except InvalidAdapterError as exc:
             raise NotFound(str(exc), {"version": version}) from exc
         self._event(ev.adapter_promoted(version, previous), trigger="manual")
-        self._activated(version)
         return AdapterChange(active=version, previous=previous)
 
     # -- admin: data --------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def make(tmp_path):
         values = {"data_dir": tmp_path / "data", "finetune_batch_size": 3, "finetune_epochs": 2} | settings
         loop = LearningLoop(
             Settings(**values), trainer,
-            on_activated=None if activated is None else activated.append,
+            warm_up=None if activated is None else activated.append,
             **(loop_kwargs or {}),
         )
         loops.append(loop)
