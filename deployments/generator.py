@@ -15,7 +15,7 @@ from ray import serve
 
 from echorag.config import load_settings
 from echorag.generation import BASE, Generation, LocalGenerator, OpenAIGenerator
-from echorag.mlops.registry import validate_adapter_dir
+from echorag.mlops.registry import AdapterRegistry
 from echorag.models import resolve_generator
 from echorag.services import adapter_arg, iterate_in_thread
 
@@ -37,6 +37,7 @@ class LoadedAdapter:
 class Generator:
     def __init__(self, settings: dict) -> None:
         self.settings = s = load_settings(**settings)
+        self.registry = AdapterRegistry(s.adapters_dir)
         if s.generator_backend == "openai":
             self.model = OpenAIGenerator(api_key=s.openai_api_key, base_url=s.openai_base_url, model=s.openai_model)
             self.resolved = None
@@ -59,8 +60,7 @@ class Generator:
     async def get_adapter(self, version: str) -> LoadedAdapter:
         if version == BASE or self.resolved is None:
             return LoadedAdapter(None, BASE)
-        path = self.settings.adapters_dir / version
-        validate_adapter_dir(path, version)  # a missing or corrupted version is never served
+        path = self.registry.path(version)  # a missing or corrupted version is never served
         await asyncio.to_thread(self.model.load_adapter, version, path)
         return LoadedAdapter(self.model, version)
 

@@ -152,7 +152,7 @@ class EchoRAGIngress:
         if version and version != BASE:
             try:
                 self.registry.path(version)
-            except (InvalidAdapterError, ValueError) as exc:
+            except InvalidAdapterError as exc:  # also an unknown or malformed name
                 raise HTTPException(404, f"adapter version {version!r} is not available: {exc}") from None
 
     def _admin(self, credentials: HTTPAuthorizationCredentials | None) -> None:

@@ -105,9 +105,9 @@ class _ProgressSink:
             else:
                 self._listeners[run_id] = callback
 
-    def deliver(self, run_id: str | None, info: dict[str, Any]) -> None:
+    def deliver(self, run_id: str, info: dict[str, Any]) -> None:
         with self._lock:
-            callback = self._listeners.get(run_id) if run_id else next(iter(self._listeners.values()), None)
+            callback = self._listeners.get(run_id)
         if callback is not None:
             callback(info)
 
@@ -142,7 +142,7 @@ class Collector:
 
     def update(self, info: dict[str, Any]) -> None:
         if info.get("kind", "step") == "step":  # epoch summaries are for Train's own report
-            self._progress.deliver(info.get("run_id"), info)
+            self._progress.deliver(info["run_id"], info)
 
     def finish(self, run_id: str, status: str, **extra: Any) -> None:
         pass
