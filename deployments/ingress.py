@@ -12,15 +12,18 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+import echorag
 from deployments.mlops import get_collector
 from echorag.config import load_settings
 from echorag.generation import BASE, Generation
@@ -49,6 +52,10 @@ app = FastAPI(
     version="0.1.0",
     responses={422: {"model": ErrorResponse}},
 )
+
+# The web UI: static files shipped in the package, no build step.
+UI_DIR = Path(echorag.__file__).parent / "ui"
+app.mount("/ui", StaticFiles(directory=UI_DIR, check_dir=False), name="ui")
 
 
 @app.exception_handler(RequestValidationError)
@@ -163,6 +170,10 @@ class EchoRAGIngress:
     async def _loop(self, method: str, *args, **kwargs):
         """Call the learning loop; its errors (409 conflict, 404…) keep their status codes."""
         return await self.collector.call.remote(method, *args, **kwargs)
+
+    @app.get("/", include_in_schema=False)
+    async def index(self) -> FileResponse:
+        return FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     @app.post("/chat", response_model=ChatResponse)
     async def chat(self, request: ChatRequest) -> ChatResponse:

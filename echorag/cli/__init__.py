@@ -1,0 +1,39 @@
+"""The ``echorag`` command.
+
+Each module registers its subcommands: ``remote`` talks to a running server over
+HTTP (``--url``); ``retrieval`` and ``local`` work in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from echorag.cli import local, remote, retrieval
+from echorag.cli.common import DEFAULT_URL, CommandError
+
+COMMAND_MODULES = (remote, retrieval, local)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echorag", description="EchoRAG: Korean RAG chat that learns.")
+    parser.add_argument("--url", default=DEFAULT_URL, help="server URL (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="HTTP timeout in seconds")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CommandError as exc:
+        print(f"echorag: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
