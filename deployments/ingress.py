@@ -19,11 +19,12 @@ from fastapi import FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 import echorag
+from deployments.guard import RequestGuard, require_admin
 from deployments.mlops import get_collector
 from echorag.config import load_settings
 from echorag.generation import BASE, Generation
@@ -31,8 +32,10 @@ from echorag.memory import SessionMemory
 from echorag.mlops import api as mlops_api
 from echorag.mlops.loop import MlopsError
 from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError
+from echorag import openai_compat as oai
 from echorag.pipeline import ChatPipeline, Turn
-from echorag.security import ensure_admin_token, token_matches
+from echorag.ratelimit import RateLimiter
+from echorag.security import ensure_admin_token
 from echorag.schemas import (
     ChatRequest,
     ChatResponse,
@@ -56,6 +59,39 @@ app = FastAPI(
 # The web UI: static files shipped in the package, no build step.
 UI_DIR = Path(echorag.__file__).parent / "ui"
 app.mount("/ui", StaticFiles(directory=UI_DIR, check_dir=False), name="ui")
+app.add_middleware(RequestGuard)
+
+# Korean messages shown in chat when the service cannot answer.
+STORE_DOWN = "검색 저장소에 연결할 수 없습니다. 잠시 후 다시 시도해 주세요."
+SERVER_ERROR = "답변을 생성하지 못했습니다. 잠시 후 다시 시도해 주세요."
+RATE_LIMITED = "요청이 너무 많습니다. {seconds}초 후에 다시 시도해 주세요."
+
+# A replica that died mid-request (Serve replaces it): safe to retry work that
+# has no side effects yet — embedding, retrieval, generation before any token.
+REPLICA_GONE = (RayActorError, ActorUnavailableError)
+RETRIES = 3
+
+
+class ServiceUnavailable(Exception):
+    """A backing service (the vector store) is down; the user should retry later."""
+
+
+async def retrying(call, *args, **kwargs):
+    for attempt in range(RETRIES):
+        try:
+            return await call(*args, **kwargs)
+        except REPLICA_GONE:
+            if attempt == RETRIES - 1:
+                raise
+            await asyncio.sleep(0.5 * 2**attempt)
+
+
+def _error(request: Request, status: int, message: str, detail=None, headers=None) -> JSONResponse:
+    """Errors are JSON: ``{"error": message}``, or OpenAI's envelope under ``/v1/``."""
+    if request.url.path.startswith("/v1/"):
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return JSONResponse(status_code=status, content=oai.error_body(message, kind), headers=headers)
+    return JSONResponse(status_code=status, content={"error": message, "detail": detail}, headers=headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -66,23 +102,30 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     ]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-    return JSONResponse(
-        status_code=422, content={"error": f"invalid request: {where}: {first['msg']}", "detail": errors}
-    )
+    return _error(request, 422, f"invalid request: {where}: {first['msg']}", errors)
 
 
-bearer = HTTPBearer(auto_error=False, description="ECHORAG_ADMIN_TOKEN")
-Admin = Security(bearer)
+Admin = Security(require_admin)  # checked before the body is parsed
 
 
 @app.exception_handler(MlopsError)
 async def _mlops_error(request: Request, exc: MlopsError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content={"error": str(exc), "detail": getattr(exc, "detail", None)})
+    return _error(request, exc.status_code, str(exc), getattr(exc, "detail", None))
 
 
 @app.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content={"error": exc.detail}, headers=exc.headers)
+    return _error(request, exc.status_code, exc.detail, headers=exc.headers)
+
+
+@app.exception_handler(ServiceUnavailable)
+async def _unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
+    return _error(request, 503, str(exc), headers={"Retry-After": "5"})
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    return _error(request, 500, SERVER_ERROR, type(exc).__name__)
 
 
 class ServeServices:
@@ -94,18 +137,45 @@ class ServeServices:
         self.collector, self.registry = collector, registry
 
     async def embed_query(self, text: str) -> np.ndarray:
-        return await self.embedder.embed_query.remote(text)
+        return await retrying(self.embedder.embed_query.remote, text)
 
     async def search(self, query: str, vector: np.ndarray, user_id: str) -> list[SearchResult]:
-        return await self.retriever.chat_context.remote(query, vector, user_id)
+        try:
+            return await retrying(self.retriever.chat_context.remote, query, vector, user_id)
+        except REPLICA_GONE:
+            raise
+        except Exception as exc:
+            # The vector store (a Chroma server) going away is the usual cause; say so in Korean.
+            if not await self._store_ok():
+                raise ServiceUnavailable(STORE_DOWN) from exc
+            raise
+
+    async def _store_ok(self) -> bool:
+        try:
+            return await self.retriever.ping.remote()
+        except Exception:
+            return False
 
     async def generate(self, messages: list[dict], adapter: str) -> Generation:
-        return await self.generator.options(multiplexed_model_id=adapter).generate.remote(messages)
+        handle = self.generator.options(multiplexed_model_id=adapter)
+        return await retrying(handle.generate.remote, messages)
 
     async def stream(self, messages: list[dict], adapter: str) -> AsyncIterator[str]:
-        pieces = self.generator.options(multiplexed_model_id=adapter, stream=True).stream.remote(messages)
-        async for piece in pieces:
-            yield piece
+        for attempt in range(RETRIES):
+            started = False
+            try:
+                pieces = self.generator.options(multiplexed_model_id=adapter, stream=True).stream.remote(messages)
+                async for piece in pieces:
+                    started = True
+                    yield piece
+                return
+            except REPLICA_GONE:
+                if started or attempt == RETRIES - 1:  # the user already saw part of an answer
+                    raise
+                await asyncio.sleep(0.5 * 2**attempt)
+
+    async def usage(self, messages: list[dict], text: str) -> tuple[int, int]:
+        return await retrying(self.generator.usage.remote, messages, text)
 
     async def record(self, turn: Turn) -> MlopsInfo:
         # Ray retries this call across a collector restart; storing a turn id twice is a no-op.
@@ -137,6 +207,8 @@ class EchoRAGIngress:
         self.admin_token = ensure_admin_token(self.settings.data_dir, self.settings.admin_token)
         self.services = ServeServices(embedder, retriever, generator, self.collector, self.registry)
         self.memory = SessionMemory(self.settings.memory_turns)
+        self.limiter = RateLimiter(self.settings.rate_limit_per_minute, self.settings.rate_limit_burst)
+        RequestGuard.configure(self.settings.max_body_bytes, self.settings.cors_origins, self.admin_token)
         self.started = time.time()
         self.requests = self.errors = 0
         self.latency_total = 0.0
@@ -162,10 +234,16 @@ class EchoRAGIngress:
             except InvalidAdapterError as exc:  # also an unknown or malformed name
                 raise HTTPException(404, f"adapter version {version!r} is not available: {exc}") from None
 
-    def _admin(self, credentials: HTTPAuthorizationCredentials | None) -> None:
-        if credentials is None or not token_matches(credentials.credentials, self.admin_token):
-            raise HTTPException(401, "admin token required: Authorization: Bearer $ECHORAG_ADMIN_TOKEN",
-                                headers={"WWW-Authenticate": "Bearer"})
+    def _rate_limit(self, http: Request, user_id: str | None) -> None:
+        # Anonymous callers share their address's bucket; named users have their own.
+        anonymous = not user_id or user_id in ("anonymous", "openai")
+        key = f"addr:{http.client.host if http.client else '?'}" if anonymous else f"user:{user_id}"
+        if wait := self.limiter.acquire(key):
+            seconds = RateLimiter.retry_after(wait)
+            raise HTTPException(429, RATE_LIMITED.format(seconds=seconds), headers={"Retry-After": seconds})
+
+    def _admin(self, credentials) -> None:
+        """Admin routes are guarded by the ``Admin`` dependency; kept for readability at call sites."""
 
     async def _loop(self, method: str, *args, **kwargs):
         """Call the learning loop; its errors (409 conflict, 404…) keep their status codes."""
@@ -175,8 +253,9 @@ class EchoRAGIngress:
     async def index(self) -> FileResponse:
         return FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.post("/chat", response_model=ChatResponse)
-    async def chat(self, request: ChatRequest) -> ChatResponse:
+    @app.post("/chat", response_model=ChatResponse, responses={429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def chat(self, request: ChatRequest, http: Request) -> ChatResponse:
+        self._rate_limit(http, request.user_id)
         self._check_length(request)
         self._check_version(request)
         pipeline = await self._ready()
@@ -190,9 +269,10 @@ class EchoRAGIngress:
         self.latency_total += time.perf_counter() - started
         return response
 
-    @app.post("/chat/stream", response_class=StreamingResponse)
-    async def chat_stream(self, request: ChatRequest) -> StreamingResponse:
+    @app.post("/chat/stream", response_class=StreamingResponse, responses={429: {"model": ErrorResponse}})
+    async def chat_stream(self, request: ChatRequest, http: Request) -> StreamingResponse:
         """Server-sent events: ``sources``, then ``token`` pieces, then ``done`` (the /chat response)."""
+        self._rate_limit(http, request.user_id)
         self._check_length(request)
         self._check_version(request)
         pipeline = await self._ready()
@@ -202,9 +282,10 @@ class EchoRAGIngress:
             try:
                 async for event in pipeline.chat_stream(request):
                     yield f"event: {event['event']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
-            except Exception:
+            except Exception as exc:
                 self.errors += 1
-                error = {"event": "error", "error": "답변을 생성하지 못했습니다. 잠시 후 다시 시도해 주세요."}
+                message = str(exc) if isinstance(exc, ServiceUnavailable) else SERVER_ERROR
+                error = {"event": "error", "error": message}
                 yield f"event: error\ndata: {json.dumps(error, ensure_ascii=False)}\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -264,6 +345,83 @@ class EchoRAGIngress:
         self._admin(credentials)
         documents = [d.model_dump() for d in request.documents]
         return DocumentsResponse(**await self.retriever.add_documents.remote(documents))
+
+    # -- OpenAI-compatible API (echorag/openai_compat.py) ---------------------------------
+    @app.get("/v1/models", response_model=oai.ModelList)
+    async def openai_models(self) -> oai.ModelList:
+        cards = [oai.ModelCard(id=oai.MODEL, created=int(self.started)),
+                 oai.ModelCard(id=oai.model_id(BASE), created=int(self.started))]
+        for info in self.registry.history():
+            cards.append(oai.ModelCard(id=oai.model_id(info.version), created=int(info.created_at)))
+        return oai.ModelList(data=cards)
+
+    def _openai_request(self, request: oai.ChatCompletionRequest, http: Request):
+        try:
+            version = oai.parse_model(request.model)
+        except oai.UnknownModel as exc:
+            raise HTTPException(404, str(exc)) from None
+        chat, history = oai.to_chat_request(request, version)
+        self._rate_limit(http, request.user)
+        self._check_length(chat)
+        self._check_version(chat)
+        return chat, history
+
+    @app.post("/v1/chat/completions", response_model=oai.ChatCompletion,
+              responses={200: {"content": {"text/event-stream": {}}}})
+    async def openai_chat(self, request: oai.ChatCompletionRequest, http: Request):
+        """Retrieval-augmented like ``/chat``; ``stream: true`` answers in OpenAI's chunk format."""
+        chat, history = self._openai_request(request, http)
+        pipeline = await self._ready()
+        self.requests += 1
+        if not request.stream:
+            response = await pipeline.chat(chat, history)
+            usage = response.usage
+            return oai.completion(response, request.model, usage.prompt_tokens, usage.completion_tokens)
+
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+
+        async def chunks() -> AsyncIterator[str]:
+            completion_id, created = f"chatcmpl-{time.time_ns():x}", int(time.time())
+
+            def sse(body: dict) -> str:
+                return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+            yield sse(oai.chunk(completion_id, request.model, created, {"role": "assistant", "content": ""}))
+            try:
+                async for event in pipeline.chat_stream(chat, history):
+                    if event["event"] == "token":
+                        yield sse(oai.chunk(completion_id, request.model, created, {"content": event["text"]}))
+                    elif event["event"] == "done":
+                        usage = event["response"]["usage"]
+                        yield sse(oai.chunk(completion_id, request.model, created, {}, finish="stop"))
+                        if include_usage:
+                            totals = oai.Usage(**usage, total_tokens=sum(usage.values()))
+                            yield sse(oai.chunk(completion_id, request.model, created, {}, usage=totals, choices=False))
+            except Exception as exc:
+                self.errors += 1
+                message = str(exc) if isinstance(exc, ServiceUnavailable) else SERVER_ERROR
+                yield sse(oai.error_body(message, "server_error"))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    @app.post("/v1/embeddings", response_model=oai.EmbeddingList)
+    async def openai_embeddings(self, request: oai.EmbeddingRequest, http: Request) -> oai.EmbeddingList:
+        """The service's own embedder (L2-normalised); ``input_type`` picks query or passage prefixes."""
+        if request.model not in (oai.MODEL, (await self.embedder.info.remote())["id"]):
+            raise HTTPException(404, f"model {request.model!r} does not exist; use {oai.MODEL!r}")
+        try:
+            texts = request.texts()
+        except ValueError as exc:
+            raise HTTPException(422, f"invalid request: input: {exc}") from None
+        self._rate_limit(http, request.user)
+        if request.input_type == "query":
+            vectors = await asyncio.gather(*(retrying(self.embedder.embed_query.remote, t) for t in texts))
+        else:
+            vectors = await retrying(self.embedder.embed_passages.remote, texts)
+        items = [oai.EmbeddingItem(index=i, embedding=np.asarray(v, dtype=float).tolist()) for i, v in enumerate(vectors)]
+        tokens = sum(len(t) for t in texts)  # characters: the embedder's tokenizer is internal to it
+        return oai.EmbeddingList(data=items, model=request.model, usage=oai.Usage(prompt_tokens=tokens, total_tokens=tokens))
 
     # -- the learning loop ---------------------------------------------------------------
     @app.post("/feedback", response_model=mlops_api.FeedbackResponse)
@@ -342,3 +500,13 @@ class EchoRAGIngress:
     async def cleanup(self, request: mlops_api.CleanupRequest, credentials=Admin):
         self._admin(credentials)
         return await self._loop("cleanup", request.keep_days)
+
+    @app.get("/mlops/backups", response_model=mlops_api.BackupsResponse)
+    async def backups(self, credentials=Admin):
+        self._admin(credentials)
+        return await self._loop("backups")
+
+    @app.post("/mlops/restore", response_model=mlops_api.RestoreResponse)
+    async def restore(self, request: mlops_api.RestoreRequest, credentials=Admin):
+        self._admin(credentials)
+        return await self._loop("restore", request.backup)

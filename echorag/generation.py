@@ -67,6 +67,8 @@ class Generator(Protocol):
         temperature: float = 0.0,
     ) -> Iterator[str]: ...
 
+    def usage(self, messages: list[dict], text: str) -> tuple[int, int]: ...
+
 
 class LocalGenerator:
     """A causal LM from a local directory or the hub, with LoRA adapters loaded by name."""
@@ -215,6 +217,10 @@ class LocalGenerator:
 
         return pieces()
 
+    def usage(self, messages: list[dict], text: str) -> tuple[int, int]:
+        """(prompt, completion) token counts of a streamed answer."""
+        return self.count_tokens(messages), len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def _encode(self, conversations: list[list[dict]]):
         return self.tokenizer.apply_chat_template(
             conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
@@ -331,3 +337,6 @@ class OpenAIGenerator:
         for chunk in chunks:
             if chunk.choices and (piece := chunk.choices[0].delta.content):
                 yield piece
+
+    def usage(self, messages: list[dict], text: str) -> tuple[int, int]:
+        return 0, 0  # the remote tokenizer is not known here

@@ -21,7 +21,7 @@ import numpy as np
 from echorag.generation import Generation
 from echorag.memory import SessionMemory
 from echorag.prompts import build_messages
-from echorag.schemas import ChatRequest, ChatResponse, MlopsInfo, SearchResult, Timing
+from echorag.schemas import ChatRequest, ChatResponse, MlopsInfo, SearchResult, Timing, TokenUsage
 
 
 @dataclass
@@ -55,6 +55,8 @@ class ChatServices(Protocol):
 
     def stream(self, messages: list[dict], adapter: str) -> AsyncIterator[str]: ...
 
+    async def usage(self, messages: list[dict], text: str) -> tuple[int, int]: ...
+
     async def record(self, turn: Turn) -> MlopsInfo: ...
 
     async def remember(self, turn: Turn) -> None: ...
@@ -70,6 +72,7 @@ class _Prepared:
     adapter: str
     timing: Timing
     started: float
+    remember: bool  # False when the caller brought its own history (OpenAI-style)
 
 
 class ChatPipeline:
@@ -78,7 +81,7 @@ class ChatPipeline:
         self.memory = memory
         self.model_name = model_name
 
-    async def _prepare(self, request: ChatRequest) -> _Prepared:
+    async def _prepare(self, request: ChatRequest, history: list[dict[str, str]] | None) -> _Prepared:
         timing, started = Timing(), time.perf_counter()
         clock = started
 
@@ -88,7 +91,7 @@ class ChatPipeline:
             elapsed, clock = now - clock, now
             return elapsed
 
-        memory = self.memory.get(request.session_id)
+        memory = self.memory.get(request.session_id) if history is None else history
         adapter = request.adapter_version or await self.services.active_version()
         timing.memory = lap()
         vector = await self.services.embed_query(request.message)
@@ -98,9 +101,11 @@ class ChatPipeline:
         messages = build_messages(
             request.message, [r.model_dump() for r in results], memory
         )
-        return _Prepared(messages, results, memory, adapter, timing, started)
+        return _Prepared(messages, results, memory, adapter, timing, started, remember=history is None)
 
-    async def _finish(self, request: ChatRequest, prepared: _Prepared, answer: str) -> ChatResponse:
+    async def _finish(
+        self, request: ChatRequest, prepared: _Prepared, answer: str, usage: TokenUsage
+    ) -> ChatResponse:
         timing = prepared.timing
         turn = Turn(
             id=uuid.uuid4().hex,
@@ -112,7 +117,8 @@ class ChatPipeline:
             model=self.model_name,
             sources=[r.id for r in prepared.results if r.collection == "documents"],
         )
-        self.memory.add(request.session_id, request.message, answer)
+        if prepared.remember:
+            self.memory.add(request.session_id, request.message, answer)
         clock = time.perf_counter()
         mlops_info, _ = await asyncio.gather(
             self.services.record(turn), self.services.remember(turn)
@@ -129,18 +135,24 @@ class ChatPipeline:
             adapter_version=prepared.adapter,
             session_id=request.session_id,
             turn_id=turn.id,
+            usage=usage,
         )
 
-    async def chat(self, request: ChatRequest) -> ChatResponse:
-        prepared = await self._prepare(request)
+    async def chat(self, request: ChatRequest, history: list[dict[str, str]] | None = None) -> ChatResponse:
+        """Answer one message. ``history`` ({"user", "assistant"} pairs) replaces the
+        session's memory when the caller keeps the conversation itself."""
+        prepared = await self._prepare(request, history)
         clock = time.perf_counter()
         generation = await self.services.generate(prepared.messages, prepared.adapter)
         prepared.timing.generation = time.perf_counter() - clock
-        return await self._finish(request, prepared, generation.text.strip())
+        usage = TokenUsage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens)
+        return await self._finish(request, prepared, generation.text.strip(), usage)
 
-    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(
+        self, request: ChatRequest, history: list[dict[str, str]] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """Events: ``sources`` first, then ``token`` pieces, then ``done`` with the full response."""
-        prepared = await self._prepare(request)
+        prepared = await self._prepare(request, history)
         yield {
             "event": "sources",
             "search_results": [r.model_dump() for r in prepared.results],
@@ -152,5 +164,8 @@ class ChatPipeline:
             pieces.append(piece)
             yield {"event": "token", "text": piece}
         prepared.timing.generation = time.perf_counter() - clock
-        response = await self._finish(request, prepared, "".join(pieces).strip())
+        answer = "".join(pieces).strip()
+        prompt_tokens, completion_tokens = await self.services.usage(prepared.messages, answer)
+        usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        response = await self._finish(request, prepared, answer, usage)
         yield {"event": "done", "response": response.model_dump()}

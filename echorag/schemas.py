@@ -55,6 +55,11 @@ class MlopsInfo(BaseModel):
     current_version: str = "base"
 
 
+class TokenUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class ChatResponse(BaseModel):
     response: str
     search_results: list[SearchResult]
@@ -67,6 +72,7 @@ class ChatResponse(BaseModel):
     adapter_version: str
     session_id: str
     turn_id: str | None = None
+    usage: TokenUsage = Field(default_factory=TokenUsage)
 
 
 class DocumentIn(BaseModel):

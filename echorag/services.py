@@ -56,6 +56,9 @@ class LocalServices:
         ):
             yield piece
 
+    async def usage(self, messages: list[dict], text: str) -> tuple[int, int]:
+        return await asyncio.to_thread(self.generator.usage, messages, text)
+
     async def record(self, turn: Turn) -> MlopsInfo:
         if self.loop is None:
             return MlopsInfo(current_version=turn.adapter_version)

@@ -1,0 +1,49 @@
+"""Guard rails over real HTTP: per-user rate limit, body size limit, no open CORS, admin routes closed."""
+
+import pytest
+
+from tests.serve.conftest import ADMIN
+
+pytestmark = pytest.mark.serve
+
+
+def test_a_user_over_the_rate_limit_gets_429_with_retry_after(client):
+    body = {"input": "안녕하세요", "user": "rate-limit-test-user"}
+    statuses = [client.post("/v1/embeddings", json=body).status_code for _ in range(40)]
+    assert statuses[:30] == [200] * 30  # the default burst
+    assert 429 in statuses
+    limited = client.post("/v1/embeddings", json=body)
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert "요청이 너무 많습니다" in limited.json()["error"]["message"]
+    # another user is unaffected
+    assert client.post("/v1/embeddings", json={**body, "user": "someone-else"}).status_code == 200
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(client):
+    huge = {"documents": [{"text": "가" * (11 * 1024 * 1024 // 3)}]}
+    response = client.post("/documents", json=huge, headers=ADMIN)
+    assert response.status_code == 413
+    assert "exceeds" in response.json()["error"]
+
+
+def test_no_cross_origin_access_by_default(client):
+    preflight = {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"}
+    response = client.options("/chat", headers=preflight)
+    assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("POST", "/mlops/settings"), ("POST", "/mlops/finetune"), ("POST", "/mlops/rollback"),
+        ("POST", "/mlops/promote"), ("DELETE", "/mlops/conversations"), ("POST", "/mlops/cleanup"),
+        ("POST", "/mlops/export"), ("POST", "/documents"), ("GET", "/mlops/conversations"),
+        ("GET", "/mlops/events"),
+    ],
+)
+def test_admin_routes_refuse_without_the_token(client, method, path):
+    for headers in ({}, {"Authorization": "Bearer wrong-token"}):
+        response = client.request(method, path, json={}, headers=headers)
+        assert response.status_code == 401, (path, response.text)
+        assert response.headers["WWW-Authenticate"] == "Bearer"
