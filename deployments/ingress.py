@@ -58,7 +58,18 @@ app = FastAPI(
 
 # The web UI: static files shipped in the package, no build step.
 UI_DIR = Path(echorag.__file__).parent / "ui"
-app.mount("/ui", StaticFiles(directory=UI_DIR, check_dir=False), name="ui")
+
+
+class UIFiles(StaticFiles):
+    """Static files a browser revalidates, so an upgrade never mixes old and new scripts."""
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+app.mount("/ui", UIFiles(directory=UI_DIR, check_dir=False), name="ui")
 app.add_middleware(RequestGuard)
 
 # Korean messages shown in chat when the service cannot answer.
@@ -203,7 +214,7 @@ class EchoRAGIngress:
         self.settings = load_settings(**settings)
         self.retriever, self.generator, self.embedder = retriever, generator, embedder
         self.registry = AdapterRegistry(self.settings.adapters_dir)
-        self.collector = get_collector(settings)
+        self.collector = get_collector(settings, serve.get_replica_context().app_name)
         self.admin_token = ensure_admin_token(self.settings.data_dir, self.settings.admin_token)
         self.services = ServeServices(embedder, retriever, generator, self.collector, self.registry)
         self.memory = SessionMemory(self.settings.memory_turns)
@@ -347,7 +358,7 @@ class EchoRAGIngress:
         return DocumentsResponse(**await self.retriever.add_documents.remote(documents))
 
     # -- OpenAI-compatible API (echorag/openai_compat.py) ---------------------------------
-    @app.get("/v1/models", response_model=oai.ModelList)
+    @app.get("/v1/models", response_model=oai.ModelList, responses=oai.ERROR_RESPONSES)
     async def openai_models(self) -> oai.ModelList:
         cards = [oai.ModelCard(id=oai.MODEL, created=int(self.started)),
                  oai.ModelCard(id=oai.model_id(BASE), created=int(self.started))]
@@ -367,7 +378,7 @@ class EchoRAGIngress:
         return chat, history
 
     @app.post("/v1/chat/completions", response_model=oai.ChatCompletion,
-              responses={200: {"content": {"text/event-stream": {}}}})
+              responses={**oai.ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
     async def openai_chat(self, request: oai.ChatCompletionRequest, http: Request):
         """Retrieval-augmented like ``/chat``; ``stream: true`` answers in OpenAI's chunk format."""
         chat, history = self._openai_request(request, http)
@@ -405,7 +416,7 @@ class EchoRAGIngress:
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
-    @app.post("/v1/embeddings", response_model=oai.EmbeddingList)
+    @app.post("/v1/embeddings", response_model=oai.EmbeddingList, responses=oai.ERROR_RESPONSES)
     async def openai_embeddings(self, request: oai.EmbeddingRequest, http: Request) -> oai.EmbeddingList:
         """The service's own embedder (L2-normalised); ``input_type`` picks query or passage prefixes."""
         if request.model not in (oai.MODEL, (await self.embedder.info.remote())["id"]):
@@ -458,7 +469,7 @@ class EchoRAGIngress:
 
     @app.get("/mlops/conversations", response_model=mlops_api.ConversationsResponse)
     async def conversations(
-        self, limit: int = Query(50, ge=1, le=mlops_api.CONVERSATIONS_LIMIT_MAX), offset: int = Query(0, ge=0),
+        self, limit: int = Query(50, ge=1, le=mlops_api.CONVERSATIONS_LIMIT_MAX), offset: int = Query(0, ge=0, le=2**62),
         credentials=Admin,
     ):
         self._admin(credentials)

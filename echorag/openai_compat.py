@@ -191,6 +191,23 @@ def chunk(completion_id: str, model: str, created: int, delta: dict[str, str], f
     return body
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    """OpenAI's error shape, which the official client turns into its exceptions."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope} for status in (401, 404, 413, 422, 429, 500, 503)
+}
+
+
 def error_body(message: str, kind: str = "invalid_request_error", code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error envelope, which the official client turns into its exceptions."""
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return ErrorEnvelope(error=ErrorDetail(message=message, type=kind, code=code)).model_dump()
