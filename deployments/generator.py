@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
+from deployments import metrics
 from echorag.config import load_settings
 from echorag.generation import BASE, Generation, LocalGenerator, OpenAIGenerator
 from echorag.mlops.registry import AdapterRegistry
@@ -37,7 +38,8 @@ class LoadedAdapter:
 class Generator:
     def __init__(self, settings: dict) -> None:
         self.settings = s = load_settings(**settings)
-        self.registry = AdapterRegistry(s.adapters_dir)
+        metrics.set_enabled(s.monitoring_export_metrics)
+        self.registry = AdapterRegistry(s.adapters_root)
         if s.generator_backend == "openai":
             self.model = OpenAIGenerator(api_key=s.openai_api_key, base_url=s.openai_base_url, model=s.openai_model)
             self.resolved = None
@@ -68,6 +70,9 @@ class Generator:
         adapter = await self.get_adapter(serve.get_multiplexed_model_id() or BASE)
         return adapter_arg(adapter.version)
 
+    async def usage(self, messages: list[dict], text: str) -> tuple[int, int]:
+        return await asyncio.to_thread(self.model.usage, messages, text)
+
     async def warmup(self) -> str:
         """Load the requested version now, so its first real request pays nothing."""
         return (await self.get_adapter(serve.get_multiplexed_model_id() or BASE)).version
@@ -80,13 +85,22 @@ class Generator:
         self, conversations: list[list[dict]], adapters: list[str | None]
     ) -> list[Generation]:
         s = self.settings
-        return await asyncio.to_thread(
+        generations = await asyncio.to_thread(
             self.model.generate, conversations, adapters, s.max_new_tokens, s.temperature
         )
+        for generation, adapter in zip(generations, adapters):
+            metrics.record_tokens(generation.completion_tokens, adapter or BASE)
+        return generations
 
     async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
         adapter, s = await self._adapter_name(), self.settings
+        pieces = []
         async for piece in iterate_in_thread(
             self.model.stream, messages, adapter, s.max_new_tokens, s.temperature
         ):
+            pieces.append(piece)
             yield piece
+        tokenizer = getattr(self.model, "tokenizer", None)  # pieces are text, not tokens
+        if tokenizer is not None:
+            tokens = len(tokenizer("".join(pieces), add_special_tokens=False).input_ids)
+            metrics.record_tokens(tokens, adapter or BASE)

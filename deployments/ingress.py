@@ -24,6 +24,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 import echorag
+from deployments import metrics
 from deployments.guard import RequestGuard, require_admin
 from deployments.mlops import get_collector
 from echorag.config import load_settings
@@ -71,6 +72,18 @@ class UIFiles(StaticFiles):
 
 app.mount("/ui", UIFiles(directory=UI_DIR, check_dir=False), name="ui")
 app.add_middleware(RequestGuard)
+
+
+@app.middleware("http")
+async def _record_metrics(request: Request, call_next):
+    started, status = time.perf_counter(), 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:  # a route template, never a raw URL, keeps the series' cardinality bounded
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.record_request(route, status, time.perf_counter() - started)
 
 # Korean messages shown in chat when the service cannot answer.
 STORE_DOWN = "검색 저장소에 연결할 수 없습니다. 잠시 후 다시 시도해 주세요."
@@ -213,7 +226,8 @@ class EchoRAGIngress:
     ) -> None:
         self.settings = load_settings(**settings)
         self.retriever, self.generator, self.embedder = retriever, generator, embedder
-        self.registry = AdapterRegistry(self.settings.adapters_dir)
+        self.registry = AdapterRegistry(self.settings.adapters_root)
+        metrics.set_enabled(self.settings.monitoring_export_metrics)
         self.collector = get_collector(settings, serve.get_replica_context().app_name)
         self.admin_token = ensure_admin_token(self.settings.data_dir, self.settings.admin_token)
         self.services = ServeServices(embedder, retriever, generator, self.collector, self.registry)
@@ -278,6 +292,7 @@ class EchoRAGIngress:
             self.errors += 1
             raise
         self.latency_total += time.perf_counter() - started
+        metrics.record_chat(response.timing, response.search_results)
         return response
 
     @app.post("/chat/stream", response_class=StreamingResponse, responses={429: {"model": ErrorResponse}})
@@ -292,6 +307,8 @@ class EchoRAGIngress:
         async def events() -> AsyncIterator[str]:
             try:
                 async for event in pipeline.chat_stream(request):
+                    if event["event"] == "done":
+                        metrics.record_chat(event["response"]["timing"], event["response"]["search_results"])
                     yield f"event: {event['event']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
             except Exception as exc:
                 self.errors += 1
@@ -386,6 +403,7 @@ class EchoRAGIngress:
         self.requests += 1
         if not request.stream:
             response = await pipeline.chat(chat, history)
+            metrics.record_chat(response.timing, response.search_results)
             usage = response.usage
             return oai.completion(response, request.model, usage.prompt_tokens, usage.completion_tokens)
 
@@ -403,6 +421,7 @@ class EchoRAGIngress:
                     if event["event"] == "token":
                         yield sse(oai.chunk(completion_id, request.model, created, {"content": event["text"]}))
                     elif event["event"] == "done":
+                        metrics.record_chat(event["response"]["timing"], event["response"]["search_results"])
                         usage = event["response"]["usage"]
                         yield sse(oai.chunk(completion_id, request.model, created, {}, finish="stop"))
                         if include_usage:

@@ -30,8 +30,8 @@ import ray.train.torch
 from ray.actor import ActorHandle
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from ray.util.metrics import Gauge
 
+from deployments import metrics
 from echorag.mlops.registry import InvalidAdapterError, validate_adapter_dir
 from echorag.mlops.training import (
     Chat,
@@ -107,16 +107,6 @@ def progress_actor(name: str = PROGRESS_ACTOR_NAME, namespace: str | None = None
     ).remote()
 
 
-_GAUGES: dict[str, Gauge] = {}
-
-
-def _gauge(name: str, description: str) -> Gauge:
-    # One Gauge per name and process, however many runs the process sees.
-    if name not in _GAUGES:
-        _GAUGES[name] = Gauge(name, description=description, tag_keys=("run_id",))
-    return _GAUGES[name]
-
-
 class _StepReporter:
     """Sends rank 0's steps to the progress actor (fire and forget, in order) and to Ray
     metrics. Other ranks take the same steps; one voice is enough."""
@@ -124,17 +114,11 @@ class _StepReporter:
     def __init__(self, run_id: str, actor: ActorHandle | None, rank: int) -> None:
         self.run_id, self.actor, self.active = run_id, actor, rank == 0
         self._last_call: ray.ObjectRef | None = None
-        self.step_gauge = _gauge("echorag_training_step", "Optimizer steps done in the current training run.")
-        self.loss_gauge = _gauge("echorag_training_loss", "Training loss of the latest optimizer step.")
-        self.progress_gauge = _gauge("echorag_training_progress", "Share of the run's steps done (0..1).")
 
     def step(self, info: StepInfo) -> None:
         if not self.active:
             return
-        tags = {"run_id": self.run_id}
-        self.step_gauge.set(info.step, tags=tags)
-        self.loss_gauge.set(info.loss, tags=tags)
-        self.progress_gauge.set(info.progress, tags=tags)
+        metrics.record_training_step(self.run_id, info.step, info.total_steps, info.loss, info.progress)
         self._send(info.to_dict() | {"kind": "step"})
 
     def epoch(self, info: EpochInfo) -> None:

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(None, validation_alias=_env("admin_token"))
     chroma_host: str | None = Field(None, validation_alias=_env("chroma_host"))
     chroma_port: int = Field(8000, validation_alias=_env("chroma_port"))
+    adapters_uri: str | None = Field(
+        None, validation_alias=_env("adapters_uri"),
+        description="Where adapter versions live when not in data_dir/adapters: a shared path or a storage "
+        "URI every node reads (file:///mnt/shared/adapters, s3://bucket/adapters, gs://bucket/adapters)",
+    )
 
     # Models
     generator_backend: Literal["local", "openai"] = Field(
@@ -47,6 +52,9 @@ class Settings(BaseSettings):
         "mean", validation_alias=_env("embedder_pooling")
     )
     device: str = Field("auto", validation_alias=_env("device"))
+    # Secret orthogonal rotation of every stored and query vector (echorag.inversion):
+    # retrieval is unchanged, leaked vectors no longer invert. Changing it means re-index.
+    vector_rotation_key: str | None = Field(None, validation_alias=_env("vector_rotation_key"), repr=False)
     max_new_tokens: int = Field(128, ge=1, le=4096, validation_alias=_env("max_new_tokens"))
     temperature: float = Field(0.0, ge=0.0, le=2.0, validation_alias=_env("temperature"))
 
@@ -54,16 +62,31 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, le=50, validation_alias=_env("top_k"))
     chunk_size: int = Field(500, ge=50, validation_alias=_env("chunk_size"))
     chunk_overlap: int = Field(100, ge=0, validation_alias=_env("chunk_overlap"))
-    # Normalised score fusion 0.5/0.5 was best on all three evaluation sets
-    # (bench/results/retrieval.json, `python bench/retrieval.py`).
-    fusion: Literal["rrf", "score"] = Field("score", validation_alias=_env("fusion"))
-    bm25_weight: float = Field(0.5, ge=0.0, validation_alias=_env("bm25_weight"))
-    dense_weight: float = Field(0.5, ge=0.0, validation_alias=_env("dense_weight"))
+    # Z-score fusion of exact BM25 and dense scores, BM25 weight 0.4, dense scored half on the
+    # chunk and half on its best sentence: the best mean nDCG@10 over the three evaluation
+    # sets, and the leave-one-set-out choice for each (bench/results/retrieval_tuning.json,
+    # `python bench/retrieval_tune.py`). "score" is min-max fusion, "rrf" weighted RRF.
+    fusion: Literal["rrf", "score", "zscore"] = Field("zscore", validation_alias=_env("fusion"))
+    bm25_weight: float = Field(0.4, ge=0.0, validation_alias=_env("bm25_weight"))
+    dense_weight: float = Field(0.6, ge=0.0, validation_alias=_env("dense_weight"))
+    # Share of the dense score taken by the query's best-matching sentence of a chunk
+    # (0 = chunk vector only; needs the retriever to embed sentences at indexing).
+    sentence_weight: float = Field(0.5, ge=0.0, le=1.0, validation_alias=_env("sentence_weight"))
     memory_top_k: int = Field(2, ge=0, le=20, validation_alias=_env("memory_top_k"))
 
     # Chat limits and short-term memory
     max_message_chars: int = Field(4000, ge=1, validation_alias=_env("max_message_chars"))
     memory_turns: int = Field(5, ge=0, le=100, validation_alias=_env("memory_turns"))
+
+    # HTTP guard rails. The rate limit is per user id (per address for anonymous
+    # callers) and per ingress replica; 0 turns it off.
+    rate_limit_per_minute: float = Field(120.0, ge=0, validation_alias=_env("rate_limit_per_minute"))
+    rate_limit_burst: int = Field(30, ge=1, validation_alias=_env("rate_limit_burst"))
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, validation_alias=_env("max_body_bytes"))
+    cors_origins: tuple[str, ...] = Field(
+        (), validation_alias=_env("cors_origins"),
+        description="Origins allowed to call the API from a browser; none beyond the same origin by default",
+    )
 
     # Learning loop (original names first)
     finetune_enabled: bool = Field(True, validation_alias=_env("finetune_enabled", "FINETUNE_ENABLED"))
@@ -134,6 +157,11 @@ class Settings(BaseSettings):
     @cached_property
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
+
+    @cached_property
+    def adapters_root(self) -> str | Path:
+        """The adapter registry's root: ``adapters_uri`` when set, else ``data_dir/adapters``."""
+        return self.adapters_uri or self.adapters_dir
 
     @cached_property
     def sqlite_path(self) -> Path:

@@ -1,23 +1,33 @@
-"""Adapter versions on disk: ``root/v1``, ``root/v2``, ... and an ``active.json`` pointer.
+"""Adapter versions: ``root/v1``, ``root/v2``, ... and an ``active.json`` pointer.
 
 A version is written into a temporary directory and renamed into place, so it
 appears complete or not at all, and an existing version is never overwritten. Its
 weights and config never change afterwards; only the ``status`` in ``metadata.json``
 is rewritten (atomically). The active pointer is the source of truth for what
 serves: promotion and rollback move it, nothing is copied or deleted.
+
+``root`` is a local (or mounted shared) path, or a storage URI that every node of a
+cluster reads (``file:///mnt/shared/adapters``, ``s3://bucket/adapters``,
+``gs://bucket/adapters``, through ``pyarrow.fs``). With a URI, a version is uploaded
+file by file with ``metadata.json`` last (a version without it is incomplete and is
+never loaded), and ``path()`` downloads a version into a local cache directory, so
+peft loads it from disk. One process writes (the collector); any number read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import struct
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,17 +122,171 @@ def validate_adapter_dir(path: Path, name: str | None = None) -> None:
         raise InvalidAdapterError(f"adapter {name}: {weights.name} is unreadable ({exc})") from exc
 
 
-class AdapterRegistry:
+def is_uri(root: str | Path) -> bool:
+    return "://" in str(root)
+
+
+# --------------------------------------------------------------------------- where versions live
+
+
+class LocalStorage:
+    """Versions as directories of a local path (or a shared mount every node sees)."""
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def where(self, name: str) -> str:
+        return str(self.root / name)
+
+    def directories(self) -> list[str]:
+        return [p.name for p in self.root.iterdir() if p.is_dir()]
+
+    def read_text(self, name: str) -> str:
+        """Raises ``FileNotFoundError`` when there is no such file."""
+        return (self.root / name).read_text(encoding="utf-8")
+
+    def write_json(self, name: str, data: Any) -> None:
+        write_json_atomic(self.root / name, data)
+
+    def put_version(self, version: str, fill: Callable[[Path], None]) -> None:
+        """``fill(tmp)`` creates the version in a temporary directory; then it is renamed in."""
+        target = self.root / version
+        if target.exists():
+            raise VersionExistsError(f"adapter {version} already exists at {target}; versions are immutable")
+        tmp = self.root / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+        try:
+            fill(tmp)
+            for file in tmp.rglob("*"):
+                if file.is_file():
+                    _fsync(file)
+            # rename() refuses a non-empty target, so a concurrent writer cannot be overwritten.
+            os.rename(tmp, target)
+            _fsync(self.root)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if target.exists():
+                raise VersionExistsError(f"adapter {version} already exists at {target}") from exc
+            raise
+
+    def local_dir(self, version: str) -> Path:
+        return self.root / version
+
+
+class RemoteStorage:
+    """Versions under a storage URI (``pyarrow.fs``: local ``file://``, S3, GCS, HDFS),
+    downloaded on demand into ``cache_dir`` (one directory per version, never changed)."""
+
+    def __init__(self, uri: str, cache_dir: str | Path | None = None) -> None:
+        from pyarrow import fs
+
+        self.uri = uri.rstrip("/")
+        self.fs, self.base = fs.FileSystem.from_uri(self.uri)
+        self.fs.create_dir(self.base, recursive=True)
+        key = hashlib.sha1(self.uri.encode()).hexdigest()[:12]
+        self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "echorag-adapter-cache") / key
+
+    def where(self, name: str) -> str:
+        return f"{self.uri}/{name}"
+
+    def _exists(self, name: str) -> bool:
+        from pyarrow import fs
+
+        return self.fs.get_file_info(f"{self.base}/{name}").type != fs.FileType.NotFound
+
+    def directories(self) -> list[str]:
+        from pyarrow import fs
+
+        infos = self.fs.get_file_info(fs.FileSelector(self.base, allow_not_found=True))
+        return [i.base_name for i in infos if i.type == fs.FileType.Directory]
+
+    def read_text(self, name: str) -> str:
+        if not self._exists(name):  # stores differ in the error a missing object raises
+            raise FileNotFoundError(self.where(name))
+        with self.fs.open_input_stream(f"{self.base}/{name}") as f:
+            return f.read().decode("utf-8")
+
+    def _upload(self, local: Path, name: str) -> None:
+        with open(local, "rb") as src, self.fs.open_output_stream(f"{self.base}/{name}") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    def write_json(self, name: str, data: Any) -> None:
+        # Written aside and moved in: a local rename, or a whole-object copy on S3/GCS;
+        # readers see the old object or the new one.
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / "object.json"
+            file.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+            staged = f"{name}.{uuid.uuid4().hex[:8]}.tmp"
+            self._upload(file, staged)
+        self.fs.move(f"{self.base}/{staged}", f"{self.base}/{name}")
+
+    def put_version(self, version: str, fill: Callable[[Path], None]) -> None:
+        """Build the version locally, then upload it with ``metadata.json`` last: a reader
+        never takes a version without metadata for a complete one."""
+        if self._exists(version):
+            raise VersionExistsError(f"adapter {version} already exists at {self.where(version)}; versions are immutable")
+        with tempfile.TemporaryDirectory(prefix=f"echorag-{version}-") as tmp:
+            local = Path(tmp) / version
+            fill(local)
+            files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == METADATA_FILE)
+            for folder in sorted({f.parent.relative_to(local).as_posix() for f in files}):
+                self.fs.create_dir(f"{self.base}/{version}/{folder}".removesuffix("/."), recursive=True)
+            for file in files:
+                self._upload(file, f"{version}/{file.relative_to(local).as_posix()}")
+
+    def local_dir(self, version: str) -> Path:
+        """The version's files on local disk, downloaded once. The cache key includes the
+        version's creation time: a store that was wiped and refilled may reuse a name."""
+        from pyarrow import fs
+
+        try:
+            created = json.loads(self.read_text(f"{version}/{METADATA_FILE}")).get("created_at", 0)
+        except FileNotFoundError:
+            missing = "no directory" if not self._exists(version) else f"{METADATA_FILE} is missing (incomplete upload)"
+            raise InvalidAdapterError(f"adapter {version}: {missing} at {self.where(version)}") from None
+        except ValueError as exc:
+            raise InvalidAdapterError(f"adapter {version}: {METADATA_FILE} is unreadable ({exc})") from exc
+        target = self.cache_dir / f"{version}-{int(float(created) * 1e6)}"
+        if target.is_dir():
+            return target
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            fs.copy_files(f"{self.base}/{version}", str(tmp), source_filesystem=self.fs,
+                          destination_filesystem=fs.LocalFileSystem())
+            validate_adapter_dir(tmp, version)  # a damaged upload never reaches the cache
+            os.rename(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not target.is_dir():  # not a replica beside us that finished first
+                raise
+        except InvalidAdapterError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+class AdapterRegistry:
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:
+        """``root``: a local path or a storage URI; ``cache_dir``: where versions under a
+        URI are downloaded (default: a directory in the system's temp dir)."""
+        if is_uri(root):
+            self.storage: LocalStorage | RemoteStorage = RemoteStorage(str(root), cache_dir)
+            self.root: str | Path = self.storage.uri
+        else:
+            self.storage = LocalStorage(root)
+            self.root = self.storage.root
         self._lock = threading.Lock()
 
     # -- reading --------------------------------------------------------------------------
 
     def versions(self) -> list[str]:
         """Existing versions, oldest first."""
-        found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+        found = [name for name in self.storage.directories() if _VERSION.match(name)]
         return sorted(found, key=lambda v: int(v[1:]))
 
     def next_version(self) -> str:
@@ -132,17 +296,17 @@ class AdapterRegistry:
     def path(self, version: str) -> Path:
         """The directory of a valid version (what the generator loads)."""
         self._check_name(version)
-        path = self.root / version
+        path = self.storage.local_dir(version)
         validate_adapter_dir(path, version)
         return path
 
     def info(self, version: str) -> AdapterInfo:
         self._check_name(version)
-        file = self.root / version / METADATA_FILE
         try:
-            info = AdapterInfo.model_validate_json(file.read_text(encoding="utf-8"))
+            info = AdapterInfo.model_validate_json(self.storage.read_text(f"{version}/{METADATA_FILE}"))
         except FileNotFoundError as exc:
-            raise InvalidAdapterError(f"adapter {version}: {METADATA_FILE} is missing in {file.parent}") from exc
+            where = self.storage.where(version)
+            raise InvalidAdapterError(f"adapter {version}: {METADATA_FILE} is missing in {where}") from exc
         except ValueError as exc:
             raise InvalidAdapterError(f"adapter {version}: {METADATA_FILE} is unreadable ({exc})") from exc
         # The pointer decides what is active; metadata may lag after a crash between writes.
@@ -169,13 +333,12 @@ class AdapterRegistry:
         return self._pointer().get("version", BASE)
 
     def _pointer(self) -> dict[str, Any]:
-        file = self.root / POINTER_FILE
         try:
-            pointer = json.loads(file.read_text(encoding="utf-8"))
+            pointer = json.loads(self.storage.read_text(POINTER_FILE))
         except FileNotFoundError:
             return {"version": BASE}
         except ValueError as exc:
-            raise InvalidAdapterError(f"active pointer {file} is unreadable ({exc})") from exc
+            raise InvalidAdapterError(f"active pointer {self.storage.where(POINTER_FILE)} is unreadable ({exc})") from exc
         return pointer
 
     # -- writing --------------------------------------------------------------------------
@@ -198,9 +361,6 @@ class AdapterRegistry:
         with self._lock:
             version = version or self.next_version()
             self._check_name(version)
-            target = self.root / version
-            if target.exists():
-                raise VersionExistsError(f"adapter {version} already exists at {target}; versions are immutable")
             info = AdapterInfo(
                 version=version,
                 parent=parent if parent is not None else self.active,
@@ -209,21 +369,12 @@ class AdapterRegistry:
                 metrics=metrics or {},
                 timings=timings or {},
             )
-            tmp = self.root / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
-            try:
+
+            def fill(tmp: Path) -> None:
                 shutil.copytree(source, tmp)
                 (tmp / METADATA_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
-                for file in tmp.rglob("*"):
-                    if file.is_file():
-                        _fsync(file)
-                # rename() refuses a non-empty target, so a concurrent writer cannot be overwritten.
-                os.rename(tmp, target)
-                _fsync(self.root)
-            except OSError as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if target.exists():
-                    raise VersionExistsError(f"adapter {version} already exists at {target}") from exc
-                raise
+
+            self.storage.put_version(version, fill)
         return info
 
     def promote(self, version: str) -> AdapterInfo | None:
@@ -232,9 +383,7 @@ class AdapterRegistry:
             previous = self.active
             if version != BASE:
                 self.path(version)  # refuse a missing or corrupted version before moving anything
-            write_json_atomic(
-                self.root / POINTER_FILE, {"version": version, "previous": previous, "updated_at": time.time()}
-            )
+            self.storage.write_json(POINTER_FILE, {"version": version, "previous": previous, "updated_at": time.time()})
             if previous not in (BASE, version):
                 try:
                     self._set_status(previous, "archived")
@@ -276,8 +425,7 @@ class AdapterRegistry:
             raise InvalidAdapterError(f"invalid version name {version!r}: expected v1, v2, ...")
 
     def _set_status(self, version: str, status: Status, metrics: dict[str, Any] | None = None) -> AdapterInfo:
-        file = self.root / version / METADATA_FILE
         info = self.info(version)
         info = info.model_copy(update={"status": status, "metrics": info.metrics | (metrics or {})})
-        write_json_atomic(file, info.model_dump(mode="json"))
+        self.storage.write_json(f"{version}/{METADATA_FILE}", info.model_dump(mode="json"))
         return info

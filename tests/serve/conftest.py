@@ -21,7 +21,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def metrics_port() -> int:
+    """Where the session cluster serves its Prometheus metrics (``/metrics``)."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(metrics_port):
     import ray
     from ray import serve
 
@@ -30,6 +36,9 @@ def ray_cluster():
         num_cpus=8,
         namespace="echorag",
         include_dashboard=False,
+        _metrics_export_port=metrics_port,
+        # Export metrics every 2 s instead of 10 s, so a test sees them soon.
+        _system_config={"metrics_report_interval_ms": 2000},
         runtime_env={"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "ANONYMIZED_TELEMETRY", "TOKENIZERS_PARALLELISM")}},
     )
     port = _free_port()
