@@ -134,7 +134,8 @@ Admin = Security(require_admin)  # checked before the body is parsed
 
 @app.exception_handler(MlopsError)
 async def _mlops_error(request: Request, exc: MlopsError) -> JSONResponse:
-    return _error(request, exc.status_code, str(exc), getattr(exc, "detail", None))
+    # Raised in the collector actor: ``str(exc)`` would carry Ray's remote traceback.
+    return _error(request, exc.status_code, exc.message, exc.detail)
 
 
 @app.exception_handler(HTTPException)

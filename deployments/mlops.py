@@ -23,6 +23,7 @@ from typing import Any
 
 import ray
 
+from deployments import metrics
 from echorag.config import Settings, load_settings
 from echorag.mlops.loop import LearningLoop, TrainingJob, TrainingOutcome
 from echorag.mlops.training import TrainConfig, heldout_losses
@@ -38,6 +39,7 @@ LOOP_METHODS = frozenset({
     "record", "feedback", "status", "training_progress", "finetune", "update_settings",
     "events", "training_history", "models", "performance", "export", "conversations",
     "clear_conversations", "cleanup", "rollback", "promote", "active_version", "wait_idle",
+    "backups", "restore",
 })
 
 
@@ -112,6 +114,27 @@ class _ProgressSink:
             callback(info)
 
 
+# Learning-loop events that end a run, as the outcome tag of echorag_training_runs.
+RUN_OUTCOMES = {
+    "training_started": "started", "training_succeeded": "succeeded",
+    "training_rejected": "rejected", "training_failed": "failed",
+}
+
+
+def observe_loop(kind: str, data: dict[str, Any]) -> None:
+    """The loop's observer: recorded turns and events become Ray metrics."""
+    if kind == "turn_recorded":
+        metrics.record_turn(data["stored"], data["reason"])
+        if data["stored"] and data["pii"]:
+            metrics.record_turn(False, "pii_scrubbed")  # stored, with PII removed
+    elif kind in RUN_OUTCOMES:
+        metrics.record_training_run(RUN_OUTCOMES[kind])
+    elif kind == "adapter_promoted":
+        metrics.set_active_version(data["version"])
+    elif kind == "adapter_rolled_back":
+        metrics.set_active_version(data["to"])
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=32)
 class Collector:
     def __init__(self, settings: dict, app_name: str = "echorag") -> None:
@@ -120,12 +143,15 @@ class Collector:
         self.started_at = time.time()
         base = resolve_generator(self.settings.generator_model, self.settings.models_dir)
         self._progress = _ProgressSink(ray.get_runtime_context().current_actor)
+        metrics.set_enabled(self.settings.monitoring_export_metrics)
         self.loop = LearningLoop(
             self.settings,
             ray_train_fn(self.settings, base.path, self._progress),
             warm_up=self._warm_generator,
+            observer=observe_loop,
             webhook_flavor=None if self.settings.finetune_webhook_format == "auto" else self.settings.finetune_webhook_format,
         )
+        metrics.set_active_version(self.loop.active_version())
 
     def info(self) -> dict[str, Any]:
         """Which process holds the collector, and since when (changes when Ray restarts it)."""
@@ -158,8 +184,16 @@ class Collector:
             logger.warning("could not warm the generator with %s: %s", version, exc)
 
 
+def collector_name(app_name: str = "echorag") -> str:
+    """One collector per application: two EchoRAG apps in a cluster keep their data apart."""
+    return COLLECTOR_NAME if app_name == "echorag" else f"{COLLECTOR_NAME}-{app_name}"
+
+
 def get_collector(settings: dict, app_name: str = "echorag"):
-    """The one collector of this cluster (created on first use)."""
+    """The application's collector (created on first use)."""
     return Collector.options(
-        name=COLLECTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        name=collector_name(app_name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        # On the head node, like Ray Train's state actor: its SQLite file stays where the
+        # cluster does, never on a GPU worker that the autoscaler may remove.
+        resources={"node:__internal_head__": 0.001},
     ).remote(settings, app_name)

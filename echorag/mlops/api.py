@@ -203,7 +203,7 @@ class TrainingProgress(BaseModel):
     status: ProgressStatus = "idle"
     run_id: int | None = None
     attempt: int | None = None
-    trigger: str | None = Field(None, description="auto | manual | pending | retry | settings | resume")
+    trigger: str | None = Field(None, description="auto | manual | pending | retry | settings | resume | restore")
     from_seq: int | None = None
     to_seq: int | None = None
     samples: int | None = Field(None, description="Training examples (new + replay).")
@@ -363,3 +363,41 @@ class ExportResponse(BaseModel):
     count: int = Field(..., description="Training examples (chats) exported; 👎 turns are excluded.")
     path: str | None = None
     jsonl: str | None = None
+
+
+# -- conversation backups ---------------------------------------------------------------
+
+
+class RestoreRequest(_Request):
+    backup: str = Field(
+        ..., min_length=1, max_length=512,
+        description="A backup name from ``GET /mlops/backups`` (or its full path inside the backups directory).",
+    )
+
+
+class BackupInfo(BaseModel):
+    name: str
+    size_bytes: int
+    created_at: float = Field(..., description="When the backup file was written (Unix time).")
+    turns: int | None = Field(None, description="Conversations in the backup (None: unreadable).")
+
+
+class BackupsResponse(BaseModel):
+    """``GET /mlops/backups``: conversation backups (``DELETE /mlops/conversations?backup=true``), newest first."""
+
+    directory: str
+    backups: list[BackupInfo]
+    count: int
+
+
+class RestoreResponse(BaseModel):
+    backup: str
+    restored: int = Field(..., description="Turns added back.")
+    skipped: int = Field(..., description="Turns of the backup already present (same id or same content).")
+    already_trained: int = Field(..., description="Restored turns a finished run trained on: they keep their seq "
+                                                  "below the watermark and are not trained again.")
+    pending: int = Field(..., description="Restored turns that were never trained: renumbered after the newest "
+                                          "turn, so the next run trains them.")
+    total_collected: int
+    new_data_count: int
+    training_queued: bool

@@ -36,10 +36,12 @@ import json
 import logging
 import math
 import shutil
+import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from fnmatch import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +51,8 @@ from echorag.mlops.api import (
     CONVERSATIONS_LIMIT_MAX,
     EVENTS_LIMIT_MAX,
     AdapterChange,
+    BackupInfo,
+    BackupsResponse,
     ClearConversationsResponse,
     CleanupResponse,
     CollectorStats,
@@ -63,6 +67,7 @@ from echorag.mlops.api import (
     ModelVersion,
     PerformanceMetrics,
     PromoteRequest,
+    RestoreResponse,
     RollbackRequest,
     RuntimeSettings,
     SETTING_KEYS,
@@ -98,6 +103,7 @@ log = logging.getLogger(__name__)
 Chat = list[dict[str, str]]
 INTERRUPTED = "interrupted: the process stopped during the run"
 MAX_LOSS_POINTS = 2000  # the loss curve kept for the UI (longer runs are thinned)
+BACKUP_GLOB = "conversations-*.sqlite"  # what ConversationStore.backup writes
 
 
 # -- errors the HTTP layer maps to status codes -------------------------------------------
@@ -261,6 +267,19 @@ def _outcome(run: Run) -> str:
     return "promoted" if run.metrics.get("promoted") else "rejected"
 
 
+def _read_backup(path: Path) -> list[tuple[int, str]]:
+    """``(seq, id)`` of every turn in a conversation backup, read-only; ``MlopsError`` if
+    the file is not one."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return [(r[0], r[1]) for r in db.execute("SELECT seq, id FROM conversations ORDER BY seq")]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise MlopsError(f"{path.name} is not a readable conversation backup: {exc}", {"backup": path.name}) from None
+
+
 def _run_info(run: Run) -> TrainingRunInfo:
     return TrainingRunInfo(
         run_id=run.id,
@@ -290,6 +309,7 @@ class LearningLoop:
         submit: Callable[[Callable[[], None]], Any] | None = None,
         schedule: Callable[[float, Callable[[], None]], Any] | None = None,
         warm_up: Callable[[str], Any] | None = None,
+        observer: Callable[[str, dict[str, Any]], Any] | None = None,
         webhook_url: str | None = None,
         webhook_flavor: Flavor | None = None,
         webhook_attempts: int = 4,
@@ -301,18 +321,22 @@ class LearningLoop:
         ``webhook_flavor`` forces the payload shape (default: from the URL's host).
         ``resume``: start a run at once when the data on disk already calls for one.
         ``warm_up(version)`` runs before a promotion moves the active pointer (and after a
-        rollback), so the first requests for the new version do not pay its load."""
+        rollback), so the first requests for the new version do not pay its load.
+        ``observer(kind, data)`` hears every stored event (``kind`` = its type, ``data``
+        = its data) and every recorded turn (``"turn_recorded"``: ``stored``, ``reason``,
+        ``pii``); the Ray layer turns them into metrics."""
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.backups_dir = self.data_dir / "backups"
         self.work_dir = self.data_dir / "training"
         self.exports_dir = self.data_dir / "exports"
         self.store = ConversationStore(settings.sqlite_path)
-        self.registry = AdapterRegistry(settings.adapters_dir)
+        self.registry = AdapterRegistry(settings.adapters_root)
         self._train_fn = train_fn
         self._submit = submit or _thread
         self._schedule = schedule or _timer
         self._warm_up_fn = warm_up  # loads a version on the serving side before it is switched to
+        self._observer = observer
         self.webhook_url = webhook_url if webhook_url is not None else getattr(settings, "finetune_webhook_url", None)
         self.webhook_flavor = webhook_flavor
         self.webhook_attempts = webhook_attempts
@@ -396,11 +420,20 @@ class LearningLoop:
     def _event(self, event: Event, **data: Any) -> Event:
         if data:
             event = event.model_copy(update={"data": event.data | data})
+        self._observe(event.type, event.data)
         try:
             return self.store.add_event(event)
         except Exception:  # an event must never break the step it describes
             log.exception("could not store event %s", event.type)
             return event
+
+    def _observe(self, kind: str, data: dict[str, Any]) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer(kind, data)
+        except Exception:  # observing (metrics) must never break the loop
+            log.exception("observer failed on %s", kind)
 
     def _notify(self, event: Event) -> None:
         """Send a webhook in the background: delivery (with its retries) never delays a run."""
@@ -759,6 +792,7 @@ class LearningLoop:
             with self._lock:
                 return self._info(False)
         result = self.store.add_turn(turn)
+        self._observe("turn_recorded", {"stored": result.stored, "reason": result.reason, "pii": list(result.pii)})
         actions: list[Callable[[], None]] = []
         with self._lock:
             if result.stored and result.seq is not None:
@@ -881,6 +915,105 @@ class LearningLoop:
             ))
             self._changed.notify_all()
         return ClearConversationsResponse(deleted=deleted, backup_path=str(path) if path else None)
+
+    def backups(self) -> BackupsResponse:
+        """The conversation backups in ``backups/`` (what ``clear_conversations(backup=True)``
+        writes), newest first."""
+        found = []
+        for path in self.backups_dir.glob(BACKUP_GLOB):
+            try:
+                stat = path.stat()
+                turns = len(_read_backup(path))
+            except FileNotFoundError:  # deleted while listing
+                continue
+            except MlopsError:
+                turns = None
+            found.append(BackupInfo(name=path.name, size_bytes=stat.st_size, created_at=stat.st_mtime, turns=turns))
+        found.sort(key=lambda b: (b.created_at, b.name), reverse=True)
+        return BackupsResponse(directory=str(self.backups_dir), backups=found, count=len(found))
+
+    def _backup_path(self, backup: str) -> Path:
+        """A backup by name (or by its full path inside ``backups/``); anything else is refused."""
+        directory = self.backups_dir.resolve()
+        try:
+            given = Path(backup)
+            path = (given if given.is_absolute() else directory / given).resolve()  # follows "..", symlinks
+        except (ValueError, OSError):  # e.g. a NUL byte
+            path = directory
+        if path.parent != directory or not fnmatch(path.name, BACKUP_GLOB):
+            raise MlopsError(
+                f"{backup!r} is not a conversation backup in the backups directory; GET /mlops/backups lists them",
+                {"backup": backup},
+            )
+        if not path.is_file():
+            raise NotFound(f"no backup named {path.name!r}; GET /mlops/backups lists them", {"backup": path.name})
+        return path
+
+    def restore(self, backup: str) -> RestoreResponse:
+        """Bring back the conversations of a backup (a name from ``backups()``).
+
+        The watermark stays a single number and never moves back, so each restored turn
+        is placed by whether a run really trained on it:
+
+        - trained (inside a succeeded run that trained): it keeps its seq, below the
+          watermark, and is not trained again (it may still be replayed, as before);
+        - never trained but below the watermark (``clear_conversations`` moved the
+          watermark past the deleted data with an empty run): it gets a new seq after
+          the newest turn, so it is pending again and the next run trains it once;
+        - above the watermark: it keeps its seq and is still pending.
+
+        Turns already present (same id or same content) are skipped, so restoring twice
+        adds nothing. Refused (409) while a run is in progress: that run may have loaded
+        the deleted turns already, and must not be told about them twice. Backups are
+        meant for the data directory that wrote them (seqs are only meaningful there).
+        """
+        path = self._backup_path(backup)
+        rows = _read_backup(path)
+        with self._lock:
+            if self._closed:
+                raise MlopsError("the learning loop is closed")
+            policy = self.policy
+            if policy.is_running:
+                raise Conflict(
+                    "a training run is in progress; restore once it has finished",
+                    {"run_id": self._current.run.id if self._current else None},
+                )
+            # LIMIT -1: every run. Empty runs (clear, all 👎) trained nothing.
+            trained = [
+                (r.from_seq, r.to_seq) for r in self.store.runs(limit=-1)
+                if r.status == "succeeded" and not r.metrics.get("empty")
+            ]
+            renumber = [
+                seq for seq, _ in rows
+                if seq <= policy.watermark and not any(a < seq <= b for a, b in trained)
+            ]
+            ids = {turn_id for _, turn_id in rows}
+
+            def pending_from_backup() -> int:
+                return sum(1 for t in self.store.turns_after(policy.watermark) if t.id in ids)
+
+            pending_before = pending_from_backup()
+            try:
+                added = self.store.restore(path, renumber=renumber)
+            except (ValueError, sqlite3.Error) as exc:
+                raise MlopsError(f"cannot restore {path.name}: {exc}", {"backup": path.name}) from None
+            pending = pending_from_backup() - pending_before
+            actions = self._decide(policy.data_arrived(self.store.max_seq()), trigger="restore")
+            info = self._info(True)
+            self._event(Event(
+                type="conversations_restored",
+                message=f"♻️ 대화 {added}건 복원: {path.name} (학습 대기 {pending}건, 이미 학습됨 {added - pending}건)",
+                data={"backup": path.name, "restored": added, "skipped": len(rows) - added,
+                      "pending": pending, "already_trained": added - pending},
+            ))
+            self._changed.notify_all()
+        self._run_actions(actions)
+        return RestoreResponse(
+            backup=path.name, restored=added, skipped=len(rows) - added,
+            already_trained=added - pending, pending=pending,
+            total_collected=info.total_collected, new_data_count=info.new_data_count,
+            training_queued=info.training_queued,
+        )
 
     def cleanup(self, keep_days: float = 30.0) -> CleanupResponse:
         if keep_days < 0:

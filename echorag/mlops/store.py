@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,11 +310,13 @@ class ConversationStore:
             destination.close()
         return target
 
-    def restore(self, path: str | Path) -> int:
+    def restore(self, path: str | Path, renumber: Iterable[int] = ()) -> int:
         """Merge the conversations of a backup back in; returns how many were added.
 
         Turns keep their original seq when it is free, so data that was trained on
-        stays below the watermark and untrained data becomes pending again. Turns
+        stays below the watermark. The backup's seqs in ``renumber`` (turns that were
+        never trained) get new seqs after the newest turn instead, so they become
+        pending again even when the watermark has moved past their old seq. Turns
         already present (same id or same content) are skipped.
         """
         path = Path(path)
@@ -334,11 +336,15 @@ class ConversationStore:
                         f"INSERT OR IGNORE INTO conversations ({_TURN_COLUMNS}) SELECT {_TURN_COLUMNS}"
                         " FROM backup.conversations AS b"
                         " WHERE NOT EXISTS (SELECT 1 FROM main.conversations AS c WHERE c.seq = b.seq)"
+                        " AND b.seq NOT IN (SELECT value FROM json_each(?))",
+                        (json.dumps(sorted(set(renumber))),),
                     )
-                    # Rows whose seq is taken (a backup of another database) get a new seq.
+                    # Rows to renumber, and rows whose seq is taken (a backup of another database), get a new
+                    # seq. Only rows not yet present: an ignored insert would still use up a seq.
                     db.execute(
                         f"INSERT OR IGNORE INTO conversations ({columns}) SELECT {columns}"
-                        " FROM backup.conversations ORDER BY seq"
+                        " FROM backup.conversations AS b WHERE NOT EXISTS (SELECT 1 FROM main.conversations AS c"
+                        " WHERE c.id = b.id OR c.fingerprint = b.fingerprint) ORDER BY seq"
                     )
                     return db.total_changes - before
             finally:

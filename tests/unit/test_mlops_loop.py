@@ -551,3 +551,121 @@ def test_concurrent_records_give_contiguous_runs_one_at_a_time(make, prebuilt_ad
     assert loop.store.max_seq() == 120
     assert loop.policy.watermark == runs[-1].to_seq and loop.policy.new_data < 5
     assert loop.training_progress().losses == [1.0, 0.5, 1.0 / 3]
+
+
+# -- conversation backups and restore ---------------------------------------------------
+
+
+def adapter_trainer(adapter: Path, jobs: list, release: threading.Event | None = None):
+    """A train_fn that copies a prebuilt adapter (no training); optionally waits to be released."""
+
+    def train(job: TrainingJob, on_progress) -> TrainingOutcome:
+        jobs.append(job)
+        if release is not None:
+            assert release.wait(WAIT), "the test never released the run"
+        shutil.copytree(adapter, job.output_dir)
+        return TrainingOutcome(adapter_dir=job.output_dir, candidate_loss=0.9, active_loss=1.0)
+
+    return train
+
+
+def snapshot(loop: LearningLoop) -> dict[str, dict]:
+    """Every stored turn by id, without its seq (which a restore may change)."""
+    return {t.id: t.model_dump(exclude={"seq"}) for t in loop.store.recent_turns(10_000)}
+
+
+def test_restore_brings_back_a_cleared_backup_and_trains_each_turn_once(make, prebuilt_adapter):
+    jobs: list[TrainingJob] = []
+    loop = make(adapter_trainer(prebuilt_adapter, jobs), finetune_batch_size=3)
+    for i in range(3):
+        loop.record(turn(i))
+    assert loop.wait_idle(WAIT) and loop.active_version() == "v1" and loop.policy.watermark == 3
+    loop.record(turn(3))
+    loop.record(turn(4))  # seq 4 and 5: collected, not trained yet
+    loop.feedback("turn-0", "up")
+    loop.feedback("turn-4", "down")
+    before = snapshot(loop)
+    assert len(before) == 5 and loop.backups().count == 0
+
+    cleared = loop.clear_conversations(backup=True)
+    assert cleared.deleted == 5 and loop.store.counts().total == 0
+    assert loop.policy.watermark == 5 and loop.policy.new_data == 0  # the clear consumed seq 4, 5
+    (backup,) = loop.backups().backups
+    assert backup.name == Path(cleared.backup_path).name and backup.turns == 5 and backup.size_bytes > 0
+    assert backup.created_at == pytest.approx(time.time(), abs=60)
+    loop.record(turn(5))  # seq 6, arrives after the clear
+
+    restored = loop.restore(backup.name)
+    assert (restored.backup, restored.restored, restored.skipped) == (backup.name, 5, 0)
+    assert (restored.already_trained, restored.pending) == (3, 2)
+    assert (restored.total_collected, restored.new_data_count) == (6, 3)
+    assert restored.training_queued  # 3 pending turns: the batch size, so a run starts by itself
+    after = snapshot(loop)
+    assert {k: v for k, v in after.items() if k != "turn-5"} == before  # same text, feedback, times
+    seqs = {t.id: t.seq for t in loop.store.recent_turns(100)}
+    assert [seqs[f"turn-{i}"] for i in range(3)] == [1, 2, 3]  # trained: kept below the watermark
+    assert (seqs["turn-5"], seqs["turn-3"], seqs["turn-4"]) == (6, 7, 8)  # untrained: pending again
+    event = loop.events("conversations_restored").events[0]
+    assert event.data.items() >= {"backup": backup.name, "restored": 5, "pending": 2, "already_trained": 3}.items()
+    assert "복원" in event.message
+
+    # That run trains exactly the turns never trained: turn-3 and turn-5 (turn-4 is 👎).
+    assert loop.wait_idle(WAIT)
+    first, second = jobs
+    assert (second.from_seq, second.to_seq, second.new_turns) == (5, 8, 2)
+    trained_users = {m[0]["content"] for m in second.train + second.holdout}
+    assert trained_users >= {turn(3).user, turn(5).user} and turn(4).user not in trained_users
+    assert first.new_turns == 3 and loop.policy.watermark == 8 and loop.policy.new_data == 0
+
+    again = loop.restore(backup.name)  # nothing doubled
+    assert (again.restored, again.skipped, again.pending) == (0, 5, 0)
+    assert loop.store.counts().total == 6 and loop.policy.new_data == 0
+
+
+def test_restore_refuses_names_outside_the_backups_dir(make, prebuilt_adapter, tmp_path):
+    from echorag.mlops import MlopsError
+
+    loop = make(adapter_trainer(prebuilt_adapter, []), finetune_auto_trigger=False)
+    loop.record(turn(0))
+    cleared = loop.clear_conversations(backup=True)
+    outside = tmp_path / "conversations-outside.sqlite"
+    shutil.copy(cleared.backup_path, outside)
+    (loop.backups_dir / "conversations-link.sqlite").symlink_to(outside)
+    (loop.backups_dir / "conversations-garbage.sqlite").write_text("not a database")
+
+    for name in ("../echorag.sqlite", str(outside), "echorag.sqlite", "conversations-link.sqlite",
+                 "backups/../../data/echorag.sqlite", "", "conversations-\0.sqlite"):
+        with pytest.raises(MlopsError) as refused:
+            loop.restore(name)
+        assert refused.value.status_code == 400 and not isinstance(refused.value, NotFound), name
+        assert "GET /mlops/backups" in str(refused.value)
+    with pytest.raises(NotFound) as missing:
+        loop.restore("conversations-20990101-000000-abcdef.sqlite")
+    assert missing.value.status_code == 404
+    with pytest.raises(MlopsError, match="not a readable conversation backup") as garbage:
+        loop.restore("conversations-garbage.sqlite")
+    assert garbage.value.status_code == 400
+    assert loop.store.counts().total == 0  # nothing was restored by any of these
+
+    listed = {b.name: b.turns for b in loop.backups().backups}
+    assert listed[Path(cleared.backup_path).name] == 1 and listed["conversations-garbage.sqlite"] is None
+    # the full path that clear_conversations returned is accepted too
+    assert loop.restore(cleared.backup_path).restored == 1
+
+
+def test_restore_waits_for_a_run_in_progress(make, prebuilt_adapter):
+    release = threading.Event()
+    jobs: list[TrainingJob] = []
+    loop = make(adapter_trainer(prebuilt_adapter, jobs, release), finetune_batch_size=2)
+    loop.record(turn(0))
+    cleared = loop.clear_conversations(backup=True)
+    loop.record(turn(1))
+    loop.record(turn(2))  # a run starts and blocks
+    assert loop.policy.is_running
+    with pytest.raises(Conflict) as busy:
+        loop.restore(Path(cleared.backup_path).name)
+    assert busy.value.status_code == 409 and loop.store.counts().total == 2
+    release.set()
+    assert loop.wait_idle(WAIT)
+    restored = loop.restore(Path(cleared.backup_path).name)
+    assert (restored.restored, restored.pending) == (1, 1)  # turn-0 was cleared untrained
