@@ -83,3 +83,12 @@ def adapter_rolled_back(from_version: str, to_version: str) -> Event:
         message=f"↩️ 어댑터 롤백: {from_version} → {to_version}",
         data={"from": from_version, "to": to_version},
     )
+
+
+def adapter_refused(version: str, error: str) -> Event:
+    """A version that is missing or damaged on disk was asked to serve and was not loaded."""
+    return Event(
+        type="adapter_refused",
+        message=f"🚫 어댑터 거부: {version} (손상되었거나 없음)",
+        data={"version": version, "error": _short(error, 2000)},
+    )

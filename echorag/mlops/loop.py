@@ -866,6 +866,7 @@ class LearningLoop:
         try:
             target = self.registry.rollback(version)
         except InvalidAdapterError as exc:
+            self._event(ev.adapter_refused(version or "previous", str(exc)))
             raise NotFound(str(exc), {"version": version}) from exc
         self._event(ev.adapter_rolled_back(previous, target))
         self._warm_up(target)  # usually still loaded: old versions stay in the replicas' cache
@@ -881,6 +882,7 @@ class LearningLoop:
             self._warm_up(version)
             self.registry.promote(version)
         except InvalidAdapterError as exc:
+            self._event(ev.adapter_refused(version, str(exc)))
             raise NotFound(str(exc), {"version": version}) from exc
         self._event(ev.adapter_promoted(version, previous), trigger="manual")
         return AdapterChange(active=version, previous=previous)

@@ -669,3 +669,19 @@ def test_restore_waits_for_a_run_in_progress(make, prebuilt_adapter):
     assert loop.wait_idle(WAIT)
     restored = loop.restore(Path(cleared.backup_path).name)
     assert (restored.restored, restored.pending) == (1, 1)  # turn-0 was cleared untrained
+
+
+def test_a_damaged_version_is_refused_with_an_event_and_never_served(make, tmp_path):
+    from tests.unit.test_mlops_registry import saved_adapter
+
+    activated: list[str] = []
+    loop = make(Trainer(tmp_path), activated=activated)
+    loop.registry.add(saved_adapter(tmp_path / "run1"))
+    (loop.registry.path("v1") / "adapter_model.safetensors").write_bytes(b"\xff" * 12)
+    with pytest.raises(NotFound, match="unreadable"):
+        loop.promote("v1")
+    with pytest.raises(NotFound):
+        loop.rollback("v7")
+    assert loop.active_version() == BASE and activated == []
+    refused = [e for e in loop.events(limit=10).events if e.type == "adapter_refused"]
+    assert [e.data["version"] for e in refused] == ["v7", "v1"]  # newest first
