@@ -1,7 +1,10 @@
 """Retrieval benchmark: bm25 / dense / hybrid and a fusion-weight sweep on every
 evaluation set, with the service's own code (``echorag.retrieval_eval``).
 
-    python bench/retrieval.py [--data ../shared/data]   # writes bench/results/retrieval.{json,png}
+    python bench/retrieval.py [--data ../shared/data] [--cache DIR]   # writes bench/results/retrieval.{json,png}
+
+``--cache`` keeps passage vectors on disk between runs (bench/embed_cache.py); queries
+are always embedded live, one at a time, so the latency is what a user sees.
 
 Sets: the bundled dev set (sample knowledge base + dev questions) and, when
 present, the licensed Korean sets in ``--data`` (belebele_ko, kobest_boolq_ko).
@@ -14,9 +17,13 @@ import json
 import sys
 from pathlib import Path
 
-from echorag.config import load_settings
-from echorag.documents import read_jsonl, sample_path
-from echorag.retrieval_eval import RetrievalBench
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.embed_cache import CachedEmbedder  # noqa: E402
+from echorag.config import load_settings  # noqa: E402
+from echorag.documents import read_jsonl, sample_path  # noqa: E402
+from echorag.embedding import make_embedder  # noqa: E402
+from echorag.retrieval_eval import RetrievalBench  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -39,11 +46,12 @@ def plot(report: dict, path: Path) -> None:
     names = list(report["sets"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for method, style in (("rrf", "o-"), ("score", "s-")):
+        for method, style in (("rrf", "o-"), ("score", "s-"), ("zscore", "^-")):
             rows = [r for r in report["sets"][name]["sweep"] if r["fusion"] == method]
             ax.plot([r["bm25_weight"] for r in rows], [r["ndcg@10"] for r in rows], style, label=f"hybrid ({method})")
         ax.axhline(report["sets"][name]["modes"]["bm25"]["ndcg@10"], color="tab:red", ls=":", label="bm25 only")
         ax.axhline(report["sets"][name]["modes"]["dense"]["ndcg@10"], color="tab:green", ls=":", label="dense only")
+        ax.axhline(report["sets"][name]["modes"]["hybrid"]["ndcg@10"], color="black", lw=0.8, label="hybrid (defaults)")
         ax.set_title(name)
         ax.set_xlabel("BM25 weight (dense = 1 - w)")
         ax.set_ylabel("nDCG@10")
@@ -55,17 +63,26 @@ def plot(report: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--cache", type=Path, help="cache passage vectors here (bench/embed_cache.py)")
+    parser.add_argument("--sets", nargs="+", help="only these sets")
     args = parser.parse_args()
     settings = load_settings()
+    embedder = None
+    if args.cache:
+        embedder = CachedEmbedder(make_embedder(settings), args.cache, cache_queries=False)
     report = {
         "command": " ".join(["python", *sys.argv]),
-        "defaults": {"fusion": settings.fusion, "bm25_weight": settings.bm25_weight, "dense_weight": settings.dense_weight},
+        "defaults": {"fusion": settings.fusion, "bm25_weight": settings.bm25_weight,
+                     "dense_weight": settings.dense_weight, "sentence_weight": settings.sentence_weight,
+                     "chunk_size": settings.chunk_size, "chunk_overlap": settings.chunk_overlap},
         "sets": {},
     }
     weights = [round(w / 10, 1) for w in range(11)]
     for name, (corpus, queries) in eval_sets(args.data).items():
+        if args.sets and name not in args.sets:
+            continue
         queries_rows = read_jsonl(queries)
-        bench = RetrievalBench(read_jsonl(corpus), settings)
+        bench = RetrievalBench(read_jsonl(corpus), settings, embedder=embedder)
         try:
             modes = bench.run(queries_rows)
             sweep = bench.sweep(queries_rows, weights)

@@ -92,7 +92,7 @@ async def inprocess_chat(settings, qs: list[str], total: int) -> dict:
 
     embedder = make_embedder(settings)
     store = VectorStore.from_settings(settings, embedder.id, embedder.dim)
-    retriever = Retriever(store, settings.fusion, settings.bm25_weight, settings.dense_weight)
+    retriever = Retriever.from_settings(store, settings, embedder.embed_passages)
     resolved = resolve_generator(settings.generator_model, settings.models_dir)
     generator = LocalGenerator(resolved)
     # The same collection work as the service: every turn is stored (SQLite, synchronous).

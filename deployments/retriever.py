@@ -30,9 +30,13 @@ class Retriever:
                 info = await self.embedder.info.remote()
                 s = self.settings
 
+                def embed_passages(texts: list[str]) -> np.ndarray:
+                    # Sentence vectors for re-scoring; called from worker threads, never the loop.
+                    return self.embedder.embed_passages.remote(texts).result()
+
                 def open_store() -> HybridRetriever:
                     store = VectorStore.from_settings(s, info["id"], info["dim"])
-                    return HybridRetriever(store, s.fusion, s.bm25_weight, s.dense_weight)
+                    return HybridRetriever.from_settings(store, s, embed_passages)
 
                 self._retriever = await asyncio.to_thread(open_store)
         return self._retriever
@@ -70,3 +74,21 @@ class Retriever:
     async def ping(self) -> bool:
         retriever = await self._ready()
         return await asyncio.to_thread(retriever.store.ping)
+
+    # -- inversion (POST /vectors/invert) -------------------------------------------------
+    async def stored_vector(self, item_id: str, collection: str) -> np.ndarray | None:
+        """The vector stored under ``item_id`` (a chunk or turn id), or None."""
+        retriever = await self._ready()
+
+        def get() -> np.ndarray | None:
+            got = retriever.store.collection(collection).get(ids=[item_id], include=["embeddings"])
+            return np.asarray(got["embeddings"][0], np.float32) if got["ids"] else None
+
+        return await asyncio.to_thread(get)
+
+    async def nearest_texts(self, vector: np.ndarray, collection: str, k: int, exclude: str | None = None) -> list[str]:
+        """Texts of the nearest stored items: what an inversion may consult."""
+        retriever = await self._ready()
+        hits = await asyncio.to_thread(retriever.store.query, collection, vector, k + (exclude is not None))
+        return [h.text for h in hits if h.id != exclude][:k]
+

@@ -62,15 +62,15 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, le=50, validation_alias=_env("top_k"))
     chunk_size: int = Field(500, ge=50, validation_alias=_env("chunk_size"))
     chunk_overlap: int = Field(100, ge=0, validation_alias=_env("chunk_overlap"))
-    # Z-score fusion of exact BM25 and dense scores, BM25 weight 0.4, dense scored half on the
-    # chunk and half on its best sentence: the best mean nDCG@10 over the three evaluation
-    # sets, and the leave-one-set-out choice for each (bench/results/retrieval_tuning.json,
-    # `python bench/retrieval_tune.py`). "score" is min-max fusion, "rrf" weighted RRF.
-    fusion: Literal["rrf", "score", "zscore"] = Field("zscore", validation_alias=_env("fusion"))
+    # Min-max ("score") fusion of exact BM25 and dense scores of every candidate, BM25 weight
+    # 0.4, dense scored half on the chunk and half on its best sentence: the best mean nDCG@10
+    # over the three evaluation sets (bench/results/retrieval_tuning.json,
+    # `python bench/retrieval_tune.py`). "zscore" standardises instead; "rrf" is weighted RRF.
+    fusion: Literal["rrf", "score", "zscore"] = Field("score", validation_alias=_env("fusion"))
     bm25_weight: float = Field(0.4, ge=0.0, validation_alias=_env("bm25_weight"))
     dense_weight: float = Field(0.6, ge=0.0, validation_alias=_env("dense_weight"))
     # Share of the dense score taken by the query's best-matching sentence of a chunk
-    # (0 = chunk vector only; needs the retriever to embed sentences at indexing).
+    # (0 = chunk vector only; the retriever then embeds no sentences at indexing).
     sentence_weight: float = Field(0.5, ge=0.0, le=1.0, validation_alias=_env("sentence_weight"))
     memory_top_k: int = Field(2, ge=0, le=20, validation_alias=_env("memory_top_k"))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import bm25s
@@ -28,15 +28,17 @@ class BM25Index:
         k1: float = 1.2,
         b: float = 0.75,
         tokenize: Callable[[list[str]], list[list[str]]] = morphemes_many,
+        method: str = "lucene",
     ) -> None:
         self.k1 = k1
         self.b = b
+        self.method = method  # bm25s variant: lucene, robertson, atire, bm25l, bm25+
         self._tokenize = tokenize
         self._texts: dict[str, str] = {}
         self._terms: dict[str, list[str]] = {}
         self._lock = threading.Lock()
         # The built index and the ids of its rows; None when stale.
-        self._built: tuple[bm25s.BM25, list[str]] | None = None
+        self._built: tuple[bm25s.BM25, list[str], dict[str, int]] | None = None
 
     def add(self, ids: list[str], texts: list[str]) -> None:
         """Index texts under ids; an id that is already indexed is replaced."""
@@ -73,9 +75,15 @@ class BM25Index:
         """The text indexed under `doc_id` (KeyError if none)."""
         return self._texts[doc_id]
 
-    def search(self, query: str, k: int = 10) -> Ranking:
-        """Up to k (id, score) pairs, best first; documents sharing no term are left out."""
-        if k <= 0:
+    def search(self, query: str, k: int = 10, include: Iterable[str] = ()) -> Ranking:
+        """Up to k (id, score) pairs, best first; documents sharing no term are left out.
+
+        Ids in `include` are scored too (0.0 when they share no term; unknown ids are
+        skipped) and follow the top k, so a fusion can compare exact scores of every
+        candidate instead of treating "not in the top k" as zero.
+        """
+        include = [doc_id for doc_id in dict.fromkeys(include) if doc_id in self._texts]
+        if k <= 0 and not include:
             return []
         query_terms = self._tokenize([query])[0]
         with self._lock:
@@ -84,29 +92,33 @@ class BM25Index:
             built = self._built
         if built is None:
             return []
-        retriever, ids = built  # immutable once built: scoring needs no lock
+        retriever, ids, row_of = built  # immutable once built: scoring needs no lock
         known_terms = [t for t in query_terms if t in retriever.vocab_dict]
-        if not known_terms:
-            return []
-        scores = retriever.get_scores(known_terms)
-        hits = np.flatnonzero(scores > 0)
+        if known_terms:
+            scores = retriever.get_scores(known_terms)
+        else:
+            scores = np.zeros(len(ids), np.float32)
+        hits = np.flatnonzero(scores > 0) if k > 0 else np.zeros(0, int)
         if len(hits) > k:
             hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
         ranking = [(ids[i], float(scores[i])) for i in hits]
         ranking.sort(key=lambda hit: (-hit[1], hit[0]))
+        ranked = {doc_id for doc_id, _ in ranking}
+        # An id indexed after this build is not in row_of yet; it scores 0 until the rebuild.
+        ranking += [(d, float(scores[row_of[d]]) if d in row_of else 0.0) for d in include if d not in ranked]
         return ranking
 
-    def _build(self) -> tuple[bm25s.BM25, list[str]]:
+    def _build(self) -> tuple[bm25s.BM25, list[str], dict[str, int]]:
         ids = list(self._terms)
-        retriever = bm25s.BM25(k1=self.k1, b=self.b)
+        retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
         retriever.index([self._terms[i] for i in ids], show_progress=False)
-        return retriever, ids
+        return retriever, ids, {doc_id: row for row, doc_id in enumerate(ids)}
 
 
 def fuse(
     rankings: dict[str, Ranking],
     weights: dict[str, float] | None = None,
-    method: Literal["rrf", "score"] = "rrf",
+    method: Literal["rrf", "score", "zscore"] = "rrf",
     rrf_k: int = 60,
 ) -> Ranking:
     """Merge named rankings (e.g. {"dense": ..., "bm25": ...}) into one, best first.
@@ -114,7 +126,12 @@ def fuse(
     "rrf": weighted reciprocal rank fusion, sum of weight / (rrf_k + rank), rank from 1.
     "score": each ranking's scores min-max normalised to [0, 1], then a weighted sum.
     A ranking whose scores are all equal (one item, say) normalises to 1: its items
-    are that ranking's best. A missing weight is 1; ties are broken by id.
+    are that ranking's best.
+    "zscore": each ranking's scores standardised (mean 0, standard deviation 1), then
+    a weighted sum; a ranking whose scores are all equal adds nothing. Unlike min-max,
+    one outlier does not squash the rest, and a flat ranking (a retriever that sees no
+    difference) has no say.
+    A missing weight is 1; ties are broken by id.
     """
     weights = weights or {}
     fused: dict[str, float] = {}
@@ -124,6 +141,8 @@ def fuse(
             contributions = _rrf(ranking, rrf_k)
         elif method == "score":
             contributions = _min_max(ranking)
+        elif method == "zscore":
+            contributions = _z_score(ranking)
         else:
             raise ValueError(f"unknown fusion method {method!r}")
         for doc_id, value in contributions.items():
@@ -146,5 +165,17 @@ def _min_max(ranking: Ranking) -> dict[str, float]:
     values: dict[str, float] = {}
     for doc_id, score in ranking:
         value = (score - low) / (high - low) if high > low else 1.0
+        values[doc_id] = max(values.get(doc_id, value), value)
+    return values
+
+
+def _z_score(ranking: Ranking) -> dict[str, float]:
+    if not ranking:
+        return {}
+    scores = np.array([score for _, score in ranking], dtype=np.float64)
+    spread = scores.std()
+    values: dict[str, float] = {}
+    for doc_id, score in ranking:
+        value = float((score - scores.mean()) / spread) if spread > 0 else 0.0
         values[doc_id] = max(values.get(doc_id, value), value)
     return values

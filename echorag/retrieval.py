@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from echorag.korean import chunk_text, normalize
+from echorag.korean import chunk_text, normalize, split_sentences
 from echorag.lexical import BM25Index, fuse
 from echorag.schemas import SearchResult
 from echorag.store import Hit, VectorStore
@@ -30,6 +31,23 @@ class Chunk:
     metadata: dict[str, Any]
 
 
+def _sentences_to_embed(text: str) -> list[str]:
+    sentences = split_sentences(text)
+    return sentences if len(sentences) > 1 else []
+
+
+def _stored_chunks(store: VectorStore, batch: int = 1000):
+    """(Hit, vector) of every stored chunk, paged from Chroma."""
+    collection, offset = store.collection("documents"), 0
+    while True:
+        page = collection.get(limit=batch, offset=offset, include=["documents", "metadatas", "embeddings"])
+        for i, t, m, v in zip(page["ids"], page["documents"], page["metadatas"], page["embeddings"]):
+            yield Hit(id=i, text=t, score=0.0, metadata=dict(m or {})), np.asarray(v, np.float32)
+        if len(page["ids"]) < batch:
+            return
+        offset += batch
+
+
 def chunk_documents(documents: list[dict[str, Any]], size: int, overlap: int) -> list[Chunk]:
     """Split documents (``{"id"?, "text", "metadata"?}``) into indexable chunks."""
     chunks = []
@@ -42,24 +60,56 @@ def chunk_documents(documents: list[dict[str, Any]], size: int, overlap: int) ->
 
 
 class Retriever:
+    """Dense (Chroma) and BM25 candidates, re-scored exactly and fused.
+
+    Hybrid search takes the top ``candidates`` of each retriever, scores every
+    candidate with both (a chunk missing from one list still has a real score there),
+    and fuses the two score lists (``fusion``: "score" = min-max, "zscore", or "rrf").
+    With ``embed_passages`` the dense score also looks at single sentences:
+    ``(1 - sentence_weight) * cos(query, chunk) + sentence_weight * max cos(query,
+    sentence)``, so a question about one sentence of a long chunk is not diluted by
+    the rest. Chunk and sentence vectors are mirrored in memory for this re-scoring.
+    Defaults: bench/results/retrieval_tuning.json (``python bench/retrieval_tune.py``).
+    """
+
     def __init__(
         self,
         store: VectorStore,
-        fusion: Literal["rrf", "score"] = "score",
-        bm25_weight: float = 0.5,
-        dense_weight: float = 0.5,
+        fusion: Literal["rrf", "score", "zscore"] = "score",
+        bm25_weight: float = 0.4,
+        dense_weight: float = 0.6,
         candidates: int = 30,
+        embed_passages: Callable[[list[str]], np.ndarray] | None = None,
+        sentence_weight: float = 0.5,
     ) -> None:
         self.store = store
         self.fusion = fusion
         self.weights = {"bm25": bm25_weight, "dense": dense_weight}
         self.candidates = candidates
+        self.embed_passages = embed_passages
+        self.sentence_weight = sentence_weight
         self.bm25 = BM25Index()
         self._texts: dict[str, Hit] = {}  # chunk id -> text/metadata, for BM25-only hits
+        # chunk id -> unit rows: the chunk's vector, then its sentences' (when embedded)
+        self._vectors: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
-        for hit in store.get_all("documents"):  # BM25 lives in memory: rebuild it from Chroma
+        # BM25 and the vector mirror live in memory: rebuild them from Chroma.
+        stored = list(_stored_chunks(store))
+        for hit, vector in stored:
             self._texts[hit.id] = hit
         self.bm25.add(list(self._texts), [h.text for h in self._texts.values()])
+        self._mirror([h.id for h, _ in stored], [h.text for h, _ in stored], np.array([v for _, v in stored]))
+
+    @classmethod
+    def from_settings(
+        cls, store: VectorStore, settings, embed_passages: Callable[[list[str]], np.ndarray] | None
+    ) -> "Retriever":
+        """The service's retriever: fusion and sentence re-scoring as configured."""
+        return cls(
+            store, settings.fusion, settings.bm25_weight, settings.dense_weight,
+            embed_passages=embed_passages if settings.sentence_weight > 0 else None,
+            sentence_weight=settings.sentence_weight,
+        )
 
     # -- documents -----------------------------------------------------------------
     def add_chunks(self, chunks: list[Chunk], embeddings: np.ndarray) -> None:
@@ -73,28 +123,63 @@ class Retriever:
             for c in chunks:
                 self._texts[c.id] = Hit(c.id, c.text, 0.0, c.metadata)
         self.bm25.add([c.id for c in chunks], [c.text for c in chunks])
+        self._mirror([c.id for c in chunks], [c.text for c in chunks], embeddings)
+
+    def _mirror(self, ids: list[str], texts: list[str], embeddings: np.ndarray) -> None:
+        """Keep chunk vectors (and, with an embedder, sentence vectors) for re-scoring."""
+        rows = {cid: np.asarray(embeddings[i : i + 1], np.float32) for i, cid in enumerate(ids)}
+        if self.embed_passages is not None and ids:
+            # A one-sentence chunk is its own best sentence: only longer chunks are split.
+            split = {cid: _sentences_to_embed(text) for cid, text in zip(ids, texts)}
+            sentences = [s for parts in split.values() for s in parts]
+            if sentences:
+                vectors, start = self.embed_passages(sentences), 0
+                for cid, parts in split.items():
+                    if parts:
+                        rows[cid] = np.vstack([rows[cid], vectors[start : start + len(parts)]])
+                        start += len(parts)
+        with self._lock:
+            self._vectors.update(rows)
 
     def delete_documents(self, doc_ids: list[str]) -> int:
         with self._lock:
             stale = [cid for cid, h in self._texts.items() if h.metadata.get("doc_id") in doc_ids]
             for cid in stale:
                 del self._texts[cid]
+                self._vectors.pop(cid, None)
         if stale:
             self.store.delete("documents", ids=stale)
             self.bm25.remove(stale)
         return len(stale)
+
+    def _dense_score(self, chunk_id: str, vector: np.ndarray, fallback: float) -> float:
+        rows = self._vectors.get(chunk_id)
+        if rows is None:
+            return fallback
+        similarities = rows @ vector
+        if len(similarities) == 1:
+            return float(similarities[0])
+        w = self.sentence_weight
+        return float((1 - w) * similarities[0] + w * similarities[1:].max())
 
     def search(
         self, query: str, vector: np.ndarray | None, k: int, mode: Mode = "hybrid"
     ) -> list[Hit]:
         rankings: dict[str, list[tuple[str, float]]] = {}
         dense_hits: dict[str, Hit] = {}
-        if mode in ("dense", "hybrid") and vector is not None:
+        use_dense = mode in ("dense", "hybrid") and vector is not None
+        if use_dense:
+            vector = np.asarray(vector, np.float32)
             for hit in self.store.query("documents", vector, self.candidates):
                 dense_hits[hit.id] = hit
-            rankings["dense"] = [(h.id, h.score) for h in dense_hits.values()]
         if mode in ("bm25", "hybrid"):
-            rankings["bm25"] = self.bm25.search(normalize(query), self.candidates)
+            # Hybrid: exact BM25 scores for the dense candidates too.
+            rankings["bm25"] = self.bm25.search(normalize(query), self.candidates, include=dense_hits)
+        if use_dense:
+            candidates = dict.fromkeys([*dense_hits, *(doc_id for doc_id, _ in rankings.get("bm25", []))])
+            dense = [(cid, self._dense_score(cid, vector, dense_hits[cid].score if cid in dense_hits else 0.0))
+                     for cid in candidates]
+            rankings["dense"] = sorted(dense, key=lambda item: (-item[1], item[0]))
         if len(rankings) == 1:
             fused = next(iter(rankings.values()))
         else:

@@ -2,6 +2,7 @@ import math
 import threading
 import unicodedata
 
+import numpy as np
 import pytest
 
 from echorag.evaluation import evaluate, load_jsonl, mrr_at_k, ndcg_at_k, recall_at_k
@@ -98,6 +99,15 @@ def test_old_texts_are_not_re_tokenised_after_add():
     assert tokenised.count("red apple") == 1 and tokenised.count("green pear") == 1
 
 
+def test_search_also_scores_the_included_ids(index):
+    ranking = index.search("김치 발효", 1, include=["seoul", "kimchi", "unknown"])
+    assert ranking[0][0] == "kimchi" and ranking[0][1] > 0
+    assert ranking[1:] == [("seoul", 0.0)]  # shares no term: an exact 0, unknown ids skipped
+    # an included id that is also in the top k appears once
+    assert [d for d, _ in index.search("김치", 5, include=["kimchi"])] == ["kimchi"]
+    assert index.search("김치", 0, include=["busan"]) == [("busan", 0.0)]
+
+
 def test_add_rejects_mismatched_lengths():
     with pytest.raises(ValueError):
         BM25Index().add(["a", "b"], ["only one"])
@@ -131,7 +141,7 @@ DENSE = [("a", 0.9), ("b", 0.8), ("c", 0.7)]
 SPARSE = [("b", 12.0), ("d", 9.0), ("a", 1.0)]
 
 
-@pytest.mark.parametrize("method", ["rrf", "score"])
+@pytest.mark.parametrize("method", ["rrf", "score", "zscore"])
 def test_a_document_high_in_both_rankings_wins(method):
     dense = [("only-dense", 0.95), ("both", 0.9), ("x", 0.1)]
     sparse = [("only-sparse", 15.0), ("both", 14.0), ("y", 1.0)]
@@ -147,7 +157,7 @@ def test_rrf_scores_are_weighted_reciprocal_ranks():
     assert fused["d"] == pytest.approx(1 / 62)
 
 
-@pytest.mark.parametrize("method", ["rrf", "score"])
+@pytest.mark.parametrize("method", ["rrf", "score", "zscore"])
 def test_weights_shift_the_result(method):
     rankings = {"dense": [("a", 0.9), ("b", 0.1)], "bm25": [("b", 10.0), ("a", 2.0)]}
     assert fuse(rankings, {"dense": 3.0, "bm25": 1.0}, method=method)[0][0] == "a"
@@ -167,6 +177,22 @@ def test_score_fusion_single_item_ranking_counts_as_best():
     fused = fuse({"dense": [("a", 0.3)], "bm25": [("b", 7.0), ("a", 3.0)]}, method="score")
     # a: 1 (the only dense item) + 0 (last in bm25); b: 0 + 1. Tied, so by id.
     assert fused == [("a", 1.0), ("b", 1.0)]
+
+
+def test_zscore_fusion_standardises_each_ranking():
+    fused = dict(fuse({"dense": DENSE, "bm25": SPARSE}, method="zscore"))
+    dense_sd, sparse_sd = np.std([0.9, 0.8, 0.7]), np.std([12.0, 9.0, 1.0])
+    assert fused["b"] == pytest.approx(0.0 / dense_sd + (12.0 - 22 / 3) / sparse_sd)
+    assert fused["c"] == pytest.approx(-0.1 / dense_sd)
+    assert fused["d"] == pytest.approx((9.0 - 22 / 3) / sparse_sd)
+
+
+def test_zscore_fusion_gives_a_flat_ranking_no_say():
+    # BM25 saw no difference (every candidate scored 0): the dense order stands.
+    fused = fuse({"dense": [("a", 0.9), ("b", 0.5)], "bm25": [("a", 0.0), ("b", 0.0)]},
+                 {"bm25": 10.0}, method="zscore")
+    assert [doc_id for doc_id, _ in fused] == ["a", "b"]
+    assert fuse({"dense": [("a", 0.3)]}, method="zscore") == [("a", 0.0)]
 
 
 def test_fusion_of_empty_inputs():

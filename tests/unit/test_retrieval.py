@@ -6,6 +6,7 @@ import pytest
 from chromadb.config import Settings as ChromaSettings
 
 from echorag.embedding import E5Embedder
+from echorag.korean import split_sentences
 from echorag.retrieval import Retriever, chunk_documents
 from echorag.store import EmbedderMismatchError, VectorStore, reindex
 
@@ -102,3 +103,37 @@ def test_e5_vectors_are_unit_length_and_nfd_matches_nfc(embedder):
     nfc, nfd = embedder.embed_queries([text, unicodedata.normalize("NFD", text)])
     assert np.allclose(np.linalg.norm(nfc), 1.0, atol=1e-5)
     assert np.allclose(nfc, nfd)
+
+
+def test_dense_score_blends_the_chunk_and_its_best_sentence(client, embedder):
+    doc = {"id": "long", "text": "부산은 대한민국 제2의 도시이다. 해운대 해수욕장이 유명하다. 김치는 발효 음식이다."}
+    retriever = Retriever(VectorStore(client, embedder.id, embedder.dim),
+                          embed_passages=embedder.embed_passages, sentence_weight=0.5)
+    chunks = chunk_documents([doc], 500, 100)
+    retriever.add_chunks(chunks, embedder.embed_passages([c.text for c in chunks]))
+    query = embedder.embed_queries(["김치는 어떤 음식인가?"])[0]
+    chunk_cos = float(embedder.embed_passages([chunks[0].text])[0] @ query)
+    best_sentence = float(max(embedder.embed_passages(split_sentences(chunks[0].text)) @ query))
+    expected = 0.5 * chunk_cos + 0.5 * best_sentence
+    assert best_sentence > chunk_cos  # one sentence answers; the rest dilutes the chunk vector
+    assert retriever.search("", query, 1, mode="dense")[0].score == pytest.approx(expected, abs=1e-4)
+    # After a restart the chunk vectors come back from Chroma and sentences are embedded again.
+    reopened = Retriever(VectorStore(client, embedder.id, embedder.dim),
+                         embed_passages=embedder.embed_passages, sentence_weight=0.5)
+    assert reopened.search("", query, 1, mode="dense")[0].score == pytest.approx(expected, abs=1e-4)
+    # Without an embedder the dense score is the chunk's cosine.
+    plain = Retriever(VectorStore(client, embedder.id, embedder.dim))
+    assert plain.search("", query, 1, mode="dense")[0].score == pytest.approx(chunk_cos, abs=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["zscore", "score", "rrf"])
+def test_hybrid_scores_every_candidate_with_both_retrievers(client, embedder, fusion):
+    retriever = _index(client, embedder)
+    retriever.fusion = fusion
+    query = "해운대 해수욕장"
+    hits = retriever.search(query, embedder.embed_queries([query])[0], 10)
+    assert hits[0].metadata["doc_id"] == "busan"
+    assert len({h.id for h in hits}) == len(hits) == retriever.counts()["documents"]
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    retriever.delete_documents(["busan"])
+    assert "busan" not in {h.metadata["doc_id"] for h in retriever.search(query, embedder.embed_queries([query])[0], 10)}
