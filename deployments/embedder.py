@@ -32,3 +32,14 @@ class Embedder:
 
     async def embed_passages(self, texts: list[str]) -> np.ndarray:
         return await asyncio.to_thread(self.embedder.embed_passages, texts)
+
+    async def invert(self, vector: np.ndarray, method: str, budget: int | None, side: str,
+                     consult: list[str]) -> dict:
+        """Restore text from ``vector`` with this replica's model (echorag/inversion.py).
+        ``consult``: the stored texts the restorer may look at (the store's neighbours)."""
+        from echorag.inversion import Inverter
+
+        # The retriever already picked the target's neighbours in the store.
+        inverter = Inverter(self.embedder, nearest=lambda _vector, k: consult[:k])
+        result = await asyncio.to_thread(inverter.invert, vector, method, budget, side)
+        return result.to_response().model_dump()

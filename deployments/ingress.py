@@ -34,6 +34,7 @@ from echorag.mlops import api as mlops_api
 from echorag.mlops.loop import MlopsError
 from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError
 from echorag import openai_compat as oai
+from echorag.inversion import InvertRequest, InvertResponse
 from echorag.pipeline import ChatPipeline, Turn
 from echorag.ratelimit import RateLimiter
 from echorag.security import ensure_admin_token
@@ -94,6 +95,7 @@ RATE_LIMITED = "요청이 너무 많습니다. {seconds}초 후에 다시 시도
 # has no side effects yet — embedding, retrieval, generation before any token.
 REPLICA_GONE = (RayActorError, ActorUnavailableError)
 RETRIES = 3
+HTTP_INVERT_BUDGET = 2000  # about 15 s of e5 embedding on one CPU core
 
 
 class ServiceUnavailable(Exception):
@@ -453,6 +455,34 @@ class EchoRAGIngress:
         items = [oai.EmbeddingItem(index=i, embedding=np.asarray(v, dtype=float).tolist()) for i, v in enumerate(vectors)]
         tokens = sum(len(t) for t in texts)  # characters: the embedder's tokenizer is internal to it
         return oai.EmbeddingList(data=items, model=request.model, usage=oai.Usage(prompt_tokens=tokens, total_tokens=tokens))
+
+    # -- inverse vectorisation (echorag/inversion.py) --------------------------------------
+    @app.post("/vectors/invert", response_model=InvertResponse)
+    async def invert_vector(self, request: InvertRequest, credentials=Admin) -> InvertResponse:
+        """What a stored (or given) vector still reveals: the restored text, its cosine to the
+        target and the method's trace. ``nearest`` is the store's own echo; ``iterative``
+        consults the target's neighbours but never the target itself."""
+        if (request.budget or 0) > HTTP_INVERT_BUDGET:
+            raise HTTPException(422, f"budget is at most {HTTP_INVERT_BUDGET} over HTTP; "
+                                     "echorag eval-inversion runs larger ones offline")
+        if request.id is not None:
+            vector = await self.retriever.stored_vector.remote(request.id, request.collection)
+            if vector is None:
+                raise HTTPException(404, f"no stored item {request.id!r} in {request.collection}")
+        else:
+            vector = np.asarray(request.vector, dtype=np.float32)
+            dim = (await self.embedder.info.remote())["dim"]
+            if vector.shape[0] != dim or not np.isfinite(vector).all() or not np.any(vector):
+                raise HTTPException(422, f"vector must be {dim} finite numbers, not all zero")
+        exclude = None if request.method == "nearest" else request.id
+        try:
+            consult = await self.retriever.nearest_texts.remote(vector, request.collection, 8, exclude)
+            return InvertResponse(**await self.embedder.invert.remote(
+                vector, request.method, request.budget, request.side, consult
+            ))
+        except ValueError as exc:  # e.g. bag_of_tokens with an embedder that is not mean-pooled
+            cause = getattr(exc, "cause", exc)  # raised in a replica: Ray wraps it
+            raise HTTPException(422, f"cannot invert: {cause}") from None
 
     # -- the learning loop ---------------------------------------------------------------
     @app.post("/feedback", response_model=mlops_api.FeedbackResponse)

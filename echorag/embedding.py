@@ -125,7 +125,16 @@ def _supports_bf16(device: str) -> bool:
 
 
 def make_embedder(settings) -> Embedder:
-    """Build the embedder named by ``settings.embedder``."""
+    """Build the embedder named by ``settings.embedder`` (rotated when a rotation key is set)."""
+    embedder = _base_embedder(settings)
+    if key := getattr(settings, "vector_rotation_key", None):
+        from echorag.inversion import RotatedEmbedder
+
+        embedder = RotatedEmbedder(embedder, key)  # its id names the key: no silent mixing
+    return embedder
+
+
+def _base_embedder(settings) -> Embedder:
     if settings.embedder == "e5":
         return E5Embedder()
     from echorag.models import resolve_generator

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from echorag.cli import local, remote, retrieval
+from echorag.cli import inversion, local, remote, retrieval
 from echorag.cli.common import DEFAULT_URL, CommandError
 
-COMMAND_MODULES = (remote, retrieval, local)
+COMMAND_MODULES = (remote, retrieval, inversion, local)
 
 
 def build_parser() -> argparse.ArgumentParser:
