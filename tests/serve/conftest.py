@@ -3,6 +3,7 @@
 import os
 import shutil
 import socket
+import time
 
 import httpx
 import pytest
@@ -12,6 +13,17 @@ from echorag.documents import read_documents, sample_path
 
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def wait_idle(client, timeout: float = 600) -> dict:
+    """Until no training run is going or pending; returns the last progress."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        progress = client.get("/mlops/training-progress").json()
+        if progress["status"] != "training" and not progress["pending"]:
+            return progress
+        time.sleep(1)
+    raise AssertionError(f"training did not finish: {progress}")
 
 
 def _free_port() -> int:

@@ -18,21 +18,13 @@ from pathlib import Path
 import pytest
 
 from echorag.cli import main
-from tests.serve.conftest import ADMIN, ADMIN_TOKEN
+from tests.serve.conftest import ADMIN, ADMIN_TOKEN, wait_idle
 
 pytestmark = pytest.mark.serve
 
 ECHORAG = Path(sys.executable).with_name("echorag")
 
 
-def wait_idle(client, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        progress = client.get("/mlops/training-progress").json()
-        if progress["status"] != "training" and not progress["pending"]:
-            return progress
-        time.sleep(1)
-    raise AssertionError(f"training did not finish: {progress}")
 
 
 def kv(out: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.serve.conftest import ADMIN
+from tests.serve.conftest import ADMIN, wait_idle
 
 pytestmark = pytest.mark.serve
 
@@ -29,15 +29,6 @@ def chat(client, message, **extra):
     return r.json()
 
 
-def wait_idle(client, timeout=600):
-    """Until no run is going or pending; returns the progress."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        progress = client.get("/mlops/training-progress").json()
-        if progress["status"] != "training" and not progress["pending"]:
-            return progress
-        time.sleep(1)
-    raise AssertionError(f"training did not finish: {progress}")
 
 
 @pytest.fixture(scope="module")

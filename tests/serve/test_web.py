@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ARTIFACTS
-from tests.serve.conftest import ADMIN, ADMIN_TOKEN
+from tests.serve.conftest import ADMIN, ADMIN_TOKEN, wait_idle
 
 pytestmark = [pytest.mark.serve, pytest.mark.browser]
 
@@ -104,14 +104,6 @@ def ask(page, text, timeout=120_000):
     return answer
 
 
-def wait_idle(client, timeout=600):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        progress = client.get("/mlops/training-progress").json()
-        if progress["status"] != "training" and not progress["pending"]:
-            return progress
-        time.sleep(1)
-    raise AssertionError("training did not finish")
 
 
 # -- chat ---------------------------------------------------------------------------------
