@@ -262,10 +262,13 @@ class EchoRAGIngress:
             except InvalidAdapterError as exc:  # also an unknown or malformed name
                 raise HTTPException(404, f"adapter version {version!r} is not available: {exc}") from None
 
-    def _rate_limit(self, http: Request, user_id: str | None) -> None:
-        # Anonymous callers share their address's bucket; named users have their own.
-        anonymous = not user_id or user_id in ("anonymous", "openai")
-        key = f"addr:{http.client.host if http.client else '?'}" if anonymous else f"user:{user_id}"
+    def _rate_limit(self, http: Request, user_id: str | None, session_id: str | None = None) -> None:
+        # Named users have their own bucket; anonymous ones one per address and session,
+        # so many people chatting from behind one address are not throttled together.
+        if user_id and user_id != "anonymous":
+            key = f"user:{user_id}"
+        else:
+            key = f"addr:{http.client.host if http.client else '?'}/{session_id or ''}"
         if wait := self.limiter.acquire(key):
             seconds = RateLimiter.retry_after(wait)
             raise HTTPException(429, RATE_LIMITED.format(seconds=seconds), headers={"Retry-After": seconds})
@@ -283,7 +286,7 @@ class EchoRAGIngress:
 
     @app.post("/chat", response_model=ChatResponse, responses={429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     async def chat(self, request: ChatRequest, http: Request) -> ChatResponse:
-        self._rate_limit(http, request.user_id)
+        self._rate_limit(http, request.user_id, request.session_id)
         self._check_length(request)
         self._check_version(request)
         pipeline = await self._ready()
@@ -301,7 +304,7 @@ class EchoRAGIngress:
     @app.post("/chat/stream", response_class=StreamingResponse, responses={429: {"model": ErrorResponse}})
     async def chat_stream(self, request: ChatRequest, http: Request) -> StreamingResponse:
         """Server-sent events: ``sources``, then ``token`` pieces, then ``done`` (the /chat response)."""
-        self._rate_limit(http, request.user_id)
+        self._rate_limit(http, request.user_id, request.session_id)
         self._check_length(request)
         self._check_version(request)
         pipeline = await self._ready()

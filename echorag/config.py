@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(4000, ge=1, validation_alias=_env("max_message_chars"))
     memory_turns: int = Field(5, ge=0, le=100, validation_alias=_env("memory_turns"))
 
-    # HTTP guard rails. The rate limit is per user id (per address for anonymous
-    # callers) and per ingress replica; 0 turns it off.
+    # HTTP guard rails. The rate limit is per user id (per address and session for
+    # anonymous callers) and per ingress replica; 0 turns it off.
     rate_limit_per_minute: float = Field(120.0, ge=0, validation_alias=_env("rate_limit_per_minute"))
     rate_limit_burst: int = Field(30, ge=1, validation_alias=_env("rate_limit_burst"))
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, validation_alias=_env("max_body_bytes"))
