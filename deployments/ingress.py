@@ -102,6 +102,10 @@ class ServiceUnavailable(Exception):
     """A backing service (the vector store) is down; the user should retry later."""
 
 
+async def backoff(attempt: int) -> None:
+    await asyncio.sleep(0.5 * 2**attempt)
+
+
 async def retrying(call, *args, **kwargs):
     for attempt in range(RETRIES):
         try:
@@ -109,7 +113,12 @@ async def retrying(call, *args, **kwargs):
         except REPLICA_GONE:
             if attempt == RETRIES - 1:
                 raise
-            await asyncio.sleep(0.5 * 2**attempt)
+            await backoff(attempt)
+
+
+def user_message(exc: Exception) -> str:
+    """What a user reads when an answer fails part-way (a stream cannot change its status)."""
+    return str(exc) if isinstance(exc, ServiceUnavailable) else SERVER_ERROR
 
 
 def _error(request: Request, status: int, message: str, detail=None, headers=None) -> JSONResponse:
@@ -131,7 +140,8 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     return _error(request, 422, f"invalid request: {where}: {first['msg']}", errors)
 
 
-Admin = Security(require_admin)  # checked before the body is parsed
+# Every admin route depends on this; it runs before the request body is parsed.
+Admin = Security(require_admin)
 
 
 @app.exception_handler(MlopsError)
@@ -199,7 +209,7 @@ class ServeServices:
             except REPLICA_GONE:
                 if started or attempt == RETRIES - 1:  # the user already saw part of an answer
                     raise
-                await asyncio.sleep(0.5 * 2**attempt)
+                await backoff(attempt)
 
     async def usage(self, messages: list[dict], text: str) -> tuple[int, int]:
         return await retrying(self.generator.usage.remote, messages, text)
@@ -242,12 +252,19 @@ class EchoRAGIngress:
         self.latency_total = 0.0
         self._pipeline: ChatPipeline | None = None
         self._model_info: dict | None = None
+        self._embedder_info: dict | None = None
 
     async def _ready(self) -> ChatPipeline:
         if self._pipeline is None:
             self._model_info = await self.generator.info.remote()
             self._pipeline = ChatPipeline(self.services, self.memory, self._model_info["name"])
         return self._pipeline
+
+    async def _embedder(self) -> dict:
+        """The embedder's id and dimension: fixed for the application's life, asked once."""
+        if self._embedder_info is None:
+            self._embedder_info = await self.embedder.info.remote()
+        return self._embedder_info
 
     def _check_length(self, request: ChatRequest) -> None:
         limit = self.settings.max_message_chars
@@ -272,9 +289,6 @@ class EchoRAGIngress:
         if wait := self.limiter.acquire(key):
             seconds = RateLimiter.retry_after(wait)
             raise HTTPException(429, RATE_LIMITED.format(seconds=seconds), headers={"Retry-After": seconds})
-
-    def _admin(self, credentials) -> None:
-        """Admin routes are guarded by the ``Admin`` dependency; kept for readability at call sites."""
 
     async def _loop(self, method: str, *args, **kwargs):
         """Call the learning loop; its errors (409 conflict, 404…) keep their status codes."""
@@ -318,8 +332,7 @@ class EchoRAGIngress:
                     yield f"event: {event['event']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
             except Exception as exc:
                 self.errors += 1
-                message = str(exc) if isinstance(exc, ServiceUnavailable) else SERVER_ERROR
-                error = {"event": "error", "error": message}
+                error = {"event": "error", "error": user_message(exc)}
                 yield f"event: error\ndata: {json.dumps(error, ensure_ascii=False)}\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -335,7 +348,7 @@ class EchoRAGIngress:
             detail = {"store_error": str(exc)[:300]}
         else:
             detail = {}
-        embedder = await self.embedder.info.remote()
+        embedder = await self.embedder.info.remote()  # a health probe asks every time
         return HealthResponse(
             status="ok" if store_ok else "degraded",
             model=info["name"],
@@ -374,9 +387,8 @@ class EchoRAGIngress:
     async def clear_memory(self, session_id: str = "default") -> dict:
         return {"session_id": session_id, "cleared": self.memory.clear(session_id)}
 
-    @app.post("/documents", response_model=DocumentsResponse)
-    async def add_documents(self, request: DocumentsRequest, credentials=Admin) -> DocumentsResponse:
-        self._admin(credentials)
+    @app.post("/documents", response_model=DocumentsResponse, dependencies=[Admin])
+    async def add_documents(self, request: DocumentsRequest) -> DocumentsResponse:
         documents = [d.model_dump() for d in request.documents]
         return DocumentsResponse(**await self.retriever.add_documents.remote(documents))
 
@@ -435,8 +447,7 @@ class EchoRAGIngress:
                             yield sse(oai.chunk(completion_id, request.model, created, {}, usage=totals, choices=False))
             except Exception as exc:
                 self.errors += 1
-                message = str(exc) if isinstance(exc, ServiceUnavailable) else SERVER_ERROR
-                yield sse(oai.error_body(message, "server_error"))
+                yield sse(oai.error_body(user_message(exc), "server_error"))
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
@@ -444,7 +455,7 @@ class EchoRAGIngress:
     @app.post("/v1/embeddings", response_model=oai.EmbeddingList, responses=oai.ERROR_RESPONSES)
     async def openai_embeddings(self, request: oai.EmbeddingRequest, http: Request) -> oai.EmbeddingList:
         """The service's own embedder (L2-normalised); ``input_type`` picks query or passage prefixes."""
-        if request.model not in (oai.MODEL, (await self.embedder.info.remote())["id"]):
+        if request.model not in (oai.MODEL, (await self._embedder())["id"]):
             raise HTTPException(404, f"model {request.model!r} does not exist; use {oai.MODEL!r}")
         try:
             texts = request.texts()
@@ -460,8 +471,8 @@ class EchoRAGIngress:
         return oai.EmbeddingList(data=items, model=request.model, usage=oai.Usage(prompt_tokens=tokens, total_tokens=tokens))
 
     # -- inverse vectorisation (echorag/inversion.py) --------------------------------------
-    @app.post("/vectors/invert", response_model=InvertResponse)
-    async def invert_vector(self, request: InvertRequest, credentials=Admin) -> InvertResponse:
+    @app.post("/vectors/invert", response_model=InvertResponse, dependencies=[Admin])
+    async def invert_vector(self, request: InvertRequest) -> InvertResponse:
         """What a stored (or given) vector still reveals: the restored text, its cosine to the
         target and the method's trace. ``nearest`` is the store's own echo; ``iterative``
         consults the target's neighbours but never the target itself."""
@@ -474,7 +485,7 @@ class EchoRAGIngress:
                 raise HTTPException(404, f"no stored item {request.id!r} in {request.collection}")
         else:
             vector = np.asarray(request.vector, dtype=np.float32)
-            dim = (await self.embedder.info.remote())["dim"]
+            dim = (await self._embedder())["dim"]
             if vector.shape[0] != dim or not np.isfinite(vector).all() or not np.any(vector):
                 raise HTTPException(422, f"vector must be {dim} finite numbers, not all zero")
         exclude = None if request.method == "nearest" else request.id
@@ -512,65 +523,52 @@ class EchoRAGIngress:
     async def performance(self):
         return await self._loop("performance")
 
-    @app.get("/mlops/events", response_model=mlops_api.EventsResponse)
+    @app.get("/mlops/events", response_model=mlops_api.EventsResponse, dependencies=[Admin])
     async def events(
         self, event_type: str | None = None, limit: int = Query(100, ge=1, le=mlops_api.EVENTS_LIMIT_MAX),
-        credentials=Admin,
     ):
-        self._admin(credentials)
         return await self._loop("events", event_type, limit)
 
-    @app.get("/mlops/conversations", response_model=mlops_api.ConversationsResponse)
+    @app.get("/mlops/conversations", response_model=mlops_api.ConversationsResponse, dependencies=[Admin])
     async def conversations(
         self, limit: int = Query(50, ge=1, le=mlops_api.CONVERSATIONS_LIMIT_MAX), offset: int = Query(0, ge=0, le=2**62),
-        credentials=Admin,
     ):
-        self._admin(credentials)
         return await self._loop("conversations", limit, offset)
 
-    @app.delete("/mlops/conversations", response_model=mlops_api.ClearConversationsResponse)
-    async def clear_conversations(self, backup: bool = False, credentials=Admin):
-        self._admin(credentials)
+    @app.delete("/mlops/conversations", response_model=mlops_api.ClearConversationsResponse, dependencies=[Admin])
+    async def clear_conversations(self, backup: bool = False):
         return await self._loop("clear_conversations", backup)
 
-    @app.post("/mlops/finetune", response_model=mlops_api.FinetuneResponse)
-    async def finetune(self, request: mlops_api.FinetuneRequest | None = None, credentials=Admin):
-        self._admin(credentials)
+    @app.post("/mlops/finetune", response_model=mlops_api.FinetuneResponse, dependencies=[Admin])
+    async def finetune(self, request: mlops_api.FinetuneRequest | None = None):
         request = request or mlops_api.FinetuneRequest()
         return await self._loop("finetune", request.force, request.backup_existing)
 
-    @app.post("/mlops/settings", response_model=mlops_api.RuntimeSettings)
-    async def update_settings(self, update: mlops_api.SettingsUpdate, credentials=Admin):
-        self._admin(credentials)
+    @app.post("/mlops/settings", response_model=mlops_api.RuntimeSettings, dependencies=[Admin])
+    async def update_settings(self, update: mlops_api.SettingsUpdate):
         return await self._loop("update_settings", update)
 
-    @app.post("/mlops/rollback", response_model=mlops_api.AdapterChange)
-    async def rollback(self, request: mlops_api.RollbackRequest, credentials=Admin):
-        self._admin(credentials)
+    @app.post("/mlops/rollback", response_model=mlops_api.AdapterChange, dependencies=[Admin])
+    async def rollback(self, request: mlops_api.RollbackRequest):
         return await self._loop("rollback", request.version)
 
-    @app.post("/mlops/promote", response_model=mlops_api.AdapterChange)
-    async def promote(self, request: mlops_api.PromoteRequest, credentials=Admin):
-        self._admin(credentials)
+    @app.post("/mlops/promote", response_model=mlops_api.AdapterChange, dependencies=[Admin])
+    async def promote(self, request: mlops_api.PromoteRequest):
         return await self._loop("promote", request.version)
 
-    @app.post("/mlops/export", response_model=mlops_api.ExportResponse)
-    async def export(self, request: mlops_api.ExportRequest | None = None, credentials=Admin):
-        self._admin(credentials)
+    @app.post("/mlops/export", response_model=mlops_api.ExportResponse, dependencies=[Admin])
+    async def export(self, request: mlops_api.ExportRequest | None = None):
         request = request or mlops_api.ExportRequest()
         return await self._loop("export", None, request.inline)
 
-    @app.post("/mlops/cleanup", response_model=mlops_api.CleanupResponse)
-    async def cleanup(self, request: mlops_api.CleanupRequest, credentials=Admin):
-        self._admin(credentials)
+    @app.post("/mlops/cleanup", response_model=mlops_api.CleanupResponse, dependencies=[Admin])
+    async def cleanup(self, request: mlops_api.CleanupRequest):
         return await self._loop("cleanup", request.keep_days)
 
-    @app.get("/mlops/backups", response_model=mlops_api.BackupsResponse)
-    async def backups(self, credentials=Admin):
-        self._admin(credentials)
+    @app.get("/mlops/backups", response_model=mlops_api.BackupsResponse, dependencies=[Admin])
+    async def backups(self):
         return await self._loop("backups")
 
-    @app.post("/mlops/restore", response_model=mlops_api.RestoreResponse)
-    async def restore(self, request: mlops_api.RestoreRequest, credentials=Admin):
-        self._admin(credentials)
+    @app.post("/mlops/restore", response_model=mlops_api.RestoreResponse, dependencies=[Admin])
+    async def restore(self, request: mlops_api.RestoreRequest):
         return await self._loop("restore", request.backup)
