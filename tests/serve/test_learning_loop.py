@@ -33,9 +33,11 @@ def chat(client, message, **extra):
 
 @pytest.fixture(scope="module")
 def fresh_loop(client):
-    """Start from no collected data, batch size 3, and a learning rate the tiny model notices."""
+    """Start from the base model (other tests may have trained and promoted versions), no
+    collected data, batch size 3, and a learning rate the tiny model notices."""
     assert client.delete("/mlops/conversations", headers=ADMIN).status_code == 200
     wait_idle(client)
+    assert client.post("/mlops/rollback", json={"version": "base"}, headers=ADMIN).status_code == 200
     settings = {"batch_size": 3, "auto_trigger": True, "epochs": 2, "learning_rate": 2e-3, "holdout_fraction": 0.34}
     r = client.post("/mlops/settings", json=settings, headers=ADMIN)
     assert r.status_code == 200, r.text
