@@ -49,6 +49,12 @@ logger = logging.getLogger(__name__)
 PROGRESS_ACTOR_NAME = "echorag-training-progress"
 ADAPTER_DIR_NAME = "adapter"  # the final checkpoint's directory inside the run folder
 
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
+# default); each epoch's report and the end of a run wait for the next poll, which cost a
+# short run several seconds (bench/finetune.py). A poll is one cheap actor call. Read when
+# fit() is called and passed on to the controller; an operator's own value wins.
+TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
 
 # --------------------------------------------------------------------------- progress
 
@@ -234,6 +240,8 @@ def run_training(
     final checkpoint (``run_dir/<run_name>/adapter``). Blocks until the run ends; raises
     ``TrainingError`` when it fails. ``gpus_per_worker`` < 1 shares a GPU with serving."""
     run_name = run_name or new_run_name()
+    for name, value in TRAIN_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     if isinstance(progress_actor, str):
         progress_actor = ray.get_actor(progress_actor)
     if progress_actor is not None:

@@ -8,7 +8,7 @@ import pytest
 
 from echorag.inversion import (
     InvertRequest, Inverter, LanguageModel, RotatedEmbedder, VectorRotation, bleu, check_no_overlap,
-    estimate_rotation, exact_match, recover_token_bag, token_f1,
+    estimate_rotation, eval_morphemes, exact_match, recover_token_bag, token_f1,
 )
 
 # A few documents the restorer may consult, and sentences that are not in them.
@@ -104,6 +104,22 @@ def test_iterative_raises_cosine_over_its_start(e5):
     unrelated = [s for doc in CORPUS[1:] for s in doc.split(". ")]
     chance = sum(token_f1(target, s) for s in unrelated) / len(unrelated)
     assert token_f1(target, result.text) > chance + 0.15
+
+
+def test_bag_of_morphemes_reads_content_words_off_the_vector(e5):
+    inverter = Inverter(e5, corpus=CORPUS, seed=0)
+    unrelated = [s for doc in CORPUS for s in doc.split(". ")]
+    found, chance = [], []
+    for target in TARGETS:
+        result = inverter.invert(e5.embed_passages([target])[0], "bag_of_morphemes")
+        assert result.trace[0]["text"] == result.text and result.cosine > 0.8
+        found.append(token_f1(target, result.text))
+        chance.append(sum(token_f1(target, s) for s in unrelated) / len(unrelated))
+    assert sum(found) / len(found) > sum(chance) / len(chance) + 0.1, found
+    jeju = inverter.invert(e5.embed_passages([TARGETS[0]])[0], "bag_of_morphemes")
+    assert {"제주도", "한라산"} <= set(eval_morphemes(jeju.text))  # the first target's nouns
+    with pytest.raises(ValueError, match="needs a corpus"):
+        Inverter(e5).invert(e5.embed_passages(["아무 문장"])[0], "bag_of_morphemes")
 
 
 def test_iterative_needs_something_to_consult(e5):
