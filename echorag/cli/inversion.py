@@ -27,8 +27,8 @@ def cmd_eval_inversion(args) -> None:
     lm = default_lm(embedder) if "bag_of_tokens" in methods else None
     if "bag_of_tokens" in methods and not token_means:
         raise CommandError("bag_of_tokens needs ECHORAG_EMBEDDER=kanana and ECHORAG_EMBEDDER_POOLING=input_embedding_mean")
-    if ("nearest" in methods or "iterative" in methods) and not corpus:
-        raise CommandError("nearest and iterative need --corpus (texts the restorer may consult)")
+    if {"nearest", "bag_of_morphemes", "iterative"} & set(methods) and not corpus:
+        raise CommandError("nearest, bag_of_morphemes and iterative need --corpus (texts the restorer may consult)")
     service = Inverter(embedder, corpus=corpus, lm=lm)
     attacker = Inverter(restorer_embedder, corpus=corpus, lm=lm) if args.without_key else None
 
@@ -46,9 +46,10 @@ def register(sub) -> None:
     p = sub.add_parser("eval-inversion", help="restore texts from their vectors and score the restorations")
     p.add_argument("--texts", required=True, help="JSONL of target texts ({\"text\"} per line)")
     p.add_argument("--corpus", help="JSONL of texts the restorer may consult (must not contain the targets)")
-    p.add_argument("--method", nargs="+", choices=["nearest", "bag_of_tokens", "iterative"],
+    p.add_argument("--method", nargs="+", choices=["nearest", "bag_of_tokens", "bag_of_morphemes", "iterative"],
                    help="default: every method the embedder allows")
-    p.add_argument("--budget", type=int, help="nearest: texts consulted; bag_of_tokens: beam width; iterative: texts embedded")
+    p.add_argument("--budget", type=int, help="nearest: texts consulted; bag_of_tokens: beam width; "
+                   "bag_of_morphemes: morphemes considered; iterative: texts embedded")
     p.add_argument("--side", choices=["passage", "query"], default="passage", help="how the targets are embedded")
     p.add_argument("--limit", type=int, help="only the first N targets")
     p.add_argument("--without-key", action="store_true",
