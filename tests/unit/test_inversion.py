@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from echorag.inversion import (
-    InvertRequest, Inverter, LanguageModel, RotatedEmbedder, VectorRotation, bleu, check_no_overlap,
-    estimate_rotation, eval_morphemes, exact_match, recover_token_bag, token_f1,
+    InvertRequest, Inverter, LanguageModel, RotatedEmbedder, TokenBigrams, VectorRotation, bleu,
+    check_no_overlap, estimate_rotation, eval_morphemes, exact_match, order_tokens, recover_token_bag, token_f1,
 )
 
 # A few documents the restorer may consult, and sentences that are not in them.
@@ -154,6 +154,26 @@ def test_token_bag_search_is_exact_on_a_wide_table(tiny_tokenizer):
         mean = table[ids].mean(0)
         bag, cosine = recover_token_bag(table, mean / np.linalg.norm(mean), bos_id=ids[0], beam=1)
         assert Counter(bag) == Counter(ids[1:]) and cosine > 1 - 1e-6
+
+
+def test_corpus_bigrams_join_a_bag_into_the_right_words(tiny):
+    """The tiny LM alone barely knows how tokens join; the consulted corpus's token pairs do."""
+    from echorag.documents import read_jsonl, sample_path
+
+    embedder, lm = tiny
+    tokenizer = embedder.tokenizer
+    corpus = [row["text"] for row in read_jsonl(sample_path("sample_kb.jsonl"))]
+    targets = [row["text"] for row in read_jsonl(sample_path("inversion_targets.jsonl"))][:6]
+    check_no_overlap(targets, corpus)
+    bigrams = TokenBigrams.fit(tokenizer, Inverter(embedder, corpus=corpus)._corpus_sentences())
+    first, second = tokenizer("한라산", add_special_tokens=False)["input_ids"][:2]
+    assert bigrams.association(first, second) > 0 > bigrams.association(second, first)
+    plain, joined = [], []
+    for target in targets:  # the exact bag, as a wide table gives it (test above)
+        bag = tokenizer(target, add_special_tokens=False)["input_ids"]
+        plain.append(token_f1(target, tokenizer.decode(order_tokens(lm, bag))))
+        joined.append(token_f1(target, tokenizer.decode(order_tokens(lm, bag, bigrams=bigrams))))
+    assert np.mean(joined) > np.mean(plain) + 0.1, (plain, joined)
 
 
 def test_bag_of_tokens_refuses_other_poolings(e5):
