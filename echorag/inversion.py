@@ -639,9 +639,9 @@ class TokenBigrams:
         it occurs at all (the LM already knows how frequent a token is). P(token | prev) is
         interpolated with the add-one unigram, so an unseen pair costs little after a rare
         token and much after a common one."""
-        unigram = (self.unigram[token] + 1) / (self.total + len(self.unigram) + 1)
         if prev is None:
             return 0.0
+        unigram = (self.unigram[token] + 1) / (self.total + len(self.unigram) + 1)
         return math.log((self.pairs[(prev, token)] + smoothing * unigram) / (self.firsts[prev] + smoothing) / unigram)
 
 
