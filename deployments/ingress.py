@@ -219,7 +219,7 @@ class ServeServices:
         return await self.collector.call.remote("record", turn)
 
     async def remember(self, turn: Turn) -> None:
-        await self.retriever.remember.remote(turn.id, turn.memory_text(), turn.memory_metadata())
+        await retrying(self.retriever.remember.remote, turn.id, turn.memory_text(), turn.memory_metadata())
 
     async def active_version(self) -> str:
         # The registry's pointer file is the truth; every replica reads it, so new and

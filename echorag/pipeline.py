@@ -1,7 +1,8 @@
 """The ``/chat`` request path, independent of where its parts run.
 
 ``ChatPipeline`` orchestrates: session memory → query embedding → retrieval
-(documents + remembered turns) → prompt → generation → collection and memory.
+(documents + remembered turns) → prompt → generation → collection, then the
+turn is indexed into long-term memory after the answer has gone out.
 The parts are reached through ``ChatServices``: in the Ray Serve application
 they are deployment handles (deployments/ingress.py), in-process they are plain
 objects (``LocalServices``), so both paths run exactly this code.
@@ -10,6 +11,7 @@ objects (``LocalServices``), so both paths run exactly this code.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +24,8 @@ from echorag.generation import Generation
 from echorag.memory import SessionMemory
 from echorag.prompts import build_messages
 from echorag.schemas import ChatRequest, ChatResponse, MlopsInfo, SearchResult, Timing, TokenUsage
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,6 +84,32 @@ class ChatPipeline:
         self.services = services
         self.memory = memory
         self.model_name = model_name
+        self._indexing: dict[str, set[asyncio.Task]] = {}  # user id -> turns being remembered
+
+    # -- long-term memory, off the answer's path
+
+    def _remember_later(self, turn: Turn) -> None:
+        """Embedding the turn for the ``memory`` collection costs about as much as the
+        rest of an answer on CPUs, so the user does not wait for it."""
+        task = asyncio.create_task(self.services.remember(turn))
+        pending = self._indexing.setdefault(turn.user_id, set())
+        pending.add(task)
+
+        def done(task: asyncio.Task, user_id: str = turn.user_id) -> None:
+            pending.discard(task)
+            if not pending and self._indexing.get(user_id) is pending:
+                del self._indexing[user_id]
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("turn %s not remembered: %r", turn.id, task.exception())
+
+        task.add_done_callback(done)
+
+    async def remembered(self, user_id: str | None = None, timeout: float = 30.0) -> None:
+        """Wait until the turns of ``user_id`` (everyone's when None) are in memory: a
+        user's next question waits here, so a follow-up finds the turn before it."""
+        pending = {t for uid, tasks in self._indexing.items() if user_id in (None, uid) for t in tasks}
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     async def _prepare(self, request: ChatRequest, history: list[dict[str, str]] | None) -> _Prepared:
         timing, started = Timing(), time.perf_counter()
@@ -93,6 +123,7 @@ class ChatPipeline:
 
         memory = self.memory.get(request.session_id) if history is None else history
         adapter = request.adapter_version or await self.services.active_version()
+        await self.remembered(request.user_id)  # read your own writes: usually long done
         timing.memory = lap()
         vector = await self.services.embed_query(request.message)
         timing.embedding = lap()
@@ -120,10 +151,9 @@ class ChatPipeline:
         if prepared.remember:
             self.memory.add(request.session_id, request.message, answer)
         clock = time.perf_counter()
-        mlops_info, _ = await asyncio.gather(
-            self.services.record(turn), self.services.remember(turn)
-        )
+        mlops_info = await self.services.record(turn)  # collected means committed: awaited
         timing.collection = time.perf_counter() - clock
+        self._remember_later(turn)
         timing.total = time.perf_counter() - prepared.started
         return ChatResponse(
             response=answer,

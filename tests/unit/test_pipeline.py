@@ -1,0 +1,68 @@
+"""The /chat pipeline in one process (no Ray): real e5, Chroma, the tiny model and
+the learning loop's SQLite store, as ``LocalServices`` wires them."""
+
+import asyncio
+
+import pytest
+
+from echorag.config import load_settings
+from echorag.embedding import E5Embedder
+from echorag.generation import LocalGenerator
+from echorag.memory import SessionMemory
+from echorag.mlops.loop import LearningLoop, local_train_fn
+from echorag.pipeline import ChatPipeline
+from echorag.retrieval import Retriever
+from echorag.schemas import ChatRequest
+from echorag.services import LocalServices
+from echorag.store import VectorStore
+
+DOCS = [
+    {"id": "jeju", "text": "제주도는 화산섬으로 한라산이 있다. 감귤과 돌하르방으로 유명하다."},
+    {"id": "kimchi", "text": "김치는 배추를 소금에 절인 뒤 고춧가루 양념으로 버무려 발효시킨 음식이다."},
+]
+
+
+class SlowMemoryServices(LocalServices):
+    """Indexing a turn into memory takes a noticeable while, as embedding does on CPUs."""
+
+    delay_s = 3.0
+
+    async def remember(self, turn) -> None:
+        await asyncio.sleep(self.delay_s)
+        await super().remember(turn)
+
+
+@pytest.fixture()
+def pipeline(tmp_path, tiny_model_path, one_torch_thread):
+    settings = load_settings(data_dir=str(tmp_path), generator_model=str(tiny_model_path), max_new_tokens=8)
+    embedder = E5Embedder()
+    retriever = Retriever.from_settings(VectorStore.from_settings(settings, embedder.id, embedder.dim), settings,
+                                        embedder.embed_passages)
+    generator = LocalGenerator(str(tiny_model_path))
+    loop = LearningLoop(settings, local_train_fn(tiny_model_path))
+    services = SlowMemoryServices(settings, embedder, retriever, generator, loop)
+    services.ingest(DOCS)
+    return ChatPipeline(services, SessionMemory(settings.memory_turns), generator.name), retriever
+
+
+def test_the_answer_does_not_wait_for_memory_but_a_follow_up_finds_the_turn(pipeline):
+    chat, retriever = pipeline
+
+    async def scenario():
+        first = await chat.chat(ChatRequest(message="내 강아지 이름은 초코야", user_id="alice", session_id="s1"))
+        indexed_when_answered = retriever.counts()["memory"]
+        # Another user's question does not wait for alice's turn to be indexed.
+        other = await chat.chat(ChatRequest(message="김치는 어떻게 만들어?", user_id="bob", session_id="s2"))
+        indexed_before_follow_up = retriever.counts()["memory"]
+        follow_up = await chat.chat(ChatRequest(message="내 강아지 이름이 뭐였지?", user_id="alice", session_id="s3"))
+        await chat.remembered()
+        return first, indexed_when_answered, other, indexed_before_follow_up, follow_up
+
+    first, indexed_when_answered, other, indexed_before_follow_up, follow_up = asyncio.run(scenario())
+    assert first.mlops_info.collected  # collection is on the answer's path: committed first
+    assert indexed_when_answered == 0
+    assert other.timing.memory < SlowMemoryServices.delay_s / 2
+    assert indexed_before_follow_up == 0  # so the follow-up had to wait for alice's turn
+    assert any(r.collection == "memory" and r.id == first.turn_id for r in follow_up.search_results)
+    assert not any(r.collection == "memory" and r.id == first.turn_id for r in other.search_results)
+    assert retriever.counts()["memory"] == 3
