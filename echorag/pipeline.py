@@ -104,9 +104,10 @@ class ChatPipeline:
 
         task.add_done_callback(done)
 
-    async def remembered(self, user_id: str | None = None, timeout: float = 30.0) -> None:
+    async def remembered(self, user_id: str | None = None, timeout: float = 10.0) -> None:
         """Wait until the turns of ``user_id`` (everyone's when None) are in memory: a
-        user's next question waits here, so a follow-up finds the turn before it."""
+        user's next question waits here, so a follow-up finds the turn before it. After
+        ``timeout`` the question goes on without it (a slow store must not stall chat)."""
         pending = {t for uid, tasks in self._indexing.items() if user_id in (None, uid) for t in tasks}
         if pending:
             await asyncio.wait(pending, timeout=timeout)
