@@ -54,7 +54,7 @@ def train_resources(settings: Settings) -> dict[str, float]:
 
 def ray_train_fn(settings: Settings, base_path: str, progress_sink) -> Callable:
     """A ``LearningLoop`` train function that runs Ray Train and evaluates both versions."""
-    from deployments.training import run_training
+    from deployments.training import background_runtime_env, run_training
 
     evaluate = ray.remote(heldout_losses)
 
@@ -79,7 +79,10 @@ def ray_train_fn(settings: Settings, base_path: str, progress_sink) -> Callable:
         losses: dict[str, float] = {}
         if job.holdout:
             versions = {"candidate": str(job.output_dir), "active": str(job.init_adapter) if job.init_adapter else None}
-            task = evaluate.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"])
+            placement = {"num_cpus": resources["CPU"], "num_gpus": resources["GPU"]}
+            if not resources["GPU"]:
+                placement["runtime_env"] = background_runtime_env()
+            task = evaluate.options(**placement)
             losses = ray.get(task.remote(base_path, versions, job.holdout, config, None))
         return TrainingOutcome(
             adapter_dir=job.output_dir,

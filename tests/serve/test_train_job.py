@@ -50,6 +50,7 @@ def test_torch_trainer_run_saves_a_loadable_adapter_and_reports_every_step(ray_c
         assert steps[-1]["progress"] == 1.0
         state = ray.get(progress.get.remote(run_name))
         assert state["status"] == "succeeded" and state["adapter_dir"] == str(adapter)
+        assert state["metrics"]["niceness"] == 19  # CPU training yields to serving from its first import
         assert [e["epoch"] for e in ray.get(progress.epochs.remote(run_name))] == [0]
     finally:
         ray.kill(progress)
