@@ -25,8 +25,8 @@ import torch
 from echorag.documents import read_jsonl, sample_path
 from echorag.embedding import KananaEmbedder
 from echorag.inversion import (
-    Inverter, LanguageModel, TokenBigrams, _leading_special, eval_morphemes, order_tokens, recover_token_bag,
-    token_f1,
+    LanguageModel, TokenBigrams, _leading_special, corpus_sentences, eval_morphemes, order_tokens,
+    recover_token_bag, token_f1,
 )
 from echorag.korean import split_sentences
 
@@ -55,7 +55,7 @@ def main() -> None:
     for fold in range(args.folds):
         held = set(order[fold :: args.folds])
         corpus = [d for i, d in enumerate(docs) if i not in held]
-        bigrams = TokenBigrams.fit(embedder.tokenizer, Inverter(embedder, corpus=corpus)._corpus_sentences())
+        bigrams = TokenBigrams.fit(embedder.tokenizer, corpus_sentences(corpus))
         candidates = [s for i in sorted(held) for s in split_sentences(docs[i]) if 6 <= len(eval_morphemes(s)) <= 25]
         for sentence in random.Random(fold).sample(candidates, min(args.per_fold, len(candidates))):
             bag, _ = recover_token_bag(table, embedder.embed_passages([sentence])[0], bos_id=bos, beam=args.beam)

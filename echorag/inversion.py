@@ -257,6 +257,11 @@ class LanguageModel:
         return cls(model, tokenizer)
 
 
+def corpus_sentences(texts: Sequence[str]) -> list[str]:
+    """The distinct sentences of ``texts`` (NFC): the units a restorer consults."""
+    return list(dict.fromkeys(s for text in texts for s in split_sentences(normalize(text))))
+
+
 class Inverter:
     """Restore text from vectors of ``embedder``.
 
@@ -329,12 +334,9 @@ class Inverter:
             sentences += [texts[i] for i in order]
         return list(dict.fromkeys(s.strip() for s in sentences if s.strip()))
 
-    def _corpus_sentences(self) -> list[str]:
-        return list(dict.fromkeys(s for text in self.corpus for s in split_sentences(text)))
-
     def _corpus_vectors(self, side: Side) -> tuple[list[str], np.ndarray]:
         if self._corpus_index is None:
-            self._corpus_index = (self._corpus_sentences(), {})
+            self._corpus_index = (corpus_sentences(self.corpus), {})
         sentences, by_side = self._corpus_index
         if side not in by_side:  # embedded once per side, on first use
             by_side[side] = self.embed(sentences, side)
@@ -361,7 +363,7 @@ class Inverter:
     def _bigrams(self, tokenizer) -> TokenBigrams | None:
         """The corpus's token pairs under ``tokenizer``, counted once; None without a corpus."""
         if self._token_bigrams is None and self.corpus:
-            self._token_bigrams = TokenBigrams.fit(tokenizer, self._corpus_sentences())
+            self._token_bigrams = TokenBigrams.fit(tokenizer, corpus_sentences(self.corpus))
         return self._token_bigrams
 
     def _decoder(self, side: Side) -> MorphemeDecoder:

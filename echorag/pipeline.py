@@ -95,10 +95,10 @@ class ChatPipeline:
         pending = self._indexing.setdefault(turn.user_id, set())
         pending.add(task)
 
-        def done(task: asyncio.Task, user_id: str = turn.user_id) -> None:
+        def done(task: asyncio.Task) -> None:
             pending.discard(task)
-            if not pending and self._indexing.get(user_id) is pending:
-                del self._indexing[user_id]
+            if not pending:  # a later turn of this user starts a new set
+                del self._indexing[turn.user_id]
             if not task.cancelled() and task.exception() is not None:
                 logger.error("turn %s not remembered: %r", turn.id, task.exception())
 

@@ -8,7 +8,8 @@ import pytest
 
 from echorag.inversion import (
     InvertRequest, Inverter, LanguageModel, RotatedEmbedder, TokenBigrams, VectorRotation, bleu,
-    check_no_overlap, estimate_rotation, eval_morphemes, exact_match, order_tokens, recover_token_bag, token_f1,
+    check_no_overlap, corpus_sentences, estimate_rotation, eval_morphemes, exact_match, order_tokens,
+    recover_token_bag, token_f1,
 )
 
 # A few documents the restorer may consult, and sentences that are not in them.
@@ -165,7 +166,7 @@ def test_corpus_bigrams_join_a_bag_into_the_right_words(tiny):
     corpus = [row["text"] for row in read_jsonl(sample_path("sample_kb.jsonl"))]
     targets = [row["text"] for row in read_jsonl(sample_path("inversion_targets.jsonl"))][:6]
     check_no_overlap(targets, corpus)
-    bigrams = TokenBigrams.fit(tokenizer, Inverter(embedder, corpus=corpus)._corpus_sentences())
+    bigrams = TokenBigrams.fit(tokenizer, corpus_sentences(corpus))
     first, second = tokenizer("한라산", add_special_tokens=False)["input_ids"][:2]
     assert bigrams.association(first, second) > 0 > bigrams.association(second, first)
     plain, joined = [], []
