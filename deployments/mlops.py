@@ -79,10 +79,8 @@ def ray_train_fn(settings: Settings, base_path: str, progress_sink) -> Callable:
         losses: dict[str, float] = {}
         if job.holdout:
             versions = {"candidate": str(job.output_dir), "active": str(job.init_adapter) if job.init_adapter else None}
-            placement = {"num_cpus": resources["CPU"], "num_gpus": resources["GPU"]}
-            if not resources["GPU"]:
-                placement["runtime_env"] = background_runtime_env()
-            task = evaluate.options(**placement)
+            task = evaluate.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"],
+                                    runtime_env=background_runtime_env(use_gpu=resources["GPU"] > 0))
             losses = ray.get(task.remote(base_path, versions, job.holdout, config, None))
         return TrainingOutcome(
             adapter_dir=job.output_dir,

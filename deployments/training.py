@@ -57,11 +57,12 @@ ADAPTER_DIR_NAME = "adapter"  # the final checkpoint's directory inside the run 
 TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
-def background_runtime_env() -> dict[str, str]:
+def background_runtime_env(use_gpu: bool) -> dict[str, str] | None:
     """For work on CPUs that serving also uses (training, the gate's evaluation): start
     the process at the lowest OS priority, so requests are scheduled first from its very
-    first import on. Ray runs workers at niceness 15; this takes them to 19."""
-    return {"py_executable": f"nice -n 19 {sys.executable}"}
+    first import on. Ray runs workers at niceness 15; this takes them to 19. Work on a
+    GPU keeps Ray's default (None)."""
+    return None if use_gpu else {"py_executable": f"nice -n 19 {sys.executable}"}
 
 
 # --------------------------------------------------------------------------- progress
@@ -273,7 +274,7 @@ def run_training(
         ),
         run_config=RunConfig(
             name=run_name, storage_path=str(Path(run_dir).resolve()),
-            worker_runtime_env=None if use_gpu else background_runtime_env(),
+            worker_runtime_env=background_runtime_env(use_gpu),
         ),
     )
     started = time.perf_counter()
