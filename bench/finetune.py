@@ -26,17 +26,20 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local bench cluster needs no token
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.serve: the progress actor
 
 import torch  # noqa: E402
 
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
-from echorag.mlops.training import Chat, TrainConfig, save_adapter, train_lora  # noqa: E402
+from echorag.mlops.train_config import TrainConfig  # noqa: E402
+from echorag.mlops.training import Chat, save_adapter, train_lora  # noqa: E402
 from echorag.models import ensure_tiny_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,7 +73,8 @@ def time_in_process(model: Path, chats: list[Chat], config: TrainConfig, threads
 def time_ray(model: Path, chats: list[Chat], config: TrainConfig, run_dir: Path) -> dict:
     import ray
 
-    from deployments.training import TrainingProgress, run_training
+    from deployments.training import run_training
+    from tests.serve.progress_actor import TrainingProgress
 
     progress = TrainingProgress.remote()
     try:

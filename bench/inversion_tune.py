@@ -1,5 +1,5 @@
 """Choose how much the corpus's token bigrams weigh when bag_of_tokens orders a recovered
-bag (``echorag.inversion.BIGRAM_WEIGHT``), on held-out sentences of the sample knowledge
+bag (``echorag.inversion.token_bag.BIGRAM_WEIGHT``), on held-out sentences of the sample knowledge
 base: never on the evaluation targets.
 
     python -m bench.inversion_tune --model DIR [--weights 0 0.5 1 2 4]   # writes bench/results/inversion_tuning.json
@@ -25,9 +25,9 @@ import torch
 from echorag.documents import read_jsonl, sample_path
 from echorag.embedding import KananaEmbedder
 from echorag.inversion import (
-    LanguageModel, TokenBigrams, _leading_special, corpus_sentences, eval_morphemes, order_tokens,
-    recover_token_bag, token_f1,
+    LanguageModel, TokenBigrams, corpus_sentences, eval_morphemes, order_tokens, recover_token_bag, token_f1,
 )
+from echorag.inversion.token_bag import _leading_special
 from echorag.korean import split_sentences
 
 RESULTS = Path(__file__).parent / "results"

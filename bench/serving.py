@@ -97,7 +97,8 @@ async def inprocess_chat(settings, qs: list[str], total: int, pause_s: float = 0
     from echorag.embedding import make_embedder
     from echorag.generation import LocalGenerator
     from echorag.memory import SessionMemory
-    from echorag.mlops.loop import LearningLoop, local_train_fn
+    from echorag.mlops.jobs import local_train_fn
+    from echorag.mlops.loop import LearningLoop
     from echorag.models import resolve_generator
     from echorag.pipeline import ChatPipeline
     from echorag.retrieval import Retriever
@@ -192,7 +193,7 @@ def main() -> None:
     from deployments.embedder import Embedder
     from echorag.config import load_settings
     from echorag.documents import read_documents, sample_path
-    from echorag.models import build_tiny_model
+    from echorag.tiny_model import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="echorag-bench-"))
     build_tiny_model(work / "serve" / "models" / "tiny-ko")
@@ -233,7 +234,7 @@ def main() -> None:
         for label, size in (("unbatched", 1), ("batched", 32)):
             handle = serve.run(
                 Embedder.options(user_config={"max_batch_size": size, "batch_wait_timeout_s": 0.002})
-                .bind({**app_args, "embedder": backend}),
+                .bind(load_settings(**{**app_args, "embedder": backend})),
                 name=f"embedder-{backend}-{label}", route_prefix=None,
             )
             result[label] = asyncio.run(embedder_throughput(handle, qs, 32, args.embed_requests))

@@ -23,18 +23,20 @@ def cluster_gpus() -> float:
 
 
 def build_app(args: dict | None = None) -> Application:
+    # Validated once, here: a bad setting fails `serve run`, not a replica, and every
+    # replica receives the same typed object. Replicas may start in another working
+    # directory: the data dir is pinned now.
     args = dict(args or {})
-    settings = load_settings(**args)  # validate early: a bad setting fails `serve run`, not a replica
-    # Replicas may start in another working directory: pin the data dir now.
-    args["data_dir"] = str(settings.data_dir.resolve())
+    args["data_dir"] = str(load_settings(**args).data_dir.resolve())
+    settings = load_settings(**args)
     gpus = cluster_gpus() if settings.generator_backend == "local" else 0.0
     generator = Generator.options(
         ray_actor_options={"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": 0.5}
-    ).bind(args)
+    ).bind(settings)
     embedder = Embedder.options(
         ray_actor_options={"num_cpus": 1, "num_gpus": 0.25}
         if gpus and settings.embedder == "kanana"
         else {"num_cpus": 0.25}
-    ).bind(args)
-    retriever = Retriever.bind(args, embedder)
-    return EchoRAGIngress.bind(args, embedder, retriever, generator)
+    ).bind(settings)
+    retriever = Retriever.bind(settings, embedder)
+    return EchoRAGIngress.bind(settings, embedder, retriever, generator)

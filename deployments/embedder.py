@@ -7,14 +7,14 @@ import asyncio
 import numpy as np
 from ray import serve
 
-from echorag.config import load_settings
+from echorag.config import Settings
 from echorag.embedding import make_embedder
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
 class Embedder:
-    def __init__(self, settings: dict) -> None:
-        self.embedder = make_embedder(load_settings(**settings))
+    def __init__(self, settings: Settings) -> None:
+        self.embedder = make_embedder(settings)
 
     def reconfigure(self, config: dict) -> None:
         # user_config: {"max_batch_size": n, "batch_wait_timeout_s": s}
@@ -35,7 +35,7 @@ class Embedder:
 
     async def invert(self, vector: np.ndarray, method: str, budget: int | None, side: str,
                      consult: list[str]) -> dict:
-        """Restore text from ``vector`` with this replica's model (echorag/inversion.py).
+        """Restore text from ``vector`` with this replica's model (echorag/inversion/).
         ``consult``: the stored texts the restorer may look at (the store's neighbours)."""
         from echorag.inversion import Inverter
 

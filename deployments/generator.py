@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from deployments import metrics
-from echorag.config import load_settings
-from echorag.generation import BASE, Generation, LocalGenerator, OpenAIGenerator
+from echorag.config import Settings
+from echorag.generation import LocalGenerator, OpenAIGenerator
+from echorag.types import BASE, Generation
 from echorag.mlops.registry import AdapterRegistry
 from echorag.models import resolve_generator
 from echorag.services import adapter_arg, iterate_in_thread
@@ -36,8 +37,8 @@ class LoadedAdapter:
 
 @serve.deployment(max_ongoing_requests=64)
 class Generator:
-    def __init__(self, settings: dict) -> None:
-        self.settings = s = load_settings(**settings)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = s = settings
         metrics.set_enabled(s.monitoring_export_metrics)
         self.registry = AdapterRegistry(s.adapters_root)
         if s.generator_backend == "openai":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -24,73 +23,14 @@ from typing import Any
 import ray
 
 from deployments import metrics
-from echorag.config import Settings, load_settings
-from echorag.mlops.loop import LearningLoop, TrainingJob, TrainingOutcome
-from echorag.mlops.training import TrainConfig, heldout_losses
+from echorag.config import Settings
+from echorag.mlops.loop import LearningLoop
 from echorag.models import resolve_generator
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "echorag"
 COLLECTOR_NAME = "echorag-collector"
-
-# LearningLoop methods the HTTP layer may call through ``Collector.call``.
-LOOP_METHODS = frozenset({
-    "record", "feedback", "status", "training_progress", "finetune", "update_settings",
-    "events", "training_history", "models", "performance", "export", "conversations",
-    "clear_conversations", "cleanup", "rollback", "promote", "active_version", "wait_idle",
-    "backups", "restore",
-})
-
-
-def train_resources(settings: Settings) -> dict[str, float]:
-    """GPUs for training only where serving does not hold them; CPU workers otherwise."""
-    gpus = settings.finetune_worker_gpus
-    if gpus < 0:
-        free = ray.available_resources().get("GPU", 0.0)
-        gpus = 1.0 if free >= 1.0 else 0.0
-    return {"CPU": settings.finetune_worker_cpus, "GPU": gpus}
-
-
-def ray_train_fn(settings: Settings, base_path: str, progress_sink) -> Callable:
-    """A ``LearningLoop`` train function that runs Ray Train and evaluates both versions."""
-    from deployments.training import background_runtime_env, run_training
-
-    evaluate = ray.remote(heldout_losses)
-
-    def train(job: TrainingJob, on_progress: Callable[[dict[str, Any]], None]) -> TrainingOutcome:
-        config = TrainConfig.from_dict(TrainConfig.from_settings(settings).to_dict() | job.config)
-        resources = train_resources(settings)
-        progress_sink.listen(job.name, on_progress)
-        started = time.perf_counter()
-        try:
-            adapter = run_training(
-                base_path, job.train, config, settings.data_dir / "training" / "ray",
-                init_adapter=job.init_adapter, use_gpu=resources["GPU"] > 0,
-                num_workers=settings.finetune_num_workers, progress_actor=progress_sink.handle,
-                run_name=job.name, gpus_per_worker=resources["GPU"] or 1.0,
-                cpus_per_worker=resources["CPU"],
-            )
-        finally:
-            progress_sink.listen(job.name, None)
-        shutil.copytree(adapter, job.output_dir)
-        shutil.rmtree(adapter.parent, ignore_errors=True)  # the Train run's own copy and results
-        train_s = time.perf_counter() - started
-        losses: dict[str, float] = {}
-        if job.holdout:
-            versions = {"candidate": str(job.output_dir), "active": str(job.init_adapter) if job.init_adapter else None}
-            task = evaluate.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"],
-                                    runtime_env=background_runtime_env(use_gpu=resources["GPU"] > 0))
-            losses = ray.get(task.remote(base_path, versions, job.holdout, config, None))
-        return TrainingOutcome(
-            adapter_dir=job.output_dir,
-            candidate_loss=losses.get("candidate"),
-            active_loss=losses.get("active"),
-            timings={"train_s": train_s, "eval_s": time.perf_counter() - started - train_s},
-            metrics={"examples": len(job.train), "holdout": len(job.holdout)},
-        )
-
-    return train
 
 
 class _ProgressSink:
@@ -137,39 +77,38 @@ def observe_loop(kind: str, data: dict[str, Any]) -> None:
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=32)
-class Collector:
-    def __init__(self, settings: dict, app_name: str = "echorag") -> None:
-        self.settings = load_settings(**settings)
+class Collector(LearningLoop):
+    """The learning loop as an actor: every public ``LearningLoop`` method is a typed
+    remote method (``await collector.status.remote()`` returns a ``StatusResponse``)."""
+
+    def __init__(self, settings: Settings, app_name: str = "echorag") -> None:
+        from deployments.training import ray_train_fn  # torch and Ray Train: this actor only
+
         self.app_name = app_name
         self.started_at = time.time()
-        base = resolve_generator(self.settings.generator_model, self.settings.models_dir)
-        self._progress = _ProgressSink(ray.get_runtime_context().current_actor)
-        metrics.set_enabled(self.settings.monitoring_export_metrics)
-        self.loop = LearningLoop(
-            self.settings,
-            ray_train_fn(self.settings, base.path, self._progress),
+        base = resolve_generator(settings.generator_model, settings.models_dir)
+        self._progress_sink = _ProgressSink(ray.get_runtime_context().current_actor)
+        metrics.set_enabled(settings.monitoring_export_metrics)
+        super().__init__(
+            settings,
+            ray_train_fn(settings, base.path, self._progress_sink),
             warm_up=self._warm_generator,
             observer=observe_loop,
-            webhook_flavor=None if self.settings.finetune_webhook_format == "auto" else self.settings.finetune_webhook_format,
+            webhook_flavor=None if settings.finetune_webhook_format == "auto" else settings.finetune_webhook_format,
         )
-        metrics.set_active_version(self.loop.active_version())
+        metrics.set_active_version(self.active_version())
 
     def info(self) -> dict[str, Any]:
         """Which process holds the collector, and since when (changes when Ray restarts it)."""
         return {"pid": os.getpid(), "started_at": self.started_at}
 
-    def call(self, method: str, *args, **kwargs):
-        if method not in LOOP_METHODS:
-            raise AttributeError(f"unknown learning-loop method {method!r}")
-        return getattr(self.loop, method)(*args, **kwargs)
-
-    # The TrainingProgress protocol of deployments/training.py: workers report here.
+    # The progress protocol of run_training (deployments/training.py): workers report here.
     def start(self, run_id: str, info: dict[str, Any] | None = None) -> None:
         pass
 
     def update(self, info: dict[str, Any]) -> None:
         if info.get("kind", "step") == "step":  # epoch summaries are for Train's own report
-            self._progress.deliver(info["run_id"], info)
+            self._progress_sink.deliver(info["run_id"], info)
 
     def finish(self, run_id: str, status: str, **extra: Any) -> None:
         pass
@@ -190,7 +129,7 @@ def collector_name(app_name: str = "echorag") -> str:
     return COLLECTOR_NAME if app_name == "echorag" else f"{COLLECTOR_NAME}-{app_name}"
 
 
-def get_collector(settings: dict, app_name: str = "echorag"):
+def get_collector(settings: Settings, app_name: str = "echorag"):
     """The application's collector (created on first use)."""
     return Collector.options(
         name=collector_name(app_name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,

@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from echorag.config import load_settings
+from echorag.config import Settings
 from echorag.retrieval import Retriever as HybridRetriever
-from echorag.retrieval import chunk_documents
-from echorag.schemas import SearchResult
+from echorag.schemas import DocumentsResponse, SearchResult
 from echorag.store import VectorStore
+from echorag.types import Turn
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class Retriever:
-    def __init__(self, settings: dict, embedder: DeploymentHandle) -> None:
-        self.settings = load_settings(**settings)
+    def __init__(self, settings: Settings, embedder: DeploymentHandle) -> None:
+        self.settings = settings
         self.embedder = embedder
         self._retriever: HybridRetriever | None = None
         self._opening = asyncio.Lock()
+        # Writes wait on the embedder from a thread; their own pool keeps searches,
+        # which run in the default one, from queueing behind memory indexing.
+        self._writes = ThreadPoolExecutor(4, thread_name_prefix="retriever-writes")
+
+    async def _write(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._writes, fn, *args)
+
+    def _embed_passages(self, texts: list[str]) -> np.ndarray:
+        # Blocks on the embedder: the core retriever calls it from worker threads, never the loop.
+        return self.embedder.embed_passages.remote(texts).result()
 
     async def _ready(self) -> HybridRetriever:
         # The store records the embedder's id, which only the embedder replica knows.
@@ -30,13 +41,9 @@ class Retriever:
                 info = await self.embedder.info.remote()
                 s = self.settings
 
-                def embed_passages(texts: list[str]) -> np.ndarray:
-                    # Sentence vectors for re-scoring; called from worker threads, never the loop.
-                    return self.embedder.embed_passages.remote(texts).result()
-
                 def open_store() -> HybridRetriever:
                     store = VectorStore.from_settings(s, info["id"], info["dim"])
-                    return HybridRetriever.from_settings(store, s, embed_passages)
+                    return HybridRetriever.from_settings(store, s, self._embed_passages)
 
                 self._retriever = await asyncio.to_thread(open_store)
         return self._retriever
@@ -47,25 +54,17 @@ class Retriever:
             retriever.chat_context, query, vector, user_id, s.top_k, s.memory_top_k
         )
 
-    async def add_documents(self, documents: list[dict]) -> dict:
+    async def add_documents(self, documents: list[dict]) -> DocumentsResponse:
         retriever, s = await self._ready(), self.settings
-        chunks = chunk_documents(documents, s.chunk_size, s.chunk_overlap)
-        vectors = await self.embedder.embed_passages.remote([c.text for c in chunks])
-        await asyncio.to_thread(retriever.add_chunks, chunks, vectors)
-        return {
-            "ids": list(dict.fromkeys(c.metadata["doc_id"] for c in chunks)),
-            "chunks": len(chunks),
-            "total_documents": retriever.store.count("documents"),
-        }
+        return await self._write(retriever.ingest, documents, self._embed_passages, s.chunk_size, s.chunk_overlap)
 
     async def delete_documents(self, doc_ids: list[str]) -> int:
         retriever = await self._ready()
         return await asyncio.to_thread(retriever.delete_documents, doc_ids)
 
-    async def remember(self, turn_id: str, text: str, metadata: dict) -> None:
+    async def remember(self, turn: Turn) -> None:
         retriever = await self._ready()
-        vectors = await self.embedder.embed_passages.remote([text])
-        await asyncio.to_thread(retriever.remember, turn_id, text, vectors[0], metadata)
+        await self._write(retriever.remember_turn, turn, self._embed_passages)
 
     async def counts(self) -> dict[str, int]:
         retriever = await self._ready()

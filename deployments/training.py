@@ -1,28 +1,31 @@
 """The Ray layer of LoRA fine-tuning: the core loop (``echorag.mlops.training``) inside a
 Ray Train ``TorchTrainer``.
 
+- ``ray_train_fn`` is the collector's ``train_fn``: a ``run_training`` run, then the
+  held-out losses of both versions in a Ray task with the workers' resources.
 - ``run_training`` builds the trainer (CPU or GPU workers), blocks in ``fit()`` and
   returns the adapter directory of the run's final checkpoint. Call it off the event
   loop (a Ray task or a thread): a run takes minutes.
 - ``train_loop_per_worker`` is what each worker runs: ``prepare_model`` puts the model
   on the worker's device (DDP with several workers), ``ray.train.report`` records every
   epoch (the last one with the adapter as a ``Checkpoint``, saved by rank 0 only), and
-  every optimizer step goes to a ``TrainingProgress`` actor and to Ray metrics, so the
-  coordinator and the dashboard show step / total / loss / ETA while the run goes.
+  every optimizer step goes to a progress actor (``start`` / ``update`` / ``finish``; in
+  the service, the collector) and to Ray metrics, so the coordinator and the dashboard
+  show step / total / loss / ETA while the run goes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 import ray.train
@@ -33,13 +36,16 @@ from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from deployments import metrics
+from echorag.config import Settings
+from echorag.mlops.jobs import TrainFn, TrainingJob, TrainingOutcome
 from echorag.mlops.registry import InvalidAdapterError, validate_adapter_dir
+from echorag.mlops.train_config import TrainConfig
 from echorag.mlops.training import (
     Chat,
     EpochInfo,
     StepInfo,
-    TrainConfig,
     TrainingError,
+    heldout_losses,
     read_chats_jsonl,
     save_adapter,
     train_lora,
@@ -47,7 +53,6 @@ from echorag.mlops.training import (
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_ACTOR_NAME = "echorag-training-progress"
 ADAPTER_DIR_NAME = "adapter"  # the final checkpoint's directory inside the run folder
 
 # Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
@@ -66,60 +71,6 @@ def background_runtime_env(use_gpu: bool) -> dict[str, str] | None:
 
 
 # --------------------------------------------------------------------------- progress
-
-
-@ray.remote(num_cpus=0)
-class TrainingProgress:
-    """Where training steps go while a run is going; the coordinator reads it for
-    ``GET /mlops/training-progress``. Plain state, no resources (``num_cpus=0``)."""
-
-    def __init__(self, max_steps: int = 100_000) -> None:
-        self._runs: dict[str, dict[str, Any]] = {}
-        self._steps: dict[str, deque[dict[str, Any]]] = {}
-        self._epochs: dict[str, list[dict[str, Any]]] = {}
-        self._max_steps = max_steps
-        self._latest: str | None = None
-
-    def start(self, run_id: str, info: dict[str, Any] | None = None) -> None:
-        if run_id not in self._runs:
-            self._runs[run_id] = {"run_id": run_id, "status": "running", "started_at": time.time()}
-            self._steps[run_id] = deque(maxlen=self._max_steps)
-            self._epochs[run_id] = []
-        self._runs[run_id] |= info or {}
-        self._latest = run_id
-
-    def update(self, info: dict[str, Any]) -> None:
-        """A step (``kind="step"``, the default) or an epoch summary (``kind="epoch"``)."""
-        run_id = info["run_id"]
-        if run_id not in self._runs:  # a worker that reports before start() (or without it)
-            self.start(run_id)
-        if info.get("kind", "step") == "epoch":
-            self._epochs[run_id].append(info)
-        else:
-            self._steps[run_id].append(info)
-            self._runs[run_id] |= {k: v for k, v in info.items() if k != "kind"} | {"updated_at": time.time()}
-
-    def finish(self, run_id: str, status: str, **extra: Any) -> None:
-        run = self._runs.setdefault(run_id, {"run_id": run_id})
-        run |= {"status": status, "ended_at": time.time(), **extra}
-
-    def get(self, run_id: str | None = None) -> dict[str, Any] | None:
-        """The latest state of ``run_id`` (default: the most recent run), or None."""
-        run = self._runs.get(run_id or self._latest or "")
-        return dict(run) if run else None
-
-    def steps(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        return list(self._steps.get(run_id or self._latest or "", ()))
-
-    def epochs(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        return list(self._epochs.get(run_id or self._latest or "", ()))
-
-
-def progress_actor(name: str = PROGRESS_ACTOR_NAME, namespace: str | None = None) -> ActorHandle:
-    """The named progress actor, created on first use (detached: it outlives its creator)."""
-    return TrainingProgress.options(
-        name=name, namespace=namespace, get_if_exists=True, lifetime="detached"
-    ).remote()
 
 
 class _StepReporter:
@@ -301,3 +252,62 @@ def run_training(
         _quietly(lambda: ray.get(progress_actor.finish.remote(run_name, "succeeded", **done)))
     logger.info("Training run %s finished in %.1f s: %s", run_name, time.perf_counter() - started, adapter_dir)
     return adapter_dir
+
+
+# --------------------------------------------------------------------------- the collector's train_fn
+
+
+class ProgressRouter(Protocol):
+    """Where ``ray_train_fn`` sends a run's step reports: ``handle`` is the progress actor
+    the workers report to, ``listen`` routes a run's reports to a callback (None: stop)."""
+
+    handle: ActorHandle
+
+    def listen(self, run_name: str, callback: Callable[[dict[str, Any]], None] | None) -> None: ...
+
+
+def train_resources(settings: Settings) -> dict[str, float]:
+    """GPUs for training only where serving does not hold them; CPU workers otherwise."""
+    gpus = settings.finetune_worker_gpus
+    if gpus < 0:
+        free = ray.available_resources().get("GPU", 0.0)
+        gpus = 1.0 if free >= 1.0 else 0.0
+    return {"CPU": settings.finetune_worker_cpus, "GPU": gpus}
+
+
+def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter) -> TrainFn:
+    """A ``LearningLoop`` train function that runs Ray Train and evaluates both versions."""
+    evaluate = ray.remote(heldout_losses)
+
+    def train(job: TrainingJob, on_progress: Callable[[dict[str, Any]], None]) -> TrainingOutcome:
+        resources = train_resources(settings)
+        progress.listen(job.name, on_progress)
+        started = time.perf_counter()
+        try:
+            adapter = run_training(
+                base_path, job.train, job.config, settings.data_dir / "training" / "ray",
+                init_adapter=job.init_adapter, use_gpu=resources["GPU"] > 0,
+                num_workers=settings.finetune_num_workers, progress_actor=progress.handle,
+                run_name=job.name, gpus_per_worker=resources["GPU"] or 1.0,
+                cpus_per_worker=resources["CPU"],
+            )
+        finally:
+            progress.listen(job.name, None)
+        shutil.copytree(adapter, job.output_dir)
+        shutil.rmtree(adapter.parent, ignore_errors=True)  # the Train run's own copy and results
+        train_s = time.perf_counter() - started
+        losses: dict[str, float] = {}
+        if job.holdout:
+            versions = {"candidate": str(job.output_dir), "active": str(job.init_adapter) if job.init_adapter else None}
+            task = evaluate.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"],
+                                    runtime_env=background_runtime_env(use_gpu=resources["GPU"] > 0))
+            losses = ray.get(task.remote(base_path, versions, job.holdout, job.config, None))
+        return TrainingOutcome(
+            adapter_dir=job.output_dir,
+            candidate_loss=losses.get("candidate"),
+            active_loss=losses.get("active"),
+            timings={"train_s": train_s, "eval_s": time.perf_counter() - started - train_s},
+            metrics={"examples": len(job.train), "holdout": len(job.holdout)},
+        )
+
+    return train

@@ -7,25 +7,12 @@ product and the Chroma collection can be checked against ``embedder.id``/``dim``
 from __future__ import annotations
 
 import threading
-from typing import Protocol
 
 import numpy as np
 
 from echorag.korean import normalize
-
-
-class Embedder(Protocol):
-    id: str  # recorded in the vector store; a different id means re-index
-    dim: int
-
-    def embed_queries(self, texts: list[str]) -> np.ndarray: ...
-
-    def embed_passages(self, texts: list[str]) -> np.ndarray: ...
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+from echorag.rotation import RotatedEmbedder
+from echorag.vectors import Embedder, l2_normalize
 
 
 class E5Embedder:
@@ -70,9 +57,11 @@ class KananaEmbedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from echorag.devices import pick_device, pick_dtype  # torch: only when this embedder is used
+
         self._torch = torch
-        self.device = _pick_device(device)
-        dtype = torch.bfloat16 if _supports_bf16(self.device) else torch.float32
+        self.device = pick_device(device)
+        dtype = pick_dtype("auto", self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -110,26 +99,10 @@ class KananaEmbedder:
         return self._encode(texts)
 
 
-def _pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _supports_bf16(device: str) -> bool:
-    import torch
-
-    return device.startswith("cuda") and torch.cuda.is_bf16_supported()
-
-
 def make_embedder(settings) -> Embedder:
     """Build the embedder named by ``settings.embedder`` (rotated when a rotation key is set)."""
     embedder = _base_embedder(settings)
     if key := getattr(settings, "vector_rotation_key", None):
-        from echorag.inversion import RotatedEmbedder
-
         embedder = RotatedEmbedder(embedder, key)  # its id names the key: no silent mixing
     return embedder
 

@@ -16,7 +16,6 @@ import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -30,19 +29,13 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from echorag.devices import pick_device, pick_dtype
 from echorag.models import ResolvedModel, resolve_model
+from echorag.types import BASE, Generation
 
 logger = logging.getLogger(__name__)
 
-BASE = "base"  # the adapter name that means "no adapter"
 _PEFT_BASE = "__base__"  # peft's name for the same thing in mixed batches
-
-
-@dataclass
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
 
 
 class Generator(Protocol):
@@ -78,8 +71,8 @@ class LocalGenerator:
         self.name = resolved.name
         self.kind = resolved.kind
         self.is_demo = resolved.is_demo
-        self.device = _pick_device(device)
-        self.dtype = _pick_dtype(dtype, self.device)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
 
         self.tokenizer = AutoTokenizer.from_pretrained(resolved.path)
         self.tokenizer.padding_side = "left"  # new tokens are appended on the right
@@ -252,20 +245,6 @@ class _StopWhenSet(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
-
-
-def _pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _pick_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32  # CPU bf16 matmuls are slow on most machines
 
 
 class OpenAIGenerator:

@@ -15,39 +15,28 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from echorag.generation import Generation
 from echorag.memory import SessionMemory
 from echorag.prompts import build_messages
-from echorag.schemas import ChatRequest, ChatResponse, MlopsInfo, SearchResult, Timing, TokenUsage
+from echorag.schemas import (
+    ChatEvent,
+    ChatRequest,
+    ChatResponse,
+    DoneEvent,
+    MlopsInfo,
+    SearchResult,
+    SourcesEvent,
+    Timing,
+    TokenEvent,
+    TokenUsage,
+)
+from echorag.types import Generation, Turn
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Turn:
-    """One answered exchange, as handed to the collector and the memory index."""
-
-    id: str
-    session_id: str
-    user_id: str
-    user: str
-    assistant: str
-    adapter_version: str
-    model: str
-    sources: list[str] = field(default_factory=list)
-    created_at: float = field(default_factory=time.time)
-
-    def memory_text(self) -> str:
-        """How the turn is embedded into the ``memory`` collection."""
-        return f"질문: {self.user}\n답변: {self.assistant}"
-
-    def memory_metadata(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "user_id": self.user_id, "created_at": self.created_at}
 
 
 class ChatServices(Protocol):
@@ -130,9 +119,7 @@ class ChatPipeline:
         timing.embedding = lap()
         results = await self.services.search(request.message, vector, request.user_id)
         timing.retrieval = lap()
-        messages = build_messages(
-            request.message, [r.model_dump() for r in results], memory
-        )
+        messages = build_messages(request.message, results, memory)
         return _Prepared(messages, results, memory, adapter, timing, started, remember=history is None)
 
     async def _finish(
@@ -181,22 +168,17 @@ class ChatPipeline:
 
     async def chat_stream(
         self, request: ChatRequest, history: list[dict[str, str]] | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[ChatEvent]:
         """Events: ``sources`` first, then ``token`` pieces, then ``done`` with the full response."""
         prepared = await self._prepare(request, history)
-        yield {
-            "event": "sources",
-            "search_results": [r.model_dump() for r in prepared.results],
-            "adapter_version": prepared.adapter,
-            "model": self.model_name,
-        }
+        yield SourcesEvent(search_results=prepared.results, adapter_version=prepared.adapter, model=self.model_name)
         clock, pieces = time.perf_counter(), []
         async for piece in self.services.stream(prepared.messages, prepared.adapter):
             pieces.append(piece)
-            yield {"event": "token", "text": piece}
+            yield TokenEvent(text=piece)
         prepared.timing.generation = time.perf_counter() - clock
         answer = "".join(pieces).strip()
         prompt_tokens, completion_tokens = await self.services.usage(prepared.messages, answer)
         usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         response = await self._finish(request, prepared, answer, usage)
-        yield {"event": "done", "response": response.model_dump()}
+        yield DoneEvent(response=response)

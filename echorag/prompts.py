@@ -6,6 +6,14 @@ into model input (``LocalGenerator``) or it goes to an OpenAI-compatible API as 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: training builds prompts too, without the HTTP schemas or Kiwi
+    from echorag.schemas import SearchResult
+
+    Passage = SearchResult | Mapping
+
 NO_ANSWER = "제공된 문서에서 답을 찾을 수 없습니다."
 
 SYSTEM_PROMPT = (
@@ -24,15 +32,16 @@ _MIN_PASSAGE_CHARS = 20
 
 def build_messages(
     question: str,
-    passages: list[dict],
+    passages: list[Passage],
     memory: list[dict],
     max_context_chars: int = 3000,
     system_prompt: str = SYSTEM_PROMPT,
 ) -> list[dict]:
     """Chat messages for one RAG turn.
 
-    ``passages`` are ranked retrieval hits (``text``, optional ``metadata.title`` and
-    ``collection``); ``memory`` holds earlier turns ``{"user", "assistant"}``, oldest first.
+    ``passages`` are ranked retrieval hits: ``SearchResult`` objects, or dicts with
+    ``text`` and optional ``metadata.title`` and ``collection`` (training chats have no
+    collection); ``memory`` holds earlier turns ``{"user", "assistant"}``, oldest first.
     """
     messages = [{"role": "system", "content": system_prompt}]
     for turn in memory:
@@ -45,7 +54,7 @@ def build_messages(
     return messages
 
 
-def format_passages(passages: list[dict], max_chars: int = 3000) -> str:
+def format_passages(passages: list[Passage], max_chars: int = 3000) -> str:
     """Number passages [1], [2]… in rank order; the block never exceeds ``max_chars``.
 
     The best-ranked passages are kept whole as long as they fit, the first one that
@@ -54,12 +63,13 @@ def format_passages(passages: list[dict], max_chars: int = 3000) -> str:
     blocks: list[str] = []
     used = 0
     for number, passage in enumerate(passages, start=1):
-        header = _header(number, passage)
+        text, title, source = _fields(passage)
+        header = _header(number, title, source)
         separator = 2 if blocks else 0  # blocks are joined by a blank line
         room = max_chars - used - separator - len(header) - 1  # 1: newline after the header
         if room < _MIN_PASSAGE_CHARS:
             break
-        text = passage["text"].strip()
+        text = text.strip()
         if len(text) > room:
             text = text[: room - 1].rstrip() + "…"
         block = f"{header}\n{text}"
@@ -68,9 +78,14 @@ def format_passages(passages: list[dict], max_chars: int = 3000) -> str:
     return "\n\n".join(blocks) if blocks else NO_CONTEXT
 
 
-def _header(number: int, passage: dict) -> str:
-    title = (passage.get("metadata") or {}).get("title")
-    source = passage.get("collection")
+def _fields(passage: Passage) -> tuple[str, str | None, str | None]:
+    """Text, title and collection of a passage, whichever of the two shapes it has."""
+    if isinstance(passage, Mapping):
+        return passage["text"], (passage.get("metadata") or {}).get("title"), passage.get("collection")
+    return passage.text, (passage.metadata or {}).get("title"), passage.collection
+
+
+def _header(number: int, title: str | None, source: str | None) -> str:
     labels = " · ".join(
         label for label in (title and f"제목: {title}", source and f"출처: {source}") if label
     )

@@ -3,7 +3,9 @@
 Documents are chunked on sentence boundaries before indexing; a chunk's id is
 ``<doc_id>#<n>`` and its metadata carries ``doc_id`` so callers can map chunks
 back to documents. Past turns go to the ``memory`` collection (dense only,
-filtered per user so one user never sees another's conversation).
+filtered per user so one user never sees another's conversation). ``ingest``
+(documents) and ``remember_turn`` (turns) are the only write paths, in-process and
+in Serve alike.
 """
 
 from __future__ import annotations
@@ -11,24 +13,18 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from echorag.korean import chunk_text, normalize, split_sentences
 from echorag.lexical import BM25Index, fuse
-from echorag.schemas import SearchResult
-from echorag.store import Hit, VectorStore
+from echorag.schemas import DocumentsResponse, SearchResult
+from echorag.store import Chunk, VectorStore
+from echorag.types import Turn
 
 Mode = Literal["bm25", "dense", "hybrid"]
-
-
-@dataclass
-class Chunk:
-    id: str
-    text: str
-    metadata: dict[str, Any]
+Embed = Callable[[list[str]], np.ndarray]
 
 
 def _sentences_to_embed(text: str) -> list[str]:
@@ -37,12 +33,12 @@ def _sentences_to_embed(text: str) -> list[str]:
 
 
 def _stored_chunks(store: VectorStore, batch: int = 1000):
-    """(Hit, vector) of every stored chunk, paged from Chroma."""
+    """(Chunk, vector) of every stored chunk, paged from Chroma."""
     collection, offset = store.collection("documents"), 0
     while True:
         page = collection.get(limit=batch, offset=offset, include=["documents", "metadatas", "embeddings"])
         for i, t, m, v in zip(page["ids"], page["documents"], page["metadatas"], page["embeddings"]):
-            yield Hit(id=i, text=t, score=0.0, metadata=dict(m or {})), np.asarray(v, np.float32)
+            yield Chunk(id=i, text=t, metadata=dict(m or {})), np.asarray(v, np.float32)
         if len(page["ids"]) < batch:
             return
         offset += batch
@@ -79,7 +75,7 @@ class Retriever:
         bm25_weight: float = 0.4,
         dense_weight: float = 0.6,
         candidates: int = 30,
-        embed_passages: Callable[[list[str]], np.ndarray] | None = None,
+        embed_passages: Embed | None = None,
         sentence_weight: float = 0.5,
     ) -> None:
         self.store = store
@@ -89,20 +85,20 @@ class Retriever:
         self.embed_passages = embed_passages
         self.sentence_weight = sentence_weight
         self.bm25 = BM25Index()
-        self._texts: dict[str, Hit] = {}  # chunk id -> text/metadata, for BM25-only hits
+        self._texts: dict[str, Chunk] = {}  # chunk id -> text/metadata, for BM25-only hits
         # chunk id -> unit rows: the chunk's vector, then its sentences' (when embedded)
         self._vectors: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
         # BM25 and the vector mirror live in memory: rebuild them from Chroma.
         stored = list(_stored_chunks(store))
-        for hit, vector in stored:
-            self._texts[hit.id] = hit
-        self.bm25.add(list(self._texts), [h.text for h in self._texts.values()])
-        self._mirror([h.id for h, _ in stored], [h.text for h, _ in stored], np.array([v for _, v in stored]))
+        for chunk, _ in stored:
+            self._texts[chunk.id] = chunk
+        self.bm25.add(list(self._texts), [c.text for c in self._texts.values()])
+        self._mirror([c.id for c, _ in stored], [c.text for c, _ in stored], np.array([v for _, v in stored]))
 
     @classmethod
     def from_settings(
-        cls, store: VectorStore, settings, embed_passages: Callable[[list[str]], np.ndarray] | None
+        cls, store: VectorStore, settings, embed_passages: Embed | None
     ) -> "Retriever":
         """The service's retriever: fusion and sentence re-scoring as configured."""
         return cls(
@@ -112,6 +108,18 @@ class Retriever:
         )
 
     # -- documents -----------------------------------------------------------------
+    def ingest(
+        self, documents: list[dict[str, Any]], embed_passages: Embed, chunk_size: int, chunk_overlap: int
+    ) -> DocumentsResponse:
+        """Chunk, embed and index documents (blocking: run it in a worker thread)."""
+        chunks = chunk_documents(documents, chunk_size, chunk_overlap)
+        self.add_chunks(chunks, embed_passages([c.text for c in chunks]))
+        return DocumentsResponse(
+            ids=list(dict.fromkeys(c.metadata["doc_id"] for c in chunks)),
+            chunks=len(chunks),
+            total_documents=self.store.count("documents"),
+        )
+
     def add_chunks(self, chunks: list[Chunk], embeddings: np.ndarray) -> None:
         doc_ids = sorted({c.metadata["doc_id"] for c in chunks})
         self.delete_documents(doc_ids)  # re-ingesting a document replaces all its chunks
@@ -121,7 +129,7 @@ class Retriever:
         )
         with self._lock:
             for c in chunks:
-                self._texts[c.id] = Hit(c.id, c.text, 0.0, c.metadata)
+                self._texts[c.id] = c
         self.bm25.add([c.id for c in chunks], [c.text for c in chunks])
         self._mirror([c.id for c in chunks], [c.text for c in chunks], embeddings)
 
@@ -143,7 +151,7 @@ class Retriever:
 
     def delete_documents(self, doc_ids: list[str]) -> int:
         with self._lock:
-            stale = [cid for cid, h in self._texts.items() if h.metadata.get("doc_id") in doc_ids]
+            stale = [cid for cid, c in self._texts.items() if c.metadata.get("doc_id") in doc_ids]
             for cid in stale:
                 del self._texts[cid]
                 self._vectors.pop(cid, None)
@@ -164,9 +172,9 @@ class Retriever:
 
     def search(
         self, query: str, vector: np.ndarray | None, k: int, mode: Mode = "hybrid"
-    ) -> list[Hit]:
+    ) -> list[SearchResult]:
         rankings: dict[str, list[tuple[str, float]]] = {}
-        dense_hits: dict[str, Hit] = {}
+        dense_hits: dict[str, SearchResult] = {}
         use_dense = mode in ("dense", "hybrid") and vector is not None
         if use_dense:
             vector = np.asarray(vector, np.float32)
@@ -188,29 +196,30 @@ class Retriever:
         for chunk_id, score in fused[:k]:
             hit = dense_hits.get(chunk_id) or self._texts.get(chunk_id)
             if hit is not None:
-                results.append(Hit(chunk_id, hit.text, float(score), hit.metadata))
+                results.append(SearchResult(
+                    id=chunk_id, text=hit.text, score=float(score), collection="documents", metadata=hit.metadata
+                ))
         return results
 
     # -- memory of past turns --------------------------------------------------------
+    def remember_turn(self, turn: Turn, embed_passages: Embed) -> None:
+        """Embed and index one answered turn (blocking: run it in a worker thread)."""
+        text = turn.memory_text()
+        self.remember(turn.id, text, embed_passages([text])[0], turn.memory_metadata())
+
     def remember(self, turn_id: str, text: str, vector: np.ndarray, metadata: dict[str, Any]) -> None:
         self.store.upsert("memory", [turn_id], [text], vector.reshape(1, -1), [metadata])
 
-    def recall(self, vector: np.ndarray, k: int, user_id: str) -> list[Hit]:
+    def recall(self, vector: np.ndarray, k: int, user_id: str) -> list[SearchResult]:
         return self.store.query("memory", vector, k, where={"user_id": user_id})
 
     def chat_context(
         self, query: str, vector: np.ndarray, user_id: str, k: int, memory_k: int
     ) -> list[SearchResult]:
         """What an answer may draw on: the top documents, then this user's related past turns."""
-        results = [
-            SearchResult(id=h.id, text=h.text, score=h.score, collection="documents", metadata=h.metadata)
-            for h in self.search(query, vector, k)
-        ]
+        results = self.search(query, vector, k)
         if memory_k:
-            results += [
-                SearchResult(id=h.id, text=h.text, score=h.score, collection="memory", metadata=h.metadata)
-                for h in self.recall(vector, memory_k, user_id)
-            ]
+            results += self.recall(vector, memory_k, user_id)
         return results
 
     def counts(self) -> dict[str, int]:

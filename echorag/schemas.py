@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from echorag.korean import normalize
 
@@ -75,6 +76,48 @@ class ChatResponse(BaseModel):
     usage: TokenUsage = Field(default_factory=TokenUsage)
 
 
+class StreamEvent(BaseModel):
+    """One server-sent event of ``/chat/stream``: ``event`` names it, in the frame and in its data."""
+
+    event: str
+
+    def sse(self) -> str:
+        # json.dumps, not model_dump_json: the bytes clients have always read
+        # (", " and ": " separators, Python's float repr).
+        return f"event: {self.event}\ndata: {json.dumps(self.model_dump(), ensure_ascii=False)}\n\n"
+
+
+class SourcesEvent(StreamEvent):
+    """First: what the answer draws on, before any token."""
+
+    event: Literal["sources"] = "sources"
+    search_results: list[SearchResult]
+    adapter_version: str
+    model: str
+
+
+class TokenEvent(StreamEvent):
+    event: Literal["token"] = "token"
+    text: str
+
+
+class DoneEvent(StreamEvent):
+    """Last: the whole ``/chat`` response, once the turn is collected."""
+
+    event: Literal["done"] = "done"
+    response: ChatResponse
+
+
+class ErrorEvent(StreamEvent):
+    """Instead of ``done`` when answering failed: a message for the user."""
+
+    event: Literal["error"] = "error"
+    error: str
+
+
+ChatEvent = SourcesEvent | TokenEvent | DoneEvent  # what ChatPipeline.chat_stream yields
+
+
 class DocumentIn(BaseModel):
     id: str | None = Field(None, min_length=1, max_length=256)
     text: str
@@ -126,3 +169,50 @@ class StatsResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     detail: Any = None
+
+
+# --------------------------------------------------------------------------- POST /vectors/invert
+
+
+# The restorers of echorag.inversion; they share these names with the HTTP contract.
+Method = Literal["nearest", "bag_of_tokens", "bag_of_morphemes", "iterative"]
+Side = Literal["passage", "query"]
+MAX_BUDGET = 20_000
+
+
+class InvertRequest(BaseModel):
+    """Body of ``POST /vectors/invert`` (admin): a stored ``id`` or a raw ``vector``."""
+
+    id: str | None = Field(None, description="id of a stored item whose vector is inverted")
+    collection: Literal["documents", "memory"] = "documents"
+    vector: list[float] | None = Field(None, description="a raw vector from this service's embedder")
+    method: Method = "iterative"
+    budget: int | None = Field(
+        None, ge=1, le=MAX_BUDGET,
+        description="nearest: texts consulted; bag_of_tokens: beam width; "
+        "bag_of_morphemes: morphemes considered; iterative: texts embedded",
+    )
+    side: Side = Field("passage", description="how the vector was embedded (stored items: passage)")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "InvertRequest":
+        if (self.id is None) == (self.vector is None):
+            raise ValueError("give exactly one of 'id' or 'vector'")
+        if self.vector is not None and not self.vector:
+            raise ValueError("'vector' is empty")
+        return self
+
+
+class InvertStep(BaseModel):
+    step: int
+    action: str
+    text: str
+    cosine: float
+
+
+class InvertResponse(BaseModel):
+    text: str
+    cosine: float = Field(description="cosine between the reconstruction's embedding and the target")
+    method: Method
+    trace: list[InvertStep]
+    seconds: float

@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from echorag.config import Settings
-from echorag.generation import BASE, Generation
-from echorag.pipeline import Turn
-from echorag.retrieval import Retriever, chunk_documents
-from echorag.schemas import MlopsInfo, SearchResult
+from echorag.types import BASE, Generation, Turn
+from echorag.retrieval import Retriever
+from echorag.schemas import DocumentsResponse, MlopsInfo, SearchResult
 
 
 def adapter_arg(version: str) -> str | None:
@@ -65,19 +64,14 @@ class LocalServices:
         return await asyncio.to_thread(self.loop.record, turn)
 
     async def remember(self, turn: Turn) -> None:
-        vector = await asyncio.to_thread(self.embedder.embed_passages, [turn.memory_text()])
-        await asyncio.to_thread(
-            self.retriever.remember, turn.id, turn.memory_text(), vector[0], turn.memory_metadata()
-        )
+        await asyncio.to_thread(self.retriever.remember_turn, turn, self.embedder.embed_passages)
 
     async def active_version(self) -> str:
         return self.loop.active_version() if self.loop is not None else BASE
 
-    def ingest(self, documents: list[dict]) -> list[str]:
-        chunks = chunk_documents(documents, self.settings.chunk_size, self.settings.chunk_overlap)
-        vectors = self.embedder.embed_passages([c.text for c in chunks])
-        self.retriever.add_chunks(chunks, vectors)
-        return list(dict.fromkeys(c.metadata["doc_id"] for c in chunks))
+    def ingest(self, documents: list[dict]) -> DocumentsResponse:
+        s = self.settings
+        return self.retriever.ingest(documents, self.embedder.embed_passages, s.chunk_size, s.chunk_overlap)
 
 
 async def iterate_in_thread(blocking_iterator_fn, *args) -> AsyncIterator:

@@ -3,6 +3,8 @@
 Vectors always come from our own embedder (no Chroma embedding function, so
 nothing is ever downloaded). Each collection records which embedder filled it;
 opening it with another embedder is refused instead of returning garbage.
+A query answers with ``SearchResult`` (the type the HTTP response carries), so a
+hit is never converted on its way out; what is stored, unscored, is a ``Chunk``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 import chromadb  # noqa: E402
 from chromadb.config import Settings as ChromaSettings  # noqa: E402
 
+from echorag.schemas import SearchResult  # noqa: E402
+
 COLLECTIONS = ("documents", "memory")
 REINDEX_HINT = "echorag reindex"
 
@@ -28,10 +32,11 @@ class EmbedderMismatchError(RuntimeError):
 
 
 @dataclass
-class Hit:
+class Chunk:
+    """A text as indexed (a document chunk or a remembered turn); not a SearchResult, as nothing scored it."""
+
     id: str
     text: str
-    score: float  # cosine similarity
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,7 +106,7 @@ class VectorStore:
 
     def query(
         self, name: str, vector: np.ndarray, k: int, where: dict[str, Any] | None = None
-    ) -> list[Hit]:
+    ) -> list[SearchResult]:
         collection = self._collections[name]
         if k <= 0 or collection.count() == 0:
             return []
@@ -112,7 +117,7 @@ class VectorStore:
             include=["documents", "metadatas", "distances"],
         )
         return [
-            Hit(id=i, text=t, score=1.0 - float(d), metadata=dict(m or {}))
+            SearchResult(id=i, text=t, score=1.0 - float(d), collection=name, metadata=dict(m or {}))
             for i, t, m, d in zip(
                 result["ids"][0],
                 result["documents"][0],
@@ -121,14 +126,14 @@ class VectorStore:
             )
         ]
 
-    def get_all(self, name: str, batch: int = 1000) -> list[Hit]:
+    def get_all(self, name: str, batch: int = 1000) -> list[Chunk]:
         """Every stored item (text and metadata; no vectors) — used to rebuild BM25."""
         collection = self._collections[name]
         items, offset = [], 0
         while True:
             page = collection.get(limit=batch, offset=offset, include=["documents", "metadatas"])
             for i, t, m in zip(page["ids"], page["documents"], page["metadatas"]):
-                items.append(Hit(id=i, text=t, score=0.0, metadata=dict(m or {})))
+                items.append(Chunk(id=i, text=t, metadata=dict(m or {})))
             if len(page["ids"]) < batch:
                 return items
             offset += batch
@@ -157,7 +162,7 @@ def reindex(client, embedder, batch: int = 64, progress=None) -> dict[str, int]:
     old = VectorStore(client, embedder.id, embedder.dim, check=False)
     counts = {}
     for name in COLLECTIONS:
-        hits = old.get_all(name)
+        items = old.get_all(name)
         staging = f"{name}-reindex"
         if staging in [c.name for c in client.list_collections()]:
             client.delete_collection(staging)
@@ -166,8 +171,8 @@ def reindex(client, embedder, batch: int = 64, progress=None) -> dict[str, int]:
             metadata={"hnsw:space": "cosine", "embedder": embedder.id, "dim": embedder.dim},
             embedding_function=None,
         )
-        for start in range(0, len(hits), batch):
-            part = hits[start : start + batch]
+        for start in range(0, len(items), batch):
+            part = items[start : start + batch]
             texts = [h.text for h in part]
             target.add(
                 ids=[h.id for h in part],
@@ -179,5 +184,5 @@ def reindex(client, embedder, batch: int = 64, progress=None) -> dict[str, int]:
                 progress(len(part))
         client.delete_collection(name)
         target.modify(name=name)
-        counts[name] = len(hits)
+        counts[name] = len(items)
     return counts

@@ -25,6 +25,6 @@ ARTIFACTS = REPO / "test-artifacts"
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
     """The project's tiny offline Korean model, built once for the whole session."""
-    from echorag.models import build_tiny_model
+    from echorag.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-ko")

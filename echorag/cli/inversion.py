@@ -12,7 +12,8 @@ def cmd_eval_inversion(args) -> None:
     from echorag.config import load_settings
     from echorag.documents import read_jsonl
     from echorag.embedding import make_embedder
-    from echorag.inversion import METHODS, Inverter, default_lm, evaluate, unwrap
+    from echorag.inversion import METHODS, Inverter, default_lm, evaluate
+    from echorag.rotation import unwrap
 
     targets = [row["text"] for row in read_jsonl(args.texts) if str(row.get("text", "")).strip()]
     if args.limit:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 def cmd_build_tiny_model(args) -> None:
     from echorag.config import load_settings
-    from echorag.models import build_tiny_model, tiny_model_dir
+    from echorag.tiny_model import build_tiny_model, tiny_model_dir
 
     out = Path(args.out) if args.out else tiny_model_dir(load_settings().models_dir)
     print(build_tiny_model(out, seed=args.seed))

@@ -25,9 +25,8 @@ from echorag.mlops.registry import (
 )
 from echorag.mlops.store import AddResult, ConversationStore, Counts, Run, StoredTurn
 from echorag.mlops.api import RuntimeSettings, SettingsUpdate, TrainingProgress
-from echorag.mlops.loop import (
+from echorag.mlops.jobs import (
     Conflict,
-    LearningLoop,
     MlopsError,
     NotFound,
     TrainingInProgress,
@@ -35,6 +34,7 @@ from echorag.mlops.loop import (
     TrainingOutcome,
     local_train_fn,
 )
+from echorag.mlops.loop import LearningLoop
 
 __all__ = [
     "BASE",

@@ -94,7 +94,7 @@ class RuntimeSettings(BaseModel):
         return resolved
 
     def train_config(self) -> dict[str, Any]:
-        """The overrides a training run takes (``echorag.mlops.training.TrainConfig`` names)."""
+        """The overrides a training run takes (``echorag.mlops.train_config.TrainConfig`` names)."""
         return {
             "epochs": self.epochs,
             "learning_rate": self.learning_rate,

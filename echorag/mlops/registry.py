@@ -33,9 +33,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from echorag.types import BASE
+
 log = logging.getLogger(__name__)
 
-BASE = "base"  # no adapter: the bare base model
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 METADATA_FILE = "metadata.json"

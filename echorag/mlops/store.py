@@ -28,7 +28,7 @@ from echorag.mlops.events import Event
 from echorag.mlops.filters import TurnFilter
 
 if TYPE_CHECKING:
-    from echorag.pipeline import Turn
+    from echorag.types import Turn
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (

@@ -24,15 +24,17 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from echorag.devices import pick_dtype, torch_device
 from echorag.mlops.gate import split_holdout
+from echorag.mlops.train_config import TrainConfig
 
 if TYPE_CHECKING:
     from echorag.mlops.store import ConversationStore, StoredTurn
@@ -48,76 +50,6 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 class TrainingError(RuntimeError):
     """A training run failed; its data stays pending (the caller decides about retries)."""
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 2
-    learning_rate: float = 1e-4
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    max_length: int = 512  # tokens per chat; longer ones are cut at the end
-    batch_size: int = 4  # chats per micro-batch (per worker)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    seed: int = 0
-    replay_fraction: float = 0.25  # earlier turns mixed in, as a share of the new turns
-    holdout_fraction: float = 0.2  # new turns kept out of training for the gate
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    dtype: str = "auto"  # "auto": bfloat16 on a GPU that supports it, else float32
-
-    # TrainConfig field -> Settings field; Settings fields that do not exist keep the default.
-    _SETTINGS: ClassVar[dict[str, str]] = {
-        "epochs": "finetune_epochs",
-        "learning_rate": "finetune_learning_rate",
-        "lora_r": "finetune_lora_r",
-        "lora_alpha": "finetune_lora_alpha",
-        "lora_dropout": "finetune_lora_dropout",
-        "target_modules": "finetune_target_modules",
-        "max_length": "finetune_max_length",
-        "batch_size": "finetune_train_batch_size",  # not finetune_batch_size: that is the trigger size
-        "grad_accum": "finetune_grad_accum",
-        "seed": "finetune_seed",
-        "replay_fraction": "finetune_replay_fraction",
-        "holdout_fraction": "finetune_holdout_fraction",
-    }
-
-    def __post_init__(self) -> None:
-        if isinstance(self.target_modules, str):
-            self.target_modules = (self.target_modules,)
-        self.target_modules = tuple(self.target_modules)
-        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
-            raise ValueError("epochs, batch_size and grad_accum must be >= 1 and max_length >= 2")
-        if not 0 <= self.holdout_fraction < 1 or self.replay_fraction < 0:
-            raise ValueError("holdout_fraction must be in [0, 1) and replay_fraction >= 0")
-
-    @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> TrainConfig:
-        """Read what ``echorag.config.Settings`` has (today ``finetune_epochs``); defaults
-        for the rest. ``overrides`` win (e.g. runtime settings from the collector)."""
-        values = {}
-        for name, setting in cls._SETTINGS.items():
-            value = getattr(settings, setting, None)
-            if value is not None:
-                values[name] = value
-        return cls(**values | overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def replay_size(self, new_turns: int) -> int:
-        """How many earlier turns to mix into a run on ``new_turns`` new ones."""
-        return round(new_turns * self.replay_fraction)
 
 
 # --------------------------------------------------------------------------- data
@@ -230,20 +162,6 @@ def _shard(n: int, rng: random.Random, rank: int, world_size: int) -> list[int]:
 # --------------------------------------------------------------------------- model
 
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 def load_tokenizer(base_path: str | Path):
     tokenizer = AutoTokenizer.from_pretrained(str(base_path))
     if tokenizer.pad_token is None:
@@ -256,9 +174,9 @@ def build_model(
 ) -> PeftModel:
     """The base model with a trainable LoRA: a fresh one, or the active adapter to continue
     (which keeps its own rank and target modules; ``config``'s LoRA shape is for fresh ones)."""
-    device = pick_device(device)
+    device = torch_device(device)
     torch.manual_seed(config.seed)  # a fresh LoRA's A matrices are random
-    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=_dtype(config.dtype, device))
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=pick_dtype(config.dtype, device))
     if init_adapter is not None:
         model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
     else:
@@ -356,7 +274,7 @@ def train_lora(
     share of every epoch.
     """
     started = time.perf_counter()
-    device = pick_device(device)
+    device = torch_device(device)
     tokenizer = load_tokenizer(base_path)
     examples = _encode_all(tokenizer, train_examples, config.max_length)
     if not examples:
@@ -450,12 +368,12 @@ def heldout_losses(
     itself). The gate compares the candidate with the active version this way."""
     if not examples:
         raise ValueError("no held-out examples")
-    device = pick_device(device)
+    device = torch_device(device)
     tokenizer = load_tokenizer(base_path)
     encoded = _encode_all(tokenizer, examples, config.max_length)
     if not encoded:
         raise ValueError("no held-out example has assistant tokens within max_length")
-    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=_dtype(config.dtype, device))
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=pick_dtype(config.dtype, device))
     model.to(device).eval()
 
     def loss(m: torch.nn.Module) -> float:
@@ -479,15 +397,3 @@ def heldout_losses(
         model.to(device).eval()
         results[name] = loss(model)
     return results
-
-
-def heldout_loss(
-    base_path: str | Path,
-    adapter_path: Path | None,
-    examples: list[Chat],
-    config: TrainConfig,
-    device: str | torch.device | None = None,
-) -> float:
-    """Mean assistant-token loss on ``examples`` of the base model (``adapter_path`` None)
-    or of base + adapter."""
-    return heldout_losses(base_path, {"model": adapter_path}, examples, config, device)["model"]

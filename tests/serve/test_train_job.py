@@ -7,7 +7,7 @@ import pytest
 
 from echorag.generation import LocalGenerator
 from echorag.mlops import validate_adapter_dir
-from echorag.mlops.training import TrainConfig
+from echorag.mlops.train_config import TrainConfig
 
 pytestmark = pytest.mark.serve
 
@@ -27,7 +27,8 @@ CHATS = [
 def test_torch_trainer_run_saves_a_loadable_adapter_and_reports_every_step(ray_cluster, tiny_model_path, tmp_path):
     import ray
 
-    from deployments.training import TrainingProgress, run_training
+    from deployments.training import run_training
+    from tests.serve.progress_actor import TrainingProgress
 
     name = f"test-progress-{uuid.uuid4().hex[:6]}"
     progress = TrainingProgress.options(name=name).remote()  # found by name, as the coordinator's

@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.loop_helpers import make, receiver  # noqa: F401  (the learning-loop fixtures)
+
 
 @pytest.fixture(scope="session")
 def models_dir(tiny_model_path: Path) -> Path:
     """A models directory that already holds the tiny model, so ``auto`` never rebuilds it."""
-    from echorag.models import tiny_model_dir
+    from echorag.tiny_model import tiny_model_dir
 
     assert tiny_model_dir(tiny_model_path.parent) == tiny_model_path
     return tiny_model_path.parent

@@ -8,7 +8,8 @@ import httpx2
 import pytest
 import torch
 
-from echorag.generation import BASE, Generation, LocalGenerator, OpenAIGenerator
+from echorag.generation import LocalGenerator, OpenAIGenerator
+from echorag.types import BASE, Generation
 from echorag.prompts import build_messages
 
 SEOUL = build_messages(

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from echorag.inversion import (
-    InvertRequest, Inverter, LanguageModel, RotatedEmbedder, TokenBigrams, VectorRotation, bleu,
-    check_no_overlap, corpus_sentences, estimate_rotation, eval_morphemes, exact_match, order_tokens,
-    recover_token_bag, token_f1,
+    Inverter, LanguageModel, TokenBigrams, bleu, check_no_overlap, corpus_sentences, eval_morphemes, exact_match,
+    order_tokens, recover_token_bag, token_f1,
 )
+from echorag.rotation import RotatedEmbedder, VectorRotation, estimate_rotation
+from echorag.schemas import InvertRequest
 
 # A few documents the restorer may consult, and sentences that are not in them.
 CORPUS = [

@@ -1,7 +1,7 @@
 import pytest
 
 from echorag.mlops import TurnFilter, scrub_pii
-from echorag.pipeline import Turn
+from echorag.types import Turn
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from echorag.mlops import ConversationStore, Event
-from echorag.pipeline import Turn
+from echorag.types import Turn
 
 
 def turn(i: int, user: str | None = None, assistant: str | None = None, **kw) -> Turn:

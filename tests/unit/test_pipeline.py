@@ -9,7 +9,8 @@ from echorag.config import load_settings
 from echorag.embedding import E5Embedder
 from echorag.generation import LocalGenerator
 from echorag.memory import SessionMemory
-from echorag.mlops.loop import LearningLoop, local_train_fn
+from echorag.mlops.jobs import local_train_fn
+from echorag.mlops.loop import LearningLoop
 from echorag.pipeline import ChatPipeline
 from echorag.retrieval import Retriever
 from echorag.schemas import ChatRequest

@@ -9,10 +9,10 @@ import pytest
 from echorag.config import Settings
 from echorag.generation import LocalGenerator
 from echorag.mlops import ConversationStore
+from echorag.mlops.train_config import TrainConfig
 from echorag.mlops.training import (
     IGNORE,
     StepInfo,
-    TrainConfig,
     TrainingError,
     encode_chat,
     heldout_losses,
@@ -21,8 +21,8 @@ from echorag.mlops.training import (
     supports_assistant_mask,
     train_lora,
 )
-from echorag.models import CHAT_TEMPLATE, EOT
-from echorag.pipeline import Turn
+from echorag.tiny_model import CHAT_TEMPLATE, EOT
+from echorag.types import Turn
 from tests.korean_qa import QA
 
 CHATS = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]

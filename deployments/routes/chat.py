@@ -1,0 +1,121 @@
+"""Chat, health, statistics, short-term memory and document ingestion."""
+
+# No ``from __future__ import annotations`` in route modules: FastAPI reads the route
+# annotations at runtime, and Serve's class-based ingress cannot resolve postponed ones.
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import FileResponse, StreamingResponse
+
+from deployments import metrics
+from deployments.http_app import UI_DIR, Admin, app, user_message
+from echorag.schemas import (
+    ChatRequest,
+    ChatResponse,
+    DocumentsRequest,
+    DocumentsResponse,
+    DoneEvent,
+    ErrorEvent,
+    ErrorResponse,
+    HealthResponse,
+    MemoryResponse,
+    StatsResponse,
+)
+
+
+class ChatRoutes:
+    @app.get("/", include_in_schema=False)
+    async def index(self) -> FileResponse:
+        return FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/chat", response_model=ChatResponse, responses={429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def chat(self, request: ChatRequest, http: Request) -> ChatResponse:
+        self.admit(http, request, request.user_id, request.session_id)
+        pipeline = await self._ready()
+        started = time.perf_counter()
+        self.requests += 1
+        try:
+            response = await pipeline.chat(request)
+        except Exception:
+            self.errors += 1
+            raise
+        self.latency_total += time.perf_counter() - started
+        metrics.record_chat(response.timing, response.search_results)
+        return response
+
+    @app.post("/chat/stream", response_class=StreamingResponse, responses={429: {"model": ErrorResponse}})
+    async def chat_stream(self, request: ChatRequest, http: Request) -> StreamingResponse:
+        """Server-sent events: ``sources``, then ``token`` pieces, then ``done`` (the /chat response)."""
+        self.admit(http, request, request.user_id, request.session_id)
+        pipeline = await self._ready()
+        self.requests += 1
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                async for event in pipeline.chat_stream(request):
+                    if isinstance(event, DoneEvent):
+                        metrics.record_chat(event.response.timing, event.response.search_results)
+                    yield event.sse()
+            except Exception as exc:
+                self.errors += 1
+                yield ErrorEvent(error=user_message(exc)).sse()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health(self) -> HealthResponse:
+        await self._ready()
+        info = self._model_info
+        try:
+            counts, store_ok = await asyncio.gather(self.retriever.counts.remote(), self.retriever.ping.remote())
+        except Exception as exc:  # the store is unreachable: report, don't fail
+            counts, store_ok = {"documents": 0, "memory": 0}, False
+            detail = {"store_error": str(exc)[:300]}
+        else:
+            detail = {}
+        embedder = await self.embedder.info.remote()  # a health probe asks every time
+        return HealthResponse(
+            status="ok" if store_ok else "degraded",
+            model=info["name"],
+            model_kind=info["kind"],
+            demo_model=info["demo"],
+            embedder=embedder["id"],
+            device=str(info["device"]),
+            documents=counts["documents"],
+            memory=counts["memory"],
+            adapter_version=await self.services.active_version(),
+            uptime_s=time.time() - self.started,
+            detail=detail,
+        )
+
+    @app.get("/stats", response_model=StatsResponse)
+    async def stats(self) -> StatsResponse:
+        counts = await self.retriever.counts.remote()
+        answered = self.requests - self.errors
+        return StatsResponse(
+            requests=self.requests,
+            errors=self.errors,
+            avg_latency_s=self.latency_total / answered if answered else 0.0,
+            documents=counts["documents"],
+            memory=counts["memory"],
+            sessions=len(self.memory),
+            uptime_s=time.time() - self.started,
+        )
+
+    @app.get("/memory", response_model=MemoryResponse)
+    async def get_memory(self, session_id: str = "default") -> MemoryResponse:
+        return MemoryResponse(
+            session_id=session_id, turns=self.memory.get(session_id), max_turns=self.memory.max_turns
+        )
+
+    @app.delete("/memory")
+    async def clear_memory(self, session_id: str = "default") -> dict:
+        return {"session_id": session_id, "cleared": self.memory.clear(session_id)}
+
+    @app.post("/documents", response_model=DocumentsResponse, dependencies=[Admin])
+    async def add_documents(self, request: DocumentsRequest) -> DocumentsResponse:
+        documents = [d.model_dump() for d in request.documents]
+        return await self.retriever.add_documents.remote(documents)

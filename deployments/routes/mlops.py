@@ -1,0 +1,83 @@
+"""Feedback and the learning loop's routes: each one a typed call on the collector actor
+(``deployments/mlops.py``), whose errors (409 conflict, 404…) keep their status codes."""
+
+from fastapi import Query
+
+from deployments.http_app import Admin, app
+from echorag.mlops import api as mlops_api
+
+
+class MlopsRoutes:
+    @app.post("/feedback", response_model=mlops_api.FeedbackResponse)
+    async def feedback(self, request: mlops_api.FeedbackRequest):
+        return await self.collector.feedback.remote(request.turn_id, request.rating)
+
+    @app.get("/mlops/status", response_model=mlops_api.StatusResponse)
+    async def mlops_status(self):
+        return await self.collector.status.remote()
+
+    @app.get("/mlops/training-progress", response_model=mlops_api.TrainingProgress)
+    async def training_progress(self):
+        return await self.collector.training_progress.remote()
+
+    @app.get("/mlops/training-history", response_model=mlops_api.TrainingHistory)
+    async def training_history(self, limit: int = Query(50, ge=1, le=1000)):
+        return await self.collector.training_history.remote(limit)
+
+    @app.get("/mlops/models", response_model=mlops_api.ModelsResponse)
+    async def models(self):
+        return await self.collector.models.remote()
+
+    @app.get("/mlops/performance", response_model=mlops_api.PerformanceMetrics)
+    async def performance(self):
+        return await self.collector.performance.remote()
+
+    @app.get("/mlops/events", response_model=mlops_api.EventsResponse, dependencies=[Admin])
+    async def events(
+        self, event_type: str | None = None, limit: int = Query(100, ge=1, le=mlops_api.EVENTS_LIMIT_MAX),
+    ):
+        return await self.collector.events.remote(event_type, limit)
+
+    @app.get("/mlops/conversations", response_model=mlops_api.ConversationsResponse, dependencies=[Admin])
+    async def conversations(
+        self, limit: int = Query(50, ge=1, le=mlops_api.CONVERSATIONS_LIMIT_MAX), offset: int = Query(0, ge=0, le=2**62),
+    ):
+        return await self.collector.conversations.remote(limit, offset)
+
+    @app.delete("/mlops/conversations", response_model=mlops_api.ClearConversationsResponse, dependencies=[Admin])
+    async def clear_conversations(self, backup: bool = False):
+        return await self.collector.clear_conversations.remote(backup)
+
+    @app.post("/mlops/finetune", response_model=mlops_api.FinetuneResponse, dependencies=[Admin])
+    async def finetune(self, request: mlops_api.FinetuneRequest | None = None):
+        request = request or mlops_api.FinetuneRequest()
+        return await self.collector.finetune.remote(request.force, request.backup_existing)
+
+    @app.post("/mlops/settings", response_model=mlops_api.RuntimeSettings, dependencies=[Admin])
+    async def update_settings(self, update: mlops_api.SettingsUpdate):
+        return await self.collector.update_settings.remote(update)
+
+    @app.post("/mlops/rollback", response_model=mlops_api.AdapterChange, dependencies=[Admin])
+    async def rollback(self, request: mlops_api.RollbackRequest):
+        return await self.collector.rollback.remote(request.version)
+
+    @app.post("/mlops/promote", response_model=mlops_api.AdapterChange, dependencies=[Admin])
+    async def promote(self, request: mlops_api.PromoteRequest):
+        return await self.collector.promote.remote(request.version)
+
+    @app.post("/mlops/export", response_model=mlops_api.ExportResponse, dependencies=[Admin])
+    async def export(self, request: mlops_api.ExportRequest | None = None):
+        request = request or mlops_api.ExportRequest()
+        return await self.collector.export.remote(None, request.inline)
+
+    @app.post("/mlops/cleanup", response_model=mlops_api.CleanupResponse, dependencies=[Admin])
+    async def cleanup(self, request: mlops_api.CleanupRequest):
+        return await self.collector.cleanup.remote(request.keep_days)
+
+    @app.get("/mlops/backups", response_model=mlops_api.BackupsResponse, dependencies=[Admin])
+    async def backups(self):
+        return await self.collector.backups.remote()
+
+    @app.post("/mlops/restore", response_model=mlops_api.RestoreResponse, dependencies=[Admin])
+    async def restore(self, request: mlops_api.RestoreRequest):
+        return await self.collector.restore.remote(request.backup)

@@ -1,0 +1,105 @@
+"""``ChatServices`` over deployment handles: how the ingress reaches the embedder,
+retriever, generator and collector, with retries where a call has no side effect yet.
+
+A replica that dies mid-request is replaced by Serve; embedding, retrieval and
+generation before its first token are safe to send again. Generator handles are
+cached per adapter version (one ``options(multiplexed_model_id=...)`` handle each),
+as Ray Serve LLM's ingress does, instead of a new handle per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from deployments.http_app import STORE_DOWN, ServiceUnavailable
+from echorag.mlops.registry import AdapterRegistry
+from echorag.schemas import MlopsInfo, SearchResult
+from echorag.types import Generation, Turn
+
+REPLICA_GONE = (RayActorError, ActorUnavailableError)
+RETRIES = 3
+
+
+async def backoff(attempt: int) -> None:
+    await asyncio.sleep(0.5 * 2**attempt)
+
+
+async def retrying(call, *args, **kwargs):
+    for attempt in range(RETRIES):
+        try:
+            return await call(*args, **kwargs)
+        except REPLICA_GONE:
+            if attempt == RETRIES - 1:
+                raise
+            await backoff(attempt)
+
+
+class ServeServices:
+    def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, generator: DeploymentHandle,
+                 collector, registry: AdapterRegistry) -> None:
+        self.embedder, self.retriever, self.generator = embedder, retriever, generator
+        self.collector, self.registry = collector, registry
+        self._versions: dict[tuple[str, bool], DeploymentHandle] = {}
+
+    def generator_for(self, adapter: str, stream: bool = False) -> DeploymentHandle:
+        """The generator handle that routes to replicas holding ``adapter``."""
+        key = (adapter, stream)
+        if key not in self._versions:
+            self._versions[key] = self.generator.options(multiplexed_model_id=adapter, stream=stream)
+        return self._versions[key]
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        return await retrying(self.embedder.embed_query.remote, text)
+
+    async def search(self, query: str, vector: np.ndarray, user_id: str) -> list[SearchResult]:
+        try:
+            return await retrying(self.retriever.chat_context.remote, query, vector, user_id)
+        except REPLICA_GONE:
+            raise
+        except Exception as exc:
+            # The vector store (a Chroma server) going away is the usual cause; say so in Korean.
+            if not await self.store_ok():
+                raise ServiceUnavailable(STORE_DOWN) from exc
+            raise
+
+    async def store_ok(self) -> bool:
+        try:
+            return await self.retriever.ping.remote()
+        except Exception:
+            return False
+
+    async def generate(self, messages: list[dict], adapter: str) -> Generation:
+        return await retrying(self.generator_for(adapter).generate.remote, messages)
+
+    async def stream(self, messages: list[dict], adapter: str) -> AsyncIterator[str]:
+        for attempt in range(RETRIES):
+            started = False
+            try:
+                async for piece in self.generator_for(adapter, stream=True).stream.remote(messages):
+                    started = True
+                    yield piece
+                return
+            except REPLICA_GONE:
+                if started or attempt == RETRIES - 1:  # the user already saw part of an answer
+                    raise
+                await backoff(attempt)
+
+    async def usage(self, messages: list[dict], text: str) -> tuple[int, int]:
+        return await retrying(self.generator.usage.remote, messages, text)
+
+    async def record(self, turn: Turn) -> MlopsInfo:
+        # Ray retries this call across a collector restart; storing a turn id twice is a no-op.
+        return await self.collector.record.remote(turn)
+
+    async def remember(self, turn: Turn) -> None:
+        await retrying(self.retriever.remember.remote, turn)
+
+    async def active_version(self) -> str:
+        # The registry's pointer file is the truth; every replica reads it, so new and
+        # restarted replicas serve the active version by themselves.
+        return self.registry.active

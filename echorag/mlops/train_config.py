@@ -1,0 +1,77 @@
+"""The hyperparameters of one LoRA training run, as plain data.
+
+Kept apart from ``echorag.mlops.training`` (torch, peft) so that whoever only builds or
+passes a run's config (the learning loop, the Ray collector) never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2
+    learning_rate: float = 1e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_length: int = 512  # tokens per chat; longer ones are cut at the end
+    batch_size: int = 4  # chats per micro-batch (per worker)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seed: int = 0
+    replay_fraction: float = 0.25  # earlier turns mixed in, as a share of the new turns
+    holdout_fraction: float = 0.2  # new turns kept out of training for the gate
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    dtype: str = "auto"  # "auto": bfloat16 on a GPU that supports it, else float32
+
+    # TrainConfig field -> Settings field; Settings fields that do not exist keep the default.
+    _SETTINGS: ClassVar[dict[str, str]] = {
+        "epochs": "finetune_epochs",
+        "learning_rate": "finetune_learning_rate",
+        "lora_r": "finetune_lora_r",
+        "lora_alpha": "finetune_lora_alpha",
+        "lora_dropout": "finetune_lora_dropout",
+        "target_modules": "finetune_target_modules",
+        "max_length": "finetune_max_length",
+        "batch_size": "finetune_train_batch_size",  # not finetune_batch_size: that is the trigger size
+        "grad_accum": "finetune_grad_accum",
+        "seed": "finetune_seed",
+        "replay_fraction": "finetune_replay_fraction",
+        "holdout_fraction": "finetune_holdout_fraction",
+    }
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):
+            self.target_modules = (self.target_modules,)
+        self.target_modules = tuple(self.target_modules)
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.max_length < 2:
+            raise ValueError("epochs, batch_size and grad_accum must be >= 1 and max_length >= 2")
+        if not 0 <= self.holdout_fraction < 1 or self.replay_fraction < 0:
+            raise ValueError("holdout_fraction must be in [0, 1) and replay_fraction >= 0")
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> TrainConfig:
+        """Read what ``echorag.config.Settings`` has (today ``finetune_epochs``); defaults
+        for the rest. ``overrides`` win (e.g. runtime settings from the collector)."""
+        values = {}
+        for name, setting in cls._SETTINGS.items():
+            value = getattr(settings, setting, None)
+            if value is not None:
+                values[name] = value
+        return cls(**values | overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replay_size(self, new_turns: int) -> int:
+        """How many earlier turns to mix into a run on ``new_turns`` new ones."""
+        return round(new_turns * self.replay_fraction)

@@ -1,0 +1,77 @@
+"""Which adapter version serves, and switching it: by hand (rollback, promote) or after
+the gate. The generator is warmed with a version before the active pointer moves to it,
+so the first requests for it do not pay its load.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from echorag.mlops.announce import Announcer
+from echorag.mlops.api import AdapterChange, PromoteRequest, RollbackRequest
+from echorag.mlops.events import Event, adapter_promoted, adapter_refused, adapter_rolled_back
+from echorag.mlops.jobs import NotFound
+from echorag.mlops.registry import BASE, AdapterRegistry, InvalidAdapterError
+
+log = logging.getLogger(__name__)
+
+
+class VersionSwitch:
+    def __init__(
+        self, registry: AdapterRegistry, announcer: Announcer, warm_up: Callable[[str], Any] | None = None
+    ) -> None:
+        """``warm_up(version)`` loads a version on the serving side before it is switched to."""
+        self.registry = registry
+        self.announcer = announcer
+        self._warm_up = warm_up
+
+    def active(self) -> str:
+        """The version that serves (``"base"`` if the pointer is unreadable, logged)."""
+        try:
+            return self.registry.active
+        except InvalidAdapterError:
+            log.exception("the active adapter pointer is unreadable; serving the base model")
+            return BASE
+
+    def warm_up(self, version: str) -> None:
+        if self._warm_up is None:
+            return
+        try:
+            self._warm_up(version)
+        except Exception as exc:  # serving still switches; the first request loads it instead
+            log.exception("warm_up(%s) failed", version)
+            self.announcer.record(Event(
+                type="activation_failed",
+                message=f"⚠️ 어댑터 {version} 적용 알림 실패: {exc}",
+                data={"version": version, "error": str(exc)[:2000]},
+            ))
+
+    def rollback(self, version: str | None = None) -> AdapterChange:
+        """Point serving at ``version`` (``"vN"`` or ``"base"``; default: the previous one)."""
+        version = RollbackRequest(version=version).version
+        previous = self.active()
+        try:
+            target = self.registry.rollback(version)
+        except InvalidAdapterError as exc:
+            self.announcer.record(adapter_refused(version or "previous", str(exc)))
+            raise NotFound(str(exc), {"version": version}) from exc
+        self.announcer.record(adapter_rolled_back(previous, target))
+        self.warm_up(target)  # usually still loaded: old versions stay in the replicas' cache
+        return AdapterChange(active=target, previous=previous)
+
+    def promote(self, version: str) -> AdapterChange:
+        """Serve ``version`` (a rejected or archived one too): the gate is a default, not a veto."""
+        version = PromoteRequest(version=version).version
+        previous = self.active()
+        try:
+            if version != BASE:
+                self.registry.path(version)  # exists and is valid, before anything loads it
+            self.warm_up(version)
+            self.registry.promote(version)
+        except InvalidAdapterError as exc:
+            self.announcer.record(adapter_refused(version, str(exc)))
+            raise NotFound(str(exc), {"version": version}) from exc
+        self.announcer.record(adapter_promoted(version, previous), trigger="manual")
+        return AdapterChange(active=version, previous=previous)

@@ -1,0 +1,42 @@
+"""Small types shared across the Ray boundary: what the ingress, the generator and the
+collector exchange. Plain Python only (no torch, no peft), so the ingress process never
+loads a model library just to name an adapter or hold a turn."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+BASE = "base"  # the adapter version that means "no adapter": the bare base model
+
+
+@dataclass
+class Generation:
+    """One generated answer and its token counts."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Turn:
+    """One answered exchange, as handed to the collector and the memory index."""
+
+    id: str
+    session_id: str
+    user_id: str
+    user: str
+    assistant: str
+    adapter_version: str
+    model: str
+    sources: list[str] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+
+    def memory_text(self) -> str:
+        """How the turn is embedded into the ``memory`` collection."""
+        return f"질문: {self.user}\n답변: {self.assistant}"
+
+    def memory_metadata(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "user_id": self.user_id, "created_at": self.created_at}
