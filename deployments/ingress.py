@@ -11,10 +11,11 @@ and the collector actor (deployments/mlops.py).
 This process imports no model library (torch, transformers, peft): it only routes.
 """
 
+import sys
 import time
 
 from fastapi import HTTPException, Request
-from ray import serve
+from ray import cloudpickle, serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
@@ -36,6 +37,11 @@ from echorag.schemas import ChatRequest
 from echorag.security import ensure_admin_token
 from echorag.types import BASE
 
+# The route groups travel to the replica by value: Serve rewrites each route method's
+# signature (``self`` becomes the replica) on the function object, and a function
+# pickled by reference would arrive without it.
+for _routes in (ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes):
+    cloudpickle.register_pickle_by_value(sys.modules[_routes.__module__])
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(app)
