@@ -9,10 +9,16 @@ pytestmark = pytest.mark.serve
 
 
 def _replica_pids(deployment: str) -> list[int]:
-    from ray.util.state import list_actors
-
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:echorag:{deployment}"), ("state", "=", "ALIVE")])
-    return [a.pid for a in actors]
+    """Ray titles each replica's process ``ray::ServeReplica:<app>:<deployment>``."""
+    title = f"ray::ServeReplica:echorag:{deployment}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(title):
+                pids.append(int(proc.name))
+        except OSError:  # a process that ended while we looked
+            continue
+    return pids
 
 
 def _maps(pid: int) -> str:
