@@ -229,7 +229,7 @@ def main() -> None:
                 name, embedder, methods, targets, corpus, budget, lm=LanguageModel.load(str(path))
             )
     if "retrieval" not in args.skip:
-        report["retrieval"] = retrieval(corpus_rows, read_jsonl(sample_path("dev_queries.jsonl")))
+        report["retrieval"] = retrieval(corpus_rows, [q for q in read_jsonl(sample_path("dev_queries.jsonl")) if q["relevant_ids"]])
         print(f"retrieval identical with rotation: {report['retrieval']['identical']}", flush=True)
     report["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -99,6 +99,7 @@ class Candidates:
         chunks = chunk_documents(corpus, chunk_size, chunk_overlap)
         self.ids = [c.id for c in chunks]
         self.chunk_to_doc = {c.id: c.metadata["doc_id"] for c in chunks}
+        queries = [q for q in queries if q["relevant_ids"]]  # unanswerable ones measure abstention
         self.relevant = [q["relevant_ids"] for q in queries]
         texts = [c.text for c in chunks]
         q_vectors = embed([q["query"] for q in queries], True)

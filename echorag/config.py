@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         "mean", validation_alias=_env("embedder_pooling")
     )
     device: str = Field("auto", validation_alias=_env("device"))
-    # Secret orthogonal rotation of every stored and query vector (echorag.inversion):
+    # Secret orthogonal rotation of every stored and query vector (echorag.rotation):
     # retrieval is unchanged, leaked vectors no longer invert. Changing it means re-index.
     vector_rotation_key: str | None = Field(None, validation_alias=_env("vector_rotation_key"), repr=False)
     max_new_tokens: int = Field(128, ge=1, le=4096, validation_alias=_env("max_new_tokens"))
@@ -73,6 +73,17 @@ class Settings(BaseSettings):
     # (0 = chunk vector only; the retriever then embeds no sentences at indexing).
     sentence_weight: float = Field(0.5, ge=0.0, le=1.0, validation_alias=_env("sentence_weight"))
     memory_top_k: int = Field(2, ge=0, le=20, validation_alias=_env("memory_top_k"))
+
+    # Answers. Below `abstain_below` evidence (echorag.evidence: the best retrieved sentence's
+    # IDF-weighted morpheme coverage of the question and e5 cosine, comparable across
+    # questions) no backend is called and the answer is NO_ANSWER. The threshold is the highest
+    # that keeps answerable questions of the dev half answered (at most 5% refused);
+    # `abstain_below_lexical` is the same choice when no embedder is at hand (coverage only).
+    # Both: `python bench/answers_tune.py` (bench/results/answers_tuning.json).
+    abstain_below: float = Field(0.476, ge=0.0, le=1.0, validation_alias=_env("abstain_below"))
+    abstain_below_lexical: float = Field(0.147, ge=0.0, le=1.0, validation_alias=_env("abstain_below_lexical"))
+    # The extractive backend quotes at most this many sentences.
+    extractive_max_sentences: int = Field(3, ge=1, le=10, validation_alias=_env("extractive_max_sentences"))
 
     # Chat limits and short-term memory
     max_message_chars: int = Field(4000, ge=1, validation_alias=_env("max_message_chars"))

@@ -58,6 +58,8 @@ class RetrievalBench:
     def run(
         self, queries: list[dict], modes: Iterable[str] = MODES, progress: bool = True
     ) -> dict[str, dict]:
+        # Unanswerable questions (no relevant document) measure abstention, not retrieval.
+        queries = [q for q in queries if q["relevant_ids"]]
         texts = [q["query"] for q in queries]
         vectors, embed_ms = self._embed_queries(texts, progress)
         relevant = [q["relevant_ids"] for q in queries]

