@@ -78,7 +78,8 @@ async def _record_metrics(request: Request, call_next):
 
 def _error(request: Request, status: int, message: str, detail=None, headers=None) -> JSONResponse:
     """Errors are JSON: ``{"error": message}``, or OpenAI's envelope under ``/v1/``."""
-    if request.url.path.startswith("/v1/"):
+    # Under a route prefix (an application at /keys), the path still starts with it.
+    if request.url.path.removeprefix(request.scope.get("root_path", "")).startswith("/v1/"):
         kind = "invalid_request_error" if status < 500 else "server_error"
         return JSONResponse(status_code=status, content=oai.error_body(message, kind), headers=headers)
     return JSONResponse(status_code=status, content={"error": message, "detail": detail}, headers=headers)
@@ -103,7 +104,8 @@ async def _mlops_error(request: Request, exc: MlopsError) -> JSONResponse:
 
 @app.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return _error(request, exc.status_code, exc.detail, headers=exc.headers)
+    # ``info``: what a client may act on (deployments/auth.py: a user key, a new session).
+    return _error(request, exc.status_code, exc.detail, getattr(exc, "info", None), headers=exc.headers)
 
 
 @app.exception_handler(ServiceUnavailable)

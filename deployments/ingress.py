@@ -19,6 +19,7 @@ from ray import cloudpickle, serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
+from deployments.auth import Sessions, UserAuth, owner
 from deployments.guard import RequestGuard
 from deployments.http_app import RATE_LIMITED, app
 from deployments.mlops import get_collector
@@ -27,8 +28,10 @@ from deployments.routes.chat import ChatRoutes  # isort: skip
 from deployments.routes.openai import OpenAIRoutes  # isort: skip
 from deployments.routes.vectors import VectorRoutes  # isort: skip
 from deployments.routes.mlops import MlopsRoutes  # isort: skip
+from deployments.routes.users import UserRoutes  # isort: skip
 from deployments.serve_services import ServeServices
 from echorag.config import Settings
+from echorag.identity import Caller
 from echorag.memory import SessionMemory
 from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError
 from echorag.pipeline import ChatPipeline
@@ -40,12 +43,12 @@ from echorag.types import BASE
 # The route groups travel to the replica by value: Serve rewrites each route method's
 # signature (``self`` becomes the replica) on the function object, and a function
 # pickled by reference would arrive without it.
-for _routes in (ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes):
+for _routes in (ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRoutes):
     cloudpickle.register_pickle_by_value(sys.modules[_routes.__module__])
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(app)
-class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes):
+class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRoutes):
     def __init__(
         self,
         settings: Settings,
@@ -63,6 +66,8 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes):
         self.memory = SessionMemory(settings.memory_turns)
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         RequestGuard.configure(settings.max_body_bytes, settings.cors_origins, self.admin_token)
+        UserAuth.configure(settings, self.collector, self.admin_token)
+        self.sessions = Sessions(self.collector, settings.session_secret)
         self.started = time.time()
         self.requests = self.errors = 0
         self.latency_total = 0.0
@@ -84,10 +89,20 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes):
 
     # -- admission: every chat route (/chat, /chat/stream, /v1/chat/completions) ------------
 
-    def admit(self, http: Request, request: ChatRequest, user_id: str | None, session_id: str | None = None) -> None:
+    async def scoped(self, caller: Caller, request: ChatRequest) -> tuple[ChatRequest, str | None]:
+        """The request as the pipeline sees it: a session the caller holds (404 for any
+        other) or a new one, and the owner of its data as ``user_id`` (the body's is only a
+        label); with the rate-limit key of the established identity (None: the address)."""
+        session_id, new = await self.sessions.open(caller, request.session_id)
+        scoped = request.model_copy(update={"session_id": session_id, "user_id": owner(caller, session_id)})
+        if caller.user_id:
+            return scoped, f"user:{caller.user_id}"
+        return scoped, None if new else f"session:{session_id}"
+
+    def admit(self, http: Request, request: ChatRequest, limit_key: str | None) -> None:
         """Refuse a chat request before any work: over the rate limit (429), too long
         (413), or pinned to an adapter version that cannot serve (404)."""
-        self.rate_limit(http, user_id, session_id)
+        self.rate_limit(http, limit_key)
         limit = self.settings.max_message_chars
         if len(request.message) > limit:
             raise HTTPException(413, f"message is {len(request.message)} characters; the limit is {limit}")
@@ -98,13 +113,12 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes):
             except InvalidAdapterError as exc:  # also an unknown or malformed name
                 raise HTTPException(404, f"adapter version {version!r} is not available: {exc}") from None
 
-    def rate_limit(self, http: Request, user_id: str | None, session_id: str | None = None) -> None:
-        # Named users have their own bucket; anonymous ones one per address and session,
-        # so many people chatting from behind one address are not throttled together.
-        if user_id and user_id != "anonymous":
-            key = f"user:{user_id}"
-        else:
-            key = f"addr:{http.client.host if http.client else '?'}/{session_id or ''}"
+    def rate_limit(self, http: Request, key: str | None) -> None:
+        # One bucket per established identity: a user (api_keys, trusted_header) or a held
+        # session (open), so people behind one address are not throttled together. Until a
+        # session is established (and for the OpenAI API in open mode) the address decides:
+        # a label in the body never picks a bucket.
+        key = key or f"addr:{http.client.host if http.client else '?'}"
         if wait := self.limiter.acquire(key):
             seconds = RateLimiter.retry_after(wait)
             raise HTTPException(429, RATE_LIMITED.format(seconds=seconds), headers={"Retry-After": seconds})

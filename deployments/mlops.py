@@ -25,6 +25,7 @@ import ray
 from deployments import metrics
 from echorag.config import Settings
 from echorag.mlops.loop import LearningLoop
+from echorag.mlops.privacy import PrivacyDesk
 from echorag.models import resolve_generator
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,10 @@ def observe_loop(kind: str, data: dict[str, Any]) -> None:
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=32)
-class Collector(LearningLoop):
+class Collector(PrivacyDesk, LearningLoop):
     """The learning loop as an actor: every public ``LearningLoop`` method is a typed
-    remote method (``await collector.status.remote()`` returns a ``StatusResponse``)."""
+    remote method (``await collector.status.remote()`` returns a ``StatusResponse``), and
+    so are the users, keys and erasures of ``PrivacyDesk``."""
 
     def __init__(self, settings: Settings, app_name: str = "echorag") -> None:
         from deployments.training import ray_train_fn  # torch and Ray Train: this actor only

@@ -66,6 +66,11 @@ class Retriever:
         retriever = await self._ready()
         await self._write(retriever.remember_turn, turn, self._embed_passages)
 
+    async def forget(self, where: dict) -> int:
+        """Delete remembered turns by metadata (``{"user_id": ...}``, ``{"session_id": ...}``)."""
+        retriever = await self._ready()
+        return await self._write(retriever.forget, where)
+
     async def counts(self) -> dict[str, int]:
         retriever = await self._ready()
         return await asyncio.to_thread(retriever.counts)

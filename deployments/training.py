@@ -1,17 +1,26 @@
 """The Ray layer of LoRA fine-tuning: the core loop (``echorag.mlops.training``) inside a
 Ray Train ``TorchTrainer``.
 
-- ``ray_train_fn`` is the collector's ``train_fn``: a ``run_training`` run, then the
+- ``ray_train_fn`` is the collector's ``train_fn``: a ``fit_lora`` run, then the
   held-out losses of both versions in a Ray task with the workers' resources.
-- ``run_training`` builds the trainer (CPU or GPU workers), blocks in ``fit()`` and
-  returns the adapter directory of the run's final checkpoint. Call it off the event
-  loop (a Ray task or a thread): a run takes minutes.
+- ``run_training`` / ``fit_lora`` build the trainer (CPU or GPU workers), block in
+  ``fit()`` and return the adapter directory of the run's final checkpoint (``fit_lora``
+  also the checkpoint and the last metrics). Call them off the event loop (a Ray task or
+  a thread): a run takes minutes.
 - ``train_loop_per_worker`` is what each worker runs: ``prepare_model`` puts the model
   on the worker's device (DDP with several workers), ``ray.train.report`` records every
   epoch (the last one with the adapter as a ``Checkpoint``, saved by rank 0 only), and
   every optimizer step goes to a progress actor (``start`` / ``update`` / ``finish``; in
   the service, the collector) and to Ray metrics, so the coordinator and the dashboard
   show step / total / loss / ETA while the run goes.
+
+Any node may train. The run's storage (``Settings.train_storage_root``) is a path or URI
+every node reaches, so a worker on another node writes the checkpoint where the driver
+(the collector, on the head) reads it; the worker reports its node id. What a worker or
+the gate's evaluation reads is named portably, never as a path of the head's disk: the
+active adapter as a registry version (``RegistryVersion``: downloaded from the adapter
+URI on the node that needs it), the candidate as the run's ``Checkpoint``, the base
+model by its spec when the head's path is not on that node.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,8 +48,9 @@ from ray.train.torch import TorchTrainer
 from deployments import metrics
 from echorag.config import Settings
 from echorag.mlops.jobs import TrainFn, TrainingJob, TrainingOutcome
-from echorag.mlops.registry import InvalidAdapterError, validate_adapter_dir
+from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError, validate_adapter_dir
 from echorag.mlops.train_config import TrainConfig
+from echorag.models import resolve_generator
 from echorag.mlops.training import (
     Chat,
     EpochInfo,
@@ -115,6 +126,66 @@ def _quietly(call: Callable[[], Any]) -> None:
         logger.warning("training progress not recorded: %s", exc)
 
 
+# --------------------------------------------------------------------------- what a node reads
+
+
+@dataclass(frozen=True)
+class RegistryVersion:
+    """A version of the adapter registry at ``root``, as the node that needs it reads it:
+    from the adapter URI into that node's cache (or the local directory on one machine)."""
+
+    root: str
+    version: str
+
+
+AdapterRef = RegistryVersion | Checkpoint | str | Path | None
+
+
+def adapter_here(ref: AdapterRef, scratch: Path | None = None) -> Path | None:
+    """The directory of ``ref`` on this node; a checkpoint this node cannot read in place
+    is downloaded into ``scratch`` (default: a new temporary directory)."""
+    if ref is None:
+        return None
+    if isinstance(ref, RegistryVersion):
+        return AdapterRegistry(ref.root).path(ref.version)
+    if isinstance(ref, Checkpoint):
+        if ref.filesystem.type_name == "local" and Path(ref.path).is_dir():
+            return Path(ref.path)
+        scratch = scratch or Path(tempfile.mkdtemp(prefix="echorag-adapter-")) / ADAPTER_DIR_NAME
+        return Path(ref.to_directory(str(scratch)))
+    return Path(ref)
+
+
+def base_here(base_path: str, spec: dict[str, str] | None) -> str:
+    """The base model on this node: the driver's path where this node has it, else the
+    model spec resolved here (e.g. the tiny model built in this node's models dir)."""
+    if spec is None or not os.path.isabs(base_path) or Path(base_path).exists():
+        return base_path
+    return resolve_generator(spec["spec"], Path(spec["models_dir"])).path
+
+
+def heldout_losses_here(
+    base_path: str, spec: dict[str, str] | None, versions: dict[str, AdapterRef], holdout: list[Chat],
+    config: TrainConfig,
+) -> dict[str, float]:
+    """``heldout_losses`` on whichever node runs it (the gate's evaluation task)."""
+    with tempfile.TemporaryDirectory(prefix="echorag-eval-") as tmp:
+        dirs = {name: adapter_here(ref, Path(tmp) / name) for name, ref in versions.items()}
+        return heldout_losses(base_here(base_path, spec), dirs, holdout, config, None)
+
+
+def delete_run(storage: str | Path, run_name: str) -> None:
+    """Remove a finished run's folder (checkpoints, results) from the run storage."""
+    from pyarrow import fs
+
+    try:
+        filesystem, root = fs.FileSystem.from_uri(str(storage)) if "://" in str(storage) else (
+            fs.LocalFileSystem(), str(Path(storage).resolve()))
+        filesystem.delete_dir(f"{root.rstrip('/')}/{run_name}")
+    except (OSError, FileNotFoundError) as exc:
+        logger.warning("could not delete training run %s from %s: %s", run_name, storage, exc)
+
+
 # --------------------------------------------------------------------------- the worker
 
 
@@ -128,8 +199,10 @@ def _examples(config: dict[str, Any]) -> list[Chat]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker. ``config``: ``base_path``, ``examples`` (chats, or an
     ObjectRef to them) or ``examples_path`` (JSONL of ``{"messages": ...}``),
-    ``train_config`` (``TrainConfig.to_dict()``), ``init_adapter``, ``run_id`` and
-    ``progress_actor`` (a ``TrainingProgress`` handle or None)."""
+    ``train_config`` (``TrainConfig.to_dict()``), ``init_adapter`` (a path or a
+    ``RegistryVersion``), ``base_spec`` (see ``base_here``), ``run_id`` and
+    ``progress_actor`` (a ``TrainingProgress`` handle or None). The last report carries
+    the node id the worker ran on."""
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     train_config = TrainConfig.from_dict(config["train_config"])
@@ -143,12 +216,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if info.epoch < info.epochs - 1:  # the last epoch reports below, with the adapter
             ray.train.report(info.to_dict() | {"run_id": run_id})
 
-    init_adapter = config.get("init_adapter")
+    scratch = tempfile.TemporaryDirectory(prefix="echorag-init-")
     result = train_lora(
-        config["base_path"],
+        base_here(config["base_path"], config.get("base_spec")),
         _examples(config),
         train_config,
-        init_adapter=Path(init_adapter) if init_adapter else None,
+        init_adapter=adapter_here(config.get("init_adapter"), Path(scratch.name)),
         on_step=reporter.step,
         model_wrapper=ray.train.torch.prepare_model,
         on_epoch_end=on_epoch_end,
@@ -159,7 +232,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     metrics = last_epoch[0].to_dict() | result.timings | {
         "run_id": run_id, "examples": result.examples, "final": True, "world_size": world_size,
         "torch_threads": torch.get_num_threads(), "niceness": os.nice(0),
+        "node_id": ray.get_runtime_context().get_node_id(),
     }
+    scratch.cleanup()
     # Every rank must call report the same number of times; only rank 0 holds a checkpoint.
     with tempfile.TemporaryDirectory(prefix="echorag-adapter-") as tmp:
         checkpoint = Checkpoint.from_directory(save_adapter(result.model, tmp)) if rank == 0 else None
@@ -180,22 +255,43 @@ def _local_or_id(path: str | Path) -> str:
     return str(Path(path).resolve()) if Path(path).exists() else str(path)
 
 
-def run_training(
+@dataclass
+class FitResult:
+    adapter_dir: Path  # the final adapter on this node's disk (downloaded when the storage is remote)
+    checkpoint: Checkpoint  # the same adapter in the run storage, readable from any node
+    metrics: dict[str, Any]  # rank 0's last report: losses, timings, node_id, ...
+
+
+def run_training(base_path: str | Path, train_examples: list[Chat], config: TrainConfig, run_dir: str | Path,
+                 **options: Any) -> Path:
+    """Fine-tune a LoRA with a ``TorchTrainer`` and return the adapter directory of the
+    final checkpoint (``run_dir/<run_name>/adapter`` for a local ``run_dir``). Blocks until
+    the run ends; raises ``TrainingError`` when it fails. Options: ``fit_lora``'s."""
+    return fit_lora(base_path, train_examples, config, run_dir, **options).adapter_dir
+
+
+def fit_lora(
     base_path: str | Path,
     train_examples: list[Chat],
     config: TrainConfig,
-    run_dir: Path,
-    init_adapter: Path | None = None,
+    run_dir: str | Path,
+    init_adapter: AdapterRef = None,
     use_gpu: bool = False,
     num_workers: int = 1,
     progress_actor: ActorHandle | str | None = None,
     run_name: str | None = None,
     gpus_per_worker: float = 1.0,
     cpus_per_worker: float = 1.0,
-) -> Path:
-    """Fine-tune a LoRA with a ``TorchTrainer`` and return the adapter directory of the
-    final checkpoint (``run_dir/<run_name>/adapter``). Blocks until the run ends; raises
-    ``TrainingError`` when it fails. ``gpus_per_worker`` < 1 shares a GPU with serving."""
+    resources_per_worker: dict[str, float] | None = None,
+    base_spec: dict[str, str] | None = None,
+) -> FitResult:
+    """``run_training`` with the whole result. ``run_dir``: a local path (one machine) or
+    a path or URI every node reaches (``file:///shared/train``, ``s3://bucket/train``);
+    ``init_adapter``: a local directory or, for workers on other nodes, a
+    ``RegistryVersion``; ``resources_per_worker``: custom resources placing the workers
+    (``{"echorag_train": 1}``); ``base_spec``: ``{"spec", "models_dir"}`` to resolve the
+    base model on a node that lacks ``base_path``. ``gpus_per_worker`` < 1 shares a GPU
+    with serving."""
     run_name = run_name or new_run_name()
     for name, value in TRAIN_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
@@ -205,27 +301,23 @@ def run_training(
         # Waited for: the workers' updates come from other callers, so no order is implied.
         info = {"examples": len(train_examples), "epochs": config.epochs}
         _quietly(lambda: ray.get(progress_actor.start.remote(run_name, info)))
+    storage = str(run_dir) if "://" in str(run_dir) else str(Path(run_dir).resolve())
+    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {}), **(resources_per_worker or {})}
 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "base_path": _local_or_id(base_path),
+            "base_spec": base_spec,
             "examples": train_examples,
             "train_config": config.to_dict(),
-            "init_adapter": _local_or_id(init_adapter) if init_adapter else None,
+            "init_adapter": _local_or_id(init_adapter) if isinstance(init_adapter, (str, Path)) else init_adapter,
             "run_id": run_name,
             "progress_actor": progress_actor,
         },
-        scaling_config=ScalingConfig(
-            num_workers=num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker=(
-                {"CPU": cpus_per_worker, "GPU": gpus_per_worker} if use_gpu else {"CPU": cpus_per_worker}
-            ),
-        ),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=run_name, storage_path=str(Path(run_dir).resolve()),
-            worker_runtime_env=background_runtime_env(use_gpu),
+            name=run_name, storage_path=storage, worker_runtime_env=background_runtime_env(use_gpu),
         ),
     )
     started = time.perf_counter()
@@ -235,7 +327,7 @@ def run_training(
             raise result.error
         if result.checkpoint is None:
             raise TrainingError(f"training run {run_name} ended without an adapter checkpoint")
-        adapter_dir = Path(result.checkpoint.path)
+        adapter_dir = adapter_here(result.checkpoint)
         validate_adapter_dir(adapter_dir)
     except Exception as exc:
         if progress_actor is not None:
@@ -246,12 +338,13 @@ def run_training(
         if isinstance(exc, InvalidAdapterError):
             raise TrainingError(f"training run {run_name} saved an unusable adapter: {exc}") from exc
         raise TrainingError(f"training run {run_name} failed: {exc}") from exc
+    metrics = dict(result.metrics or {})
     if progress_actor is not None:
-        done = {"adapter_dir": str(adapter_dir), "wall_s": time.perf_counter() - started,
-                "metrics": dict(result.metrics or {})}
+        done = {"adapter_dir": str(adapter_dir), "wall_s": time.perf_counter() - started, "metrics": metrics}
         _quietly(lambda: ray.get(progress_actor.finish.remote(run_name, "succeeded", **done)))
-    logger.info("Training run %s finished in %.1f s: %s", run_name, time.perf_counter() - started, adapter_dir)
-    return adapter_dir
+    logger.info("Training run %s finished in %.1f s on node %s: %s", run_name, time.perf_counter() - started,
+                metrics.get("node_id"), adapter_dir)
+    return FitResult(adapter_dir, result.checkpoint, metrics)
 
 
 # --------------------------------------------------------------------------- the collector's train_fn
@@ -267,47 +360,58 @@ class ProgressRouter(Protocol):
 
 
 def train_resources(settings: Settings) -> dict[str, float]:
-    """GPUs for training only where serving does not hold them; CPU workers otherwise."""
+    """GPUs for training only where serving does not hold them; CPU workers otherwise;
+    plus the custom resources that place the workers (``finetune_worker_resources``)."""
     gpus = settings.finetune_worker_gpus
     if gpus < 0:
         free = ray.available_resources().get("GPU", 0.0)
         gpus = 1.0 if free >= 1.0 else 0.0
-    return {"CPU": settings.finetune_worker_cpus, "GPU": gpus}
+    return {"CPU": settings.finetune_worker_cpus, "GPU": gpus, **settings.finetune_worker_resources}
 
 
 def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter) -> TrainFn:
-    """A ``LearningLoop`` train function that runs Ray Train and evaluates both versions."""
-    evaluate = ray.remote(heldout_losses)
+    """A ``LearningLoop`` train function that runs Ray Train and evaluates both versions,
+    on whichever nodes offer the workers' resources."""
+    evaluate = ray.remote(heldout_losses_here)
+    storage = settings.train_storage_root
+    base_spec = {"spec": settings.generator_model, "models_dir": str(settings.models_dir)}
 
     def train(job: TrainingJob, on_progress: Callable[[dict[str, Any]], None]) -> TrainingOutcome:
         resources = train_resources(settings)
+        cpus, gpus = resources.pop("CPU"), resources.pop("GPU")
+        # The active version as any node reads it: from the registry, not the head's cache.
+        active = RegistryVersion(str(settings.adapters_root), job.init_version) if job.init_adapter else None
         progress.listen(job.name, on_progress)
         started = time.perf_counter()
         try:
-            adapter = run_training(
-                base_path, job.train, job.config, settings.data_dir / "training" / "ray",
-                init_adapter=job.init_adapter, use_gpu=resources["GPU"] > 0,
+            fit = fit_lora(
+                base_path, job.train, job.config, storage, init_adapter=active, use_gpu=gpus > 0,
                 num_workers=settings.finetune_num_workers, progress_actor=progress.handle,
-                run_name=job.name, gpus_per_worker=resources["GPU"] or 1.0,
-                cpus_per_worker=resources["CPU"],
+                run_name=job.name, gpus_per_worker=gpus or 1.0, cpus_per_worker=cpus,
+                resources_per_worker=resources, base_spec=base_spec,
             )
         finally:
             progress.listen(job.name, None)
-        shutil.copytree(adapter, job.output_dir)
-        shutil.rmtree(adapter.parent, ignore_errors=True)  # the Train run's own copy and results
-        train_s = time.perf_counter() - started
-        losses: dict[str, float] = {}
-        if job.holdout:
-            versions = {"candidate": str(job.output_dir), "active": str(job.init_adapter) if job.init_adapter else None}
-            task = evaluate.options(num_cpus=resources["CPU"], num_gpus=resources["GPU"],
-                                    runtime_env=background_runtime_env(use_gpu=resources["GPU"] > 0))
-            losses = ray.get(task.remote(base_path, versions, job.holdout, job.config, None))
+        try:
+            shutil.copytree(fit.adapter_dir, job.output_dir)
+            if fit.checkpoint.filesystem.type_name != "local":  # a download of a remote checkpoint
+                shutil.rmtree(fit.adapter_dir.parent, ignore_errors=True)
+            train_s = time.perf_counter() - started
+            losses: dict[str, float] = {}
+            if job.holdout:
+                task = evaluate.options(num_cpus=cpus, num_gpus=gpus, resources=resources,
+                                        runtime_env=background_runtime_env(use_gpu=gpus > 0))
+                versions = {"candidate": fit.checkpoint, "active": active}
+                losses = ray.get(task.remote(base_path, base_spec, versions, job.holdout, job.config))
+        finally:
+            delete_run(storage, job.name)  # the Train run's checkpoints and results
         return TrainingOutcome(
             adapter_dir=job.output_dir,
             candidate_loss=losses.get("candidate"),
             active_loss=losses.get("active"),
             timings={"train_s": train_s, "eval_s": time.perf_counter() - started - train_s},
-            metrics={"examples": len(job.train), "holdout": len(job.holdout)},
+            metrics={"examples": len(job.train), "holdout": len(job.holdout),
+                     "train_node_id": fit.metrics.get("node_id"), "train_storage": str(storage)},
         )
 
     return train

@@ -8,11 +8,16 @@ per-application overrides as keyword arguments (field names).
 from __future__ import annotations
 
 from functools import cached_property
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# Ray Train's runs beside shared adapter versions (the registry lists only v1, v2, ...).
+TRAIN_RUNS_DIR = ".train-runs"
 
 
 def _env(field: str, *legacy: str) -> AliasChoices:
@@ -28,12 +33,32 @@ class Settings(BaseSettings):
     # Storage and access
     data_dir: Path = Field(Path("./data"), validation_alias=_env("data_dir"))
     admin_token: str | None = Field(None, validation_alias=_env("admin_token"))
+    # Identity (echorag.identity): "open" = no user identity, every session private;
+    # "api_keys" = per-user keys issued by the admin; "trusted_header" = an authenticating
+    # proxy names the user in `trusted_user_header`, believed only from `trusted_proxies`.
+    auth_mode: Literal["open", "api_keys", "trusted_header"] = Field("open", validation_alias=_env("auth_mode"))
+    trusted_user_header: str = Field(
+        "X-Forwarded-User", min_length=1, max_length=100, validation_alias=_env("trusted_user_header")
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        (), validation_alias=_env("trusted_proxies"),
+        description="Addresses or networks (10.0.0.5, 10.0.0.0/24) of the proxies trusted_header believes",
+    )
+    session_secret: str | None = Field(
+        None, min_length=16, validation_alias=_env("session_secret"), repr=False,
+        description="Signs session ids; default: a random one the collector keeps in its database",
+    )
     chroma_host: str | None = Field(None, validation_alias=_env("chroma_host"))
     chroma_port: int = Field(8000, validation_alias=_env("chroma_port"))
     adapters_uri: str | None = Field(
         None, validation_alias=_env("adapters_uri"),
         description="Where adapter versions live when not in data_dir/adapters: a shared path or a storage "
         "URI every node reads (file:///mnt/shared/adapters, s3://bucket/adapters, gs://bucket/adapters)",
+    )
+    train_storage_uri: str | None = Field(
+        None, validation_alias=_env("train_storage_uri"),
+        description="Ray Train's run storage (checkpoints), a path or URI every node reaches; default: "
+        f"<adapters_uri>/{TRAIN_RUNS_DIR} when adapters are shared, else data_dir/training/ray (one machine)",
     )
 
     # Models
@@ -73,6 +98,9 @@ class Settings(BaseSettings):
     # (0 = chunk vector only; the retriever then embeds no sentences at indexing).
     sentence_weight: float = Field(0.5, ge=0.0, le=1.0, validation_alias=_env("sentence_weight"))
     memory_top_k: int = Field(2, ge=0, le=20, validation_alias=_env("memory_top_k"))
+    # A retriever replica holds BM25 and a bounded cache of the chunk and sentence vectors its
+    # searches read from Chroma (bench/corpus_scale.py); the corpus never has to fit in it.
+    retriever_cache_mb: float = Field(256.0, ge=0, validation_alias=_env("retriever_cache_mb"))
 
     # Answers. Below `abstain_below` evidence (echorag.evidence: the best retrieved sentence's
     # IDF-weighted morpheme coverage of the question and e5 cosine, comparable across
@@ -144,6 +172,11 @@ class Settings(BaseSettings):
         -1.0, validation_alias=_env("finetune_worker_gpus"),
         description="GPUs per training worker; -1: one when the cluster has a GPU serving does not hold, else 0",
     )
+    finetune_worker_resources: dict[str, float] = Field(
+        default_factory=dict, validation_alias=_env("finetune_worker_resources"),
+        description='Custom Ray resources each training worker (and the gate\'s evaluation) asks for, as JSON: '
+        '{"echorag_train": 1} trains on the nodes started with that resource; none: any node',
+    )
 
     # Operations
     log_level: str = Field("INFO", validation_alias=_env("log_level", "LOG_LEVEL"))
@@ -155,6 +188,12 @@ class Settings(BaseSettings):
     def _check(self) -> "Settings":
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("chunk_overlap must be smaller than chunk_size")
+        try:
+            networks = [ip_network(p.strip(), strict=False) for p in self.trusted_proxies]
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies: {exc}") from None
+        if self.auth_mode == "trusted_header" and not networks:
+            raise ValueError("auth_mode trusted_header needs trusted_proxies (the proxies' addresses)")
         return self
 
     @cached_property
@@ -173,6 +212,16 @@ class Settings(BaseSettings):
     def adapters_root(self) -> str | Path:
         """The adapter registry's root: ``adapters_uri`` when set, else ``data_dir/adapters``."""
         return self.adapters_uri or self.adapters_dir
+
+    @cached_property
+    def train_storage_root(self) -> str | Path:
+        """Where Ray Train keeps a run's checkpoints: ``train_storage_uri``; else beside the
+        shared adapters (every node already reaches them); else, on one machine, the data dir."""
+        if self.train_storage_uri:
+            return self.train_storage_uri
+        if self.adapters_uri:
+            return f"{self.adapters_uri.rstrip('/')}/{TRAIN_RUNS_DIR}"
+        return self.data_dir / "training" / "ray"
 
     @cached_property
     def sqlite_path(self) -> Path:

@@ -15,11 +15,13 @@ Ranking = list[tuple[str, float]]  # (id, score), best first
 
 
 class BM25Index:
-    """An in-memory BM25 index of (id, text) pairs, tokenised into Kiwi morphemes.
+    """An in-memory BM25 index over Kiwi morphemes, kept small: each document is an array
+    of term ids into one vocabulary (4 bytes a term), never its text or term strings.
 
-    bm25s cannot add documents to a built index, so changes only mark it stale and
-    the next search rebuilds it from the stored terms (Kiwi never re-reads old texts).
-    Safe to share between threads.
+    ``add`` tokenises; ``add_terms`` takes terms tokenised before (the retriever stores
+    them with each chunk, so a new replica rebuilds without running Kiwi again). bm25s
+    cannot add documents to a built index, so changes only mark it stale and the next
+    search rebuilds it from the stored term ids. Safe to share between threads.
     """
 
     # Default k1 and b: the best of bench/kiwi_tags.py (bench/results/kiwi_tags.json).
@@ -34,46 +36,53 @@ class BM25Index:
         self.b = b
         self.method = method  # bm25s variant: lucene, robertson, atire, bm25l, bm25+
         self._tokenize = tokenize
-        self._texts: dict[str, str] = {}
-        self._terms: dict[str, list[str]] = {}
+        self._vocab: dict[str, int] = {"": 0}  # bm25s scores term-less documents with ""
+        self._docs: dict[str, np.ndarray] = {}  # id -> term ids (int32)
         self._lock = threading.Lock()
         # The built index and the ids of its rows; None when stale.
         self._built: tuple[bm25s.BM25, list[str], dict[str, int]] | None = None
 
-    def add(self, ids: list[str], texts: list[str]) -> None:
-        """Index texts under ids; an id that is already indexed is replaced."""
+    def terms(self, texts: list[str]) -> list[list[str]]:
+        """Index terms of each text (what ``add_terms`` takes)."""
+        return self._tokenize(list(texts))
+
+    def add(self, ids: list[str], texts: list[str]) -> list[list[str]]:
+        """Index texts under ids (an id already indexed is replaced); returns their terms."""
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
-        terms = self._tokenize(list(texts))  # the slow part, outside the lock
+        terms = self.terms(texts)  # the slow part, outside the lock
+        self.add_terms(ids, terms)
+        return terms
+
+    def add_terms(self, ids: list[str], terms: list[list[str]]) -> None:
+        if len(ids) != len(terms):
+            raise ValueError(f"{len(ids)} ids but {len(terms)} term lists")
         with self._lock:
-            for doc_id, text, doc_terms in zip(ids, texts, terms):
-                self._texts[doc_id] = text
-                self._terms[doc_id] = doc_terms
+            vocab = self._vocab
+            for doc_id, doc_terms in zip(ids, terms):
+                self._docs[doc_id] = np.fromiter(
+                    (vocab.setdefault(t, len(vocab)) for t in doc_terms), np.int32, len(doc_terms)
+                )
             self._built = None
 
     def remove(self, ids: list[str]) -> None:
         """Forget these ids; unknown ids are ignored."""
         with self._lock:
             for doc_id in ids:
-                self._texts.pop(doc_id, None)
-                self._terms.pop(doc_id, None)
+                self._docs.pop(doc_id, None)
             self._built = None
 
     def clear(self) -> None:
         with self._lock:
-            self._texts.clear()
-            self._terms.clear()
+            self._docs.clear()
+            self._vocab = {"": 0}
             self._built = None
 
     def __len__(self) -> int:
-        return len(self._texts)
+        return len(self._docs)
 
     def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._texts
-
-    def text(self, doc_id: str) -> str:
-        """The text indexed under `doc_id` (KeyError if none)."""
-        return self._texts[doc_id]
+        return doc_id in self._docs
 
     def search(self, query: str, k: int = 10, include: Iterable[str] = ()) -> Ranking:
         """Up to k (id, score) pairs, best first; documents sharing no term are left out.
@@ -82,12 +91,12 @@ class BM25Index:
         skipped) and follow the top k, so a fusion can compare exact scores of every
         candidate instead of treating "not in the top k" as zero.
         """
-        include = [doc_id for doc_id in dict.fromkeys(include) if doc_id in self._texts]
+        include = [doc_id for doc_id in dict.fromkeys(include) if doc_id in self._docs]
         if k <= 0 and not include:
             return []
         query_terms = self._tokenize([query])[0]
         with self._lock:
-            if self._built is None and self._terms:
+            if self._built is None and self._docs:
                 self._built = self._build()
             built = self._built
         if built is None:
@@ -109,9 +118,10 @@ class BM25Index:
         return ranking
 
     def _build(self) -> tuple[bm25s.BM25, list[str], dict[str, int]]:
-        ids = list(self._terms)
+        ids = list(self._docs)
         retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-        retriever.index([self._terms[i] for i in ids], show_progress=False)
+        # Term ids as bm25s takes them; the vocabulary is copied (bm25s keeps the one it gets).
+        retriever.index(([self._docs[i] for i in ids], dict(self._vocab)), show_progress=False)
         return retriever, ids, {doc_id: row for row, doc_id in enumerate(ids)}
 
 

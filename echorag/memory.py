@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 
 class SessionMemory:
@@ -42,6 +43,12 @@ class SessionMemory:
                 self._sessions.clear()
                 return dropped
             return len(self._sessions.pop(session_id, ()))
+
+    def forget(self, belongs: Callable[[str], bool]) -> int:
+        """Forget every session for which ``belongs(session_id)``; returns the turns dropped."""
+        with self._lock:
+            doomed = [s for s in self._sessions if belongs(s)]
+            return sum(len(self._sessions.pop(s)) for s in doomed)
 
     def __len__(self) -> int:
         return len(self._sessions)

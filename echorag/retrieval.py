@@ -10,7 +10,6 @@ in Serve alike.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
@@ -18,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from echorag.korean import chunk_text, normalize, split_sentences
+from echorag import passages
 from echorag.lexical import BM25Index, fuse
 from echorag.schemas import DocumentsResponse, SearchResult
 from echorag.store import Chunk, VectorStore
@@ -30,18 +30,6 @@ Embed = Callable[[list[str]], np.ndarray]
 def _sentences_to_embed(text: str) -> list[str]:
     sentences = split_sentences(text)
     return sentences if len(sentences) > 1 else []
-
-
-def _stored_chunks(store: VectorStore, batch: int = 1000):
-    """(Chunk, vector) of every stored chunk, paged from Chroma."""
-    collection, offset = store.collection("documents"), 0
-    while True:
-        page = collection.get(limit=batch, offset=offset, include=["documents", "metadatas", "embeddings"])
-        for i, t, m, v in zip(page["ids"], page["documents"], page["metadatas"], page["embeddings"]):
-            yield Chunk(id=i, text=t, metadata=dict(m or {})), np.asarray(v, np.float32)
-        if len(page["ids"]) < batch:
-            return
-        offset += batch
 
 
 def chunk_documents(documents: list[dict[str, Any]], size: int, overlap: int) -> list[Chunk]:
@@ -64,8 +52,12 @@ class Retriever:
     With ``embed_passages`` the dense score also looks at single sentences:
     ``(1 - sentence_weight) * cos(query, chunk) + sentence_weight * max cos(query,
     sentence)``, so a question about one sentence of a long chunk is not diluted by
-    the rest. Chunk and sentence vectors are mirrored in memory for this re-scoring.
-    Defaults: bench/results/retrieval_tuning.json (``python bench/retrieval_tune.py``).
+    the rest. Defaults: bench/results/retrieval_tuning.json (``python bench/retrieval_tune.py``).
+
+    A replica holds only the BM25 index (term ids, ``echorag.lexical``). Everything
+    else is in the store (``echorag.passages``): texts, chunk vectors, sentence vectors
+    (embedded once, at indexing) and each chunk's BM25 terms (tokenised once), so a new
+    replica starts by reading terms, and a search fetches its candidates' rows.
     """
 
     def __init__(
@@ -77,6 +69,7 @@ class Retriever:
         candidates: int = 30,
         embed_passages: Embed | None = None,
         sentence_weight: float = 0.5,
+        cache_mb: float = 256,
     ) -> None:
         self.store = store
         self.fusion = fusion
@@ -85,16 +78,22 @@ class Retriever:
         self.embed_passages = embed_passages
         self.sentence_weight = sentence_weight
         self.bm25 = BM25Index()
-        self._texts: dict[str, Chunk] = {}  # chunk id -> text/metadata, for BM25-only hits
-        # chunk id -> unit rows: the chunk's vector, then its sentences' (when embedded)
-        self._vectors: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
-        # BM25 and the vector mirror live in memory: rebuild them from Chroma.
-        stored = list(_stored_chunks(store))
-        for chunk, _ in stored:
-            self._texts[chunk.id] = chunk
-        self.bm25.add(list(self._texts), [c.text for c in self._texts.values()])
-        self._mirror([c.id for c, _ in stored], [c.text for c, _ in stored], np.array([v for _, v in stored]))
+        self._rows = passages.Rows(int(cache_mb * 2**20))  # rows searches fetched, bounded
+        # BM25 from the terms stored with each chunk; chunks indexed before terms were
+        # stored (or without an embedder's sentences) are completed once, and stored.
+        ids, terms, incomplete = [], [], []
+        for chunk_id, metadata in passages.stored_metadata(store):
+            if passages.TERMS not in metadata or (self._sentences_wanted and passages.SENTENCES not in metadata):
+                incomplete.append(chunk_id)
+            else:
+                ids.append(chunk_id)
+                terms.append(passages.unpack_terms(metadata[passages.TERMS]))
+        self.bm25.add_terms(ids, terms)
+        for start in range(0, len(incomplete), 500):
+            got = store.collection("documents").get(
+                ids=incomplete[start : start + 500], include=["documents", "metadatas", "embeddings"])
+            stored = [Chunk(i, t, dict(m or {})) for i, t, m in zip(got["ids"], got["documents"], got["metadatas"])]
+            self._index(stored, np.asarray(got["embeddings"], np.float32))
 
     @classmethod
     def from_settings(
@@ -104,7 +103,7 @@ class Retriever:
         return cls(
             store, settings.fusion, settings.bm25_weight, settings.dense_weight,
             embed_passages=embed_passages if settings.sentence_weight > 0 else None,
-            sentence_weight=settings.sentence_weight,
+            sentence_weight=settings.sentence_weight, cache_mb=settings.retriever_cache_mb,
         )
 
     # -- documents -----------------------------------------------------------------
@@ -123,52 +122,42 @@ class Retriever:
     def add_chunks(self, chunks: list[Chunk], embeddings: np.ndarray) -> None:
         doc_ids = sorted({c.metadata["doc_id"] for c in chunks})
         self.delete_documents(doc_ids)  # re-ingesting a document replaces all its chunks
-        self.store.upsert(
-            "documents", [c.id for c in chunks], [c.text for c in chunks], embeddings,
-            [c.metadata for c in chunks],
-        )
-        with self._lock:
-            for c in chunks:
-                self._texts[c.id] = c
-        self.bm25.add([c.id for c in chunks], [c.text for c in chunks])
-        self._mirror([c.id for c in chunks], [c.text for c in chunks], embeddings)
+        self._index(chunks, embeddings)
 
-    def _mirror(self, ids: list[str], texts: list[str], embeddings: np.ndarray) -> None:
-        """Keep chunk vectors (and, with an embedder, sentence vectors) for re-scoring."""
-        rows = {cid: np.asarray(embeddings[i : i + 1], np.float32) for i, cid in enumerate(ids)}
-        if self.embed_passages is not None and ids:
-            # A one-sentence chunk is its own best sentence: only longer chunks are split.
-            split = {cid: _sentences_to_embed(text) for cid, text in zip(ids, texts)}
-            sentences = [s for parts in split.values() for s in parts]
-            if sentences:
-                vectors, start = self.embed_passages(sentences), 0
-                for cid, parts in split.items():
-                    if parts:
-                        rows[cid] = np.vstack([rows[cid], vectors[start : start + len(parts)]])
-                        start += len(parts)
-        with self._lock:
-            self._vectors.update(rows)
+    @property
+    def _sentences_wanted(self) -> bool:
+        return self.embed_passages is not None and self.sentence_weight > 0
+
+    def _index(self, chunks: list[Chunk], embeddings: np.ndarray) -> None:
+        """Tokenise, split and embed sentences once, store it all, then index BM25."""
+        self._rows.forget([c.id for c in chunks])
+        terms = self.bm25.terms([c.text for c in chunks])
+        # A one-sentence chunk is its own best sentence: only longer chunks are split.
+        split = [_sentences_to_embed(c.text) if self._sentences_wanted else [] for c in chunks]
+        flat = [s for parts in split for s in parts]
+        vectors = self.embed_passages(flat) if flat else None
+        if self._sentences_wanted and vectors is None:
+            vectors = np.zeros((0, self.store.dim), np.float32)
+        passages.put(self.store, chunks, np.asarray(embeddings, np.float32), terms, split, vectors)
+        self.bm25.add_terms([c.id for c in chunks], terms)
 
     def delete_documents(self, doc_ids: list[str]) -> int:
-        with self._lock:
-            stale = [cid for cid, c in self._texts.items() if c.metadata.get("doc_id") in doc_ids]
-            for cid in stale:
-                del self._texts[cid]
-                self._vectors.pop(cid, None)
+        stale = passages.delete(self.store, doc_ids)
         if stale:
-            self.store.delete("documents", ids=stale)
             self.bm25.remove(stale)
+            self._rows.forget(stale)
         return len(stale)
 
-    def _dense_score(self, chunk_id: str, vector: np.ndarray, fallback: float) -> float:
-        rows = self._vectors.get(chunk_id)
-        if rows is None:
-            return fallback
-        similarities = rows @ vector
-        if len(similarities) == 1:
+    def _dense_score(self, similarities: np.ndarray) -> float:
+        """The chunk's cosine, blended with its best sentence's when it has sentence rows."""
+        if len(similarities) == 1 or not self._sentences_wanted:
             return float(similarities[0])
         w = self.sentence_weight
         return float((1 - w) * similarities[0] + w * similarities[1:].max())
+
+    def vector_rows(self, chunk_ids: list[str]) -> list[np.ndarray | None]:
+        """Each chunk's vector, then its sentences' (``evidence.sentence_vectors_from_rows``)."""
+        return passages.vector_rows(self.store, self._rows, chunk_ids)
 
     def search(
         self, query: str, vector: np.ndarray | None, k: int, mode: Mode = "hybrid"
@@ -183,10 +172,11 @@ class Retriever:
         if mode in ("bm25", "hybrid"):
             # Hybrid: exact BM25 scores for the dense candidates too.
             rankings["bm25"] = self.bm25.search(normalize(query), self.candidates, include=dense_hits)
+        # Every candidate's chunk and rows (cached, else read from the store).
+        candidates = [*dense_hits, *(c for c, _ in rankings.get("bm25", []))]
+        found = passages.fetch(self.store, self._rows, candidates, sentences=use_dense and self._sentences_wanted)
         if use_dense:
-            candidates = dict.fromkeys([*dense_hits, *(doc_id for doc_id, _ in rankings.get("bm25", []))])
-            dense = [(cid, self._dense_score(cid, vector, dense_hits[cid].score if cid in dense_hits else 0.0))
-                     for cid in candidates]
+            dense = [(cid, self._dense_score(rows @ vector)) for cid, (_, rows) in found.items()]
             rankings["dense"] = sorted(dense, key=lambda item: (-item[1], item[0]))
         if len(rankings) == 1:
             fused = next(iter(rankings.values()))
@@ -194,10 +184,11 @@ class Retriever:
             fused = fuse(rankings, self.weights, method=self.fusion)
         results = []
         for chunk_id, score in fused[:k]:
-            hit = dense_hits.get(chunk_id) or self._texts.get(chunk_id)
+            hit = dense_hits.get(chunk_id) or found.get(chunk_id, (None, None))[0]
             if hit is not None:
                 results.append(SearchResult(
-                    id=chunk_id, text=hit.text, score=float(score), collection="documents", metadata=hit.metadata
+                    id=chunk_id, text=hit.text, score=float(score), collection="documents",
+                    metadata=passages.public(hit.metadata),
                 ))
         return results
 
@@ -211,7 +202,16 @@ class Retriever:
         self.store.upsert("memory", [turn_id], [text], vector.reshape(1, -1), [metadata])
 
     def recall(self, vector: np.ndarray, k: int, user_id: str) -> list[SearchResult]:
+        """Past turns of one owner only: a user, or ``session:<id>`` (echorag.identity)."""
         return self.store.query("memory", vector, k, where={"user_id": user_id})
+
+    def forget(self, where: dict[str, Any]) -> int:
+        """Delete the remembered turns that match a metadata filter (one owner's, one
+        session's); returns how many."""
+        ids = self.store.collection("memory").get(where=where, include=[])["ids"]
+        if ids:
+            self.store.delete("memory", ids=ids)
+        return len(ids)
 
     def chat_context(
         self, query: str, vector: np.ndarray, user_id: str, k: int, memory_k: int

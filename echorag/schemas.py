@@ -19,8 +19,16 @@ def _clean(text: str) -> str:
 
 class ChatRequest(BaseModel):
     message: str = Field(..., description="The user's message (Korean or any language).")
-    user_id: str = Field("anonymous", min_length=1, max_length=128)
-    session_id: str = Field("default", min_length=1, max_length=128)
+    user_id: str = Field(
+        "anonymous", min_length=1, max_length=128,
+        description="A label only: it never finds or grants access to data. With api_keys or "
+        "trusted_header the key or the proxy decides the user and this is ignored.",
+    )
+    session_id: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="A session this server issued (a previous response's session_id, or POST /sessions); "
+        "omit it to start a new private session. An id the server did not issue to you is a 404.",
+    )
     adapter_version: str | None = Field(
         None, description="Pin an adapter version (e.g. 'v2' or 'base'); default: the active one."
     )

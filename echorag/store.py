@@ -23,7 +23,14 @@ from chromadb.config import Settings as ChromaSettings  # noqa: E402
 
 from echorag.schemas import SearchResult  # noqa: E402
 
-COLLECTIONS = ("documents", "memory")
+# "sentences": the sentence vectors of document chunks (echorag.passages), only ever read
+# by id, never searched: its HNSW graph is built as cheaply as Chroma allows.
+COLLECTIONS = ("documents", "sentences", "memory")
+_INDEX = {"sentences": {"hnsw:M": 4, "hnsw:construction_ef": 8}}
+
+
+def collection_metadata(name: str, embedder_id: str, dim: int) -> dict[str, Any]:
+    return {"hnsw:space": "cosine", **_INDEX.get(name, {}), "embedder": embedder_id, "dim": dim}
 REINDEX_HINT = "echorag reindex"
 
 
@@ -64,7 +71,7 @@ class VectorStore:
     def _open(self, name: str, check: bool):
         collection = self.client.get_or_create_collection(
             name,
-            metadata={"hnsw:space": "cosine", "embedder": self.embedder_id, "dim": self.dim},
+            metadata=collection_metadata(name, self.embedder_id, self.dim),
             embedding_function=None,
         )
         stored_id = (collection.metadata or {}).get("embedder")
@@ -108,11 +115,12 @@ class VectorStore:
         self, name: str, vector: np.ndarray, k: int, where: dict[str, Any] | None = None
     ) -> list[SearchResult]:
         collection = self._collections[name]
-        if k <= 0 or collection.count() == 0:
+        count = collection.count() if k > 0 else 0  # one round trip to a Chroma server, not two
+        if count == 0:
             return []
         result = collection.query(
             query_embeddings=[np.asarray(vector, np.float32)],
-            n_results=min(k, collection.count()),
+            n_results=min(k, count),
             where=where,
             include=["documents", "metadatas", "distances"],
         )
@@ -168,7 +176,7 @@ def reindex(client, embedder, batch: int = 64, progress=None) -> dict[str, int]:
             client.delete_collection(staging)
         target = client.create_collection(
             staging,
-            metadata={"hnsw:space": "cosine", "embedder": embedder.id, "dim": embedder.dim},
+            metadata=collection_metadata(name, embedder.id, embedder.dim),
             embedding_function=None,
         )
         for start in range(0, len(items), batch):

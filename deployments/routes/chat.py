@@ -7,11 +7,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import Request
+from fastapi import Query, Request, Security
 from fastapi.responses import FileResponse, StreamingResponse
 
 from deployments import metrics
+from deployments.auth import require_caller
 from deployments.http_app import UI_DIR, Admin, app, user_message
+from echorag.identity import Caller
 from echorag.schemas import (
     ChatRequest,
     ChatResponse,
@@ -26,14 +28,21 @@ from echorag.schemas import (
 )
 
 
+# What a user route may answer besides its result: no key (401), a session not theirs (404).
+USER_ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+SESSION_PARAM = Query(..., min_length=1, max_length=128, description="A session id this server issued to you.")
+
+
 class ChatRoutes:
     @app.get("/", include_in_schema=False)
     async def index(self) -> FileResponse:
         return FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.post("/chat", response_model=ChatResponse, responses={429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-    async def chat(self, request: ChatRequest, http: Request) -> ChatResponse:
-        self.admit(http, request, request.user_id, request.session_id)
+    @app.post("/chat", response_model=ChatResponse, responses=USER_ERRORS | {429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def chat(self, request: ChatRequest, http: Request, caller: Caller = Security(require_caller)) -> ChatResponse:
+        """Answer in the caller's session (``session_id``; omitted: a new private one)."""
+        request, limit_key = await self.scoped(caller, request)
+        self.admit(http, request, limit_key)
         pipeline = await self._ready()
         started = time.perf_counter()
         self.requests += 1
@@ -46,10 +55,11 @@ class ChatRoutes:
         metrics.record_chat(response.timing, response.search_results)
         return response
 
-    @app.post("/chat/stream", response_class=StreamingResponse, responses={429: {"model": ErrorResponse}})
-    async def chat_stream(self, request: ChatRequest, http: Request) -> StreamingResponse:
+    @app.post("/chat/stream", response_class=StreamingResponse, responses=USER_ERRORS | {429: {"model": ErrorResponse}})
+    async def chat_stream(self, request: ChatRequest, http: Request, caller: Caller = Security(require_caller)) -> StreamingResponse:
         """Server-sent events: ``sources``, then ``token`` pieces, then ``done`` (the /chat response)."""
-        self.admit(http, request, request.user_id, request.session_id)
+        request, limit_key = await self.scoped(caller, request)
+        self.admit(http, request, limit_key)
         pipeline = await self._ready()
         self.requests += 1
 
@@ -105,14 +115,18 @@ class ChatRoutes:
             uptime_s=time.time() - self.started,
         )
 
-    @app.get("/memory", response_model=MemoryResponse)
-    async def get_memory(self, session_id: str = "default") -> MemoryResponse:
+    @app.get("/memory", response_model=MemoryResponse, responses=USER_ERRORS)
+    async def get_memory(self, session_id: str = SESSION_PARAM, caller: Caller = Security(require_caller)) -> MemoryResponse:
+        """The short-term memory of a session the caller holds (404 for any other)."""
+        session_id = await self.sessions.hold(caller, session_id)
         return MemoryResponse(
             session_id=session_id, turns=self.memory.get(session_id), max_turns=self.memory.max_turns
         )
 
-    @app.delete("/memory")
-    async def clear_memory(self, session_id: str = "default") -> dict:
+    @app.delete("/memory", responses=USER_ERRORS)
+    async def clear_memory(self, session_id: str = SESSION_PARAM, caller: Caller = Security(require_caller)) -> dict:
+        """Forget a held session's short-term memory (its stored turns stay: DELETE /sessions/{id})."""
+        session_id = await self.sessions.hold(caller, session_id)
         return {"session_id": session_id, "cleared": self.memory.clear(session_id)}
 
     @app.post("/documents", response_model=DocumentsResponse, dependencies=[Admin])

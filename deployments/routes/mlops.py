@@ -1,16 +1,25 @@
 """Feedback and the learning loop's routes: each one a typed call on the collector actor
 (``deployments/mlops.py``), whose errors (409 conflict, 404…) keep their status codes."""
 
-from fastapi import Query
+from fastapi import Query, Security
 
+from deployments.auth import UnknownSession, owner, require_caller
 from deployments.http_app import Admin, app
+from echorag.identity import Caller
 from echorag.mlops import api as mlops_api
+from echorag.schemas import ErrorResponse
 
 
 class MlopsRoutes:
-    @app.post("/feedback", response_model=mlops_api.FeedbackResponse)
-    async def feedback(self, request: mlops_api.FeedbackRequest):
-        return await self.collector.feedback.remote(request.turn_id, request.rating)
+    @app.post("/feedback", response_model=mlops_api.FeedbackResponse,
+              responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+    async def feedback(self, request: mlops_api.FeedbackRequest, caller: Caller = Security(require_caller)):
+        """👍/👎 on one of the caller's own turns: a user's (api_keys, trusted_header), or
+        one of the session ``session_id`` (open); any other turn is as unknown as none."""
+        if caller.user_id is None and request.session_id is None:
+            raise UnknownSession()
+        session_id = None if caller.user_id else await self.sessions.hold(caller, request.session_id)
+        return await self.collector.feedback.remote(request.turn_id, request.rating, owner(caller, session_id))
 
     @app.get("/mlops/status", response_model=mlops_api.StatusResponse)
     async def mlops_status(self):

@@ -6,40 +6,45 @@ import time
 from collections.abc import AsyncIterator
 
 import numpy as np
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Security
 from fastapi.responses import StreamingResponse
 
 from deployments import metrics
+from deployments.auth import require_caller
 from deployments.http_app import app, user_message
 from deployments.serve_services import retrying
 from echorag import openai_compat as oai
+from echorag.identity import Caller
 from echorag.schemas import DoneEvent, TokenEvent
 from echorag.types import BASE
 
 
 class OpenAIRoutes:
     @app.get("/v1/models", response_model=oai.ModelList, responses=oai.ERROR_RESPONSES)
-    async def openai_models(self) -> oai.ModelList:
+    async def openai_models(self, caller: Caller = Security(require_caller)) -> oai.ModelList:
         cards = [oai.ModelCard(id=oai.MODEL, created=int(self.started)),
                  oai.ModelCard(id=oai.model_id(BASE), created=int(self.started))]
         for info in self.registry.history():
             cards.append(oai.ModelCard(id=oai.model_id(info.version), created=int(info.created_at)))
         return oai.ModelList(data=cards)
 
-    def _openai_request(self, request: oai.ChatCompletionRequest, http: Request):
+    async def _openai_request(self, request: oai.ChatCompletionRequest, http: Request, caller: Caller):
         try:
             version = oai.parse_model(request.model)
         except oai.UnknownModel as exc:
             raise HTTPException(404, str(exc)) from None
         chat, history = oai.to_chat_request(request, version)
-        self.admit(http, chat, request.user)
+        # The caller keeps the conversation: each completion is a new session of its owner
+        # (recall across them for a user; nothing of anyone else's in open mode).
+        chat, limit_key = await self.scoped(caller, chat.model_copy(update={"session_id": None}))
+        self.admit(http, chat, limit_key if caller.user_id else None)
         return chat, history
 
     @app.post("/v1/chat/completions", response_model=oai.ChatCompletion,
               responses={**oai.ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
-    async def openai_chat(self, request: oai.ChatCompletionRequest, http: Request):
+    async def openai_chat(self, request: oai.ChatCompletionRequest, http: Request, caller: Caller = Security(require_caller)):
         """Retrieval-augmented like ``/chat``; ``stream: true`` answers in OpenAI's chunk format."""
-        chat, history = self._openai_request(request, http)
+        chat, history = await self._openai_request(request, http, caller)
         pipeline = await self._ready()
         self.requests += 1
         if not request.stream:
@@ -78,7 +83,9 @@ class OpenAIRoutes:
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
     @app.post("/v1/embeddings", response_model=oai.EmbeddingList, responses=oai.ERROR_RESPONSES)
-    async def openai_embeddings(self, request: oai.EmbeddingRequest, http: Request) -> oai.EmbeddingList:
+    async def openai_embeddings(
+        self, request: oai.EmbeddingRequest, http: Request, caller: Caller = Security(require_caller)
+    ) -> oai.EmbeddingList:
         """The service's own embedder (L2-normalised); ``input_type`` picks query or passage prefixes."""
         if request.model not in (oai.MODEL, (await self._embedder())["id"]):
             raise HTTPException(404, f"model {request.model!r} does not exist; use {oai.MODEL!r}")
@@ -86,7 +93,7 @@ class OpenAIRoutes:
             texts = request.texts()
         except ValueError as exc:
             raise HTTPException(422, f"invalid request: input: {exc}") from None
-        self.rate_limit(http, request.user)
+        self.rate_limit(http, f"user:{caller.user_id}" if caller.user_id else None)
         if request.input_type == "query":
             vectors = await asyncio.gather(*(retrying(self.embedder.embed_query.remote, t) for t in texts))
         else:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from echorag.cli import answers, inversion, local, remote, retrieval
+from echorag.cli import answers, inversion, local, remote, retrieval, users
 from echorag.cli.common import DEFAULT_URL, CommandError
 
-COMMAND_MODULES = (remote, retrieval, answers, inversion, local)
+COMMAND_MODULES = (remote, users, retrieval, answers, inversion, local)
 
 
 def build_parser() -> argparse.ArgumentParser:

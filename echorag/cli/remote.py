@@ -9,10 +9,10 @@ stderr and exit status 1.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import unicodedata
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -154,7 +154,7 @@ def print_sources(answer: dict) -> None:
 
 def ask(http: httpx.Client, args, message: str) -> dict:
     """One question: streamed to the terminal (or one JSON line with ``--json``)."""
-    body = {"message": message, "user_id": args.user, "session_id": args.session}
+    body = {"message": message, "session_id": args.session} | ({"user_id": args.user} if args.user else {})
     if args.adapter:
         body["adapter_version"] = args.adapter
     if args.json:
@@ -175,9 +175,18 @@ def ask(http: httpx.Client, args, message: str) -> dict:
 
 
 def cmd_chat(args) -> None:
-    args.session = args.session or f"cli-{uuid.uuid4().hex[:8]}"
-    args.user = args.user or args.session
     with client(args) as http:
+        # Chat sends the user key (api_keys mode), never the admin token.
+        http.headers.pop("Authorization", None)
+        if key := args.key or os.environ.get("ECHORAG_API_KEY"):
+            http.headers["Authorization"] = f"Bearer {key}"
+        if not args.session:  # a new private session, issued by the server
+            try:
+                args.session = call(http, "POST", "/sessions")["session_id"]
+            except CommandError as exc:
+                if "(401)" in str(exc):
+                    raise CommandError(f"{exc} -- this server needs a user key: set ECHORAG_API_KEY or pass --key") from None
+                raise
         if args.message:  # one-shot: echorag chat "질문"
             ask(http, args, " ".join(args.message))
         elif not sys.stdin.isatty():  # one question per line: echo "질문" | echorag chat
@@ -486,8 +495,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("chat", help="chat in Korean (interactive; or one question, or one per stdin line)")
     p.add_argument("message", nargs="*", help="ask this one question and exit")
-    p.add_argument("--session", help="session id (default: a new one; short-term memory follows it)")
-    p.add_argument("--user", help="user id for long-term memory (default: the session id)")
+    p.add_argument("--session", help="a session id the server issued (default: a new private one)")
+    p.add_argument("--user", help="a label only (the server never finds data by it)")
+    p.add_argument("--key", help="user key for api_keys mode (default: $ECHORAG_API_KEY)")
     p.add_argument("--adapter", help="pin an adapter version (v2, base); default: the active one")
     p.add_argument("--no-stream", action="store_true", help="POST /chat instead of streaming")
     p.add_argument("--no-sources", action="store_true", help="do not list the retrieved passages")

@@ -156,6 +156,10 @@ def rating_value(rating: Rating | int | str) -> int:
 
 class FeedbackRequest(_Request):
     turn_id: str = Field(..., min_length=1, max_length=128, description="The ``turn_id`` of a /chat response.")
+    session_id: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="The session the turn was answered in (needed in open mode; a user's own turns need no session).",
+    )
     rating: Rating = Field(..., description="👍: 1 / 'up'; 👎: -1 / 'down' (excluded from training); 0 clears.")
 
     @property

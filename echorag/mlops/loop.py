@@ -364,10 +364,11 @@ class LearningLoop:
         self._run_actions(actions)
         return info
 
-    def feedback(self, turn_id: str, rating: int | str) -> FeedbackResponse:
-        """👍 (1, "up") / 👎 (-1, "down": the turn is left out of training) / 0 clears."""
+    def feedback(self, turn_id: str, rating: int | str, owner: str | None = None) -> FeedbackResponse:
+        """👍 (1, "up") / 👎 (-1, "down": the turn is left out of training) / 0 clears.
+        With ``owner`` only that owner's turn (another's is as unknown as a missing one)."""
         value = rating_value(rating)
-        if not self.store.set_feedback(turn_id, value):
+        if not self.store.set_feedback(turn_id, value, owner):
             raise NotFound(f"unknown turn {turn_id!r}", {"turn_id": turn_id})
         return FeedbackResponse(turn_id=turn_id, rating=value)
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+import echorag.mlops.erasure as erasure
 from echorag.mlops.events import Event
 from echorag.mlops.filters import TurnFilter
 
@@ -159,7 +160,8 @@ class ConversationStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted turns are overwritten, not left in free pages
+        self._db.executescript(SCHEMA + erasure.SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -186,6 +188,10 @@ class ConversationStore:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
+    # For the other tables of this database (users and keys: echorag.mlops.users).
+    transaction = _tx
+    query = _query
+
     def pragma(self, name: str) -> Any:
         return self._query(f"PRAGMA {name}")[0][0]
 
@@ -196,6 +202,9 @@ class ConversationStore:
         that reports the first result (callers may retry)."""
         screened = self.filter.screen(turn)
         with self._tx() as db:
+            if erasure.is_erased(db, turn.user_id, turn.session_id):  # their data was deleted: never again
+                self._count(db, "erased")
+                return AddResult(False, "erased")
             if screened.reason:
                 self._count(db, screened.reason)
                 return AddResult(False, screened.reason)
@@ -226,12 +235,17 @@ class ConversationStore:
             (reason,),
         )
 
-    def set_feedback(self, turn_id: str, value: int) -> bool:
-        """👍 = 1, 👎 = -1 (excluded from training), 0 = none. False if the turn is unknown."""
+    def set_feedback(self, turn_id: str, value: int, owner: str | None = None) -> bool:
+        """👍 = 1, 👎 = -1 (excluded from training), 0 = none. False if the turn is unknown,
+        or (with ``owner``) not that owner's."""
         if value not in (-1, 0, 1):
             raise ValueError("feedback must be -1, 0 or 1")
+        sql, params = "UPDATE conversations SET feedback = ? WHERE id = ?", [value, turn_id]
+        if owner is not None:
+            clause, ids = erasure.where("user", owner)
+            sql, params = f"{sql} AND {clause}", params + ids
         with self._tx() as db:
-            return db.execute("UPDATE conversations SET feedback = ? WHERE id = ?", (value, turn_id)).rowcount > 0
+            return db.execute(sql, params).rowcount > 0
 
     def get_turn(self, turn_id: str) -> StoredTurn | None:
         rows = self._query(f"SELECT {_TURN_COLUMNS} FROM conversations WHERE id = ?", (turn_id,))
@@ -259,6 +273,23 @@ class ConversationStore:
 
     def recent_turns(self, limit: int = 50) -> list[StoredTurn]:
         rows = self._query(f"SELECT {_TURN_COLUMNS} FROM conversations ORDER BY seq DESC LIMIT ?", (limit,))
+        return [_turn(r) for r in rows]
+
+    def turns_of(self, kind: erasure.SubjectKind, subject: str) -> list[StoredTurn]:
+        """Every stored turn of a user (or of a session), oldest first."""
+        clause, params = erasure.where(kind, subject)
+        return [_turn(r) for r in self._query(f"SELECT {_TURN_COLUMNS} FROM conversations WHERE {clause} ORDER BY seq", params)]
+
+    def erase(self, kind: erasure.SubjectKind, subject: str) -> list[StoredTurn]:
+        """Delete a subject's turns and record the subject as erased (its turns are never
+        stored again, nor restored); returns the deleted turns."""
+        clause, params = erasure.where(kind, subject)
+        with self._tx() as db:
+            rows = db.execute(f"SELECT {_TURN_COLUMNS} FROM conversations WHERE {clause}", params).fetchall()
+            db.execute(f"DELETE FROM conversations WHERE {clause}", params)
+            erasure.mark(db, kind, subject, time.time())
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the deleted text leaves the WAL too
         return [_turn(r) for r in rows]
 
     def trainable_turns(self, from_seq: int, to_seq: int) -> list[StoredTurn]:
@@ -346,7 +377,8 @@ class ConversationStore:
                         " FROM backup.conversations AS b WHERE NOT EXISTS (SELECT 1 FROM main.conversations AS c"
                         " WHERE c.id = b.id OR c.fingerprint = b.fingerprint) ORDER BY seq"
                     )
-                    return db.total_changes - before
+                    added = db.total_changes - before
+                    return added - erasure.purge(db)  # erased subjects stay erased
             finally:
                 self._db.execute("DETACH DATABASE backup")
 

@@ -22,8 +22,11 @@ const EVENT_LABEL = {
   training_interrupted: "학습 중단", adapter_promoted: "어댑터 적용", adapter_rolled_back: "롤백",
   adapter_backed_up: "어댑터 백업", activation_failed: "적용 실패", settings_updated: "설정 변경",
   conversations_cleared: "대화 삭제", dataset_exported: "데이터 내보내기", cleanup: "정리",
+  user_added: "사용자 추가", user_key_issued: "사용자 키 발급", user_revoked: "사용자 키 폐기", data_erased: "데이터 삭제",
 };
-const FILTER_LABEL = { empty: "빈 대화", too_short: "너무 짧음", duplicate: "중복", pii_scrubbed: "개인정보 가림" };
+const FILTER_LABEL = {
+  empty: "빈 대화", too_short: "너무 짧음", duplicate: "중복", pii_scrubbed: "개인정보 가림", erased: "삭제 요청",
+};
 const TRIGGER_LABEL = {
   auto: "자동", manual: "수동", pending: "후속", retry: "재시도", settings: "설정 변경", resume: "재개",
 };

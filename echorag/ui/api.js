@@ -11,11 +11,22 @@ export class ApiError extends Error {
 
 const UNREACHABLE = "서버에 연결할 수 없습니다. 서버가 실행 중인지, 네트워크가 연결되어 있는지 확인해 주세요.";
 
+// The user key (api_keys mode), sent with every call that names no other token.
+let userKey = null;
+export function setUserKey(key) {
+  userKey = key || null;
+}
+
+// What a refusal asks the client to do: {auth: "user_key"} (a key), {session: "unknown"} (a new session).
+export function errorInfo(err) {
+  return (err && err.body && typeof err.body.detail === "object" && err.body.detail) || {};
+}
+
 // One Korean sentence per failure, with the server's own reason where it helps.
 export function describeError(status, body, headers) {
   const reason = body && typeof body.error === "string" ? body.error : "";
   switch (status) {
-    case 401: return "관리자 토큰이 없거나 올바르지 않습니다.";
+    case 401: return body && body.detail && body.detail.auth ? reason : "관리자 토큰이 없거나 올바르지 않습니다.";
     case 403: return "이 작업을 할 권한이 없습니다.";
     case 404: return `찾을 수 없습니다${reason ? ` (${reason})` : ""}.`;
     case 409: return "이미 학습이 진행 중입니다. 지금 학습이 끝나면 새 데이터로 한 번 더 학습합니다.";
@@ -42,7 +53,7 @@ async function failure(response) {
 export async function request(path, { method = "GET", body, token, signal } = {}) {
   const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (token) headers["Authorization"] = `Bearer ${token}`;
+  if (token || userKey) headers["Authorization"] = `Bearer ${token || userKey}`;
   let response;
   try {
     response = await fetch(path, {
@@ -64,7 +75,10 @@ export async function streamChat(body, onEvent, signal) {
   try {
     response = await fetch("chat/stream", {
       method: "POST", signal, cache: "no-store",
-      headers: { "Content-Type": "application/json", "Accept": "text/event-stream" },
+      headers: {
+        "Content-Type": "application/json", "Accept": "text/event-stream",
+        ...(userKey ? { Authorization: `Bearer ${userKey}` } : {}),
+      },
       body: JSON.stringify(body),
     });
   } catch (err) {

@@ -1,13 +1,13 @@
 // The chat page: streamed answers with their sources, feedback, session kept across
 // reloads, keyboard shortcuts. The admin panel lives in admin.js.
 
-import { ApiError, request, streamChat } from "./api.js";
+import { ApiError, errorInfo, request, streamChat } from "./api.js";
 import { initAdmin } from "./admin.js";
+import { initIdentity, keyRefused, resetSession, session, whenReady } from "./identity.js";
 import {
   $, anyDialogOpen, clearError, download, fmtTime, h, openDialog, showError, toast,
 } from "./dom.js";
 
-const SESSION_KEY = "echorag.session";
 const HISTORY_KEY = "echorag.history";
 const HISTORY_MAX = 300; // entries kept in localStorage
 
@@ -17,12 +17,7 @@ const STAGES = [
   ["generation", "생성"], ["collection", "수집"],
 ];
 
-// -- session and history (localStorage) ------------------------------------------------
-
-function randomId(prefix) {
-  const bytes = crypto.getRandomValues(new Uint8Array(6));
-  return prefix + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
+// -- history (localStorage; the session is identity.js's) -------------------------------
 
 function loadJson(key, fallback) {
   try {
@@ -33,8 +28,6 @@ function loadJson(key, fallback) {
   }
 }
 
-const session = loadJson(SESSION_KEY, null) || { session_id: randomId("web-"), user_id: randomId("user-") };
-localStorage.setItem(SESSION_KEY, JSON.stringify(session));
 let history = loadJson(HISTORY_KEY, []);
 if (!Array.isArray(history)) history = [];
 
@@ -192,7 +185,7 @@ async function send() {
     } else if (name === "done") {
       const r = data.response;
       Object.assign(entry, {
-        text: r.response, sources: r.search_results, timing: r.timing, turn_id: r.turn_id,
+        text: r.response, sources: r.search_results, timing: r.timing, turn_id: r.turn_id, session_id: r.session_id,
         collected: r.mlops_info.collected, adapter_version: r.adapter_version, model: r.model, state: "done",
       });
       if (r.mlops_info.training_queued) toast("새 대화가 쌓여 모델 학습이 예약되었습니다.");
@@ -203,7 +196,7 @@ async function send() {
   };
 
   try {
-    await streamChat({ message: text, session_id: session.session_id, user_id: session.user_id }, onEvent, controller.signal);
+    await chatInSession(text, onEvent, controller.signal);
     if (entry.state === "error") showError(entry.error);
   } catch (err) {
     entry.state = "error";
@@ -223,6 +216,32 @@ async function send() {
   }
 }
 
+// One answer in this page's session: a session the server no longer knows is replaced
+// once; a refused user key asks for a new one.
+async function chatInSession(text, onEvent, signal) {
+  await whenReady();
+  const body = () => ({ message: text, session_id: session.session_id });
+  try {
+    await streamChat(body(), onEvent, signal);
+  } catch (err) {
+    const info = errorInfo(err);
+    if (info.session === "unknown") {
+      await resetSession();
+      return streamChat(body(), onEvent, signal);
+    }
+    if (info.auth === "user_key") keyRefused(err.message);
+    throw err;
+  }
+}
+
+// Another user's conversation is never shown: the page forgets it.
+function forgetConversation() {
+  history = [];
+  saveHistory();
+  for (const node of messages.querySelectorAll("[data-role]")) node.remove();
+  $("empty-hint").hidden = false;
+}
+
 function stop() {
   if (streaming) streaming.controller.abort();
 }
@@ -230,7 +249,8 @@ function stop() {
 async function sendFeedback(entry, value) {
   const rating = entry.feedback === value ? 0 : value; // pressing again clears it
   try {
-    const result = await request("feedback", { method: "POST", body: { turn_id: entry.turn_id, rating } });
+    const body = { turn_id: entry.turn_id, rating, session_id: entry.session_id || session.session_id };
+    const result = await request("feedback", { method: "POST", body });
     entry.feedback = result.rating;
     saveHistory();
     const node = messages.querySelector(`[data-turn-id="${CSS.escape(entry.turn_id)}"]`);
@@ -249,6 +269,7 @@ const memoryPath = () => `memory?session_id=${encodeURIComponent(session.session
 
 async function clearMemory() {
   try {
+    await whenReady();
     await request(memoryPath(), { method: "DELETE" });
   } catch (err) {
     showError(`기억을 지우지 못했습니다: ${err.message}`);
@@ -265,6 +286,7 @@ async function clearMemory() {
 async function showMemory() {
   let memory;
   try {
+    await whenReady();
     memory = await request(memoryPath());
   } catch (err) {
     showError(`기억 상태를 불러오지 못했습니다: ${err.message}`);
@@ -387,7 +409,12 @@ $("export-json").addEventListener("click", exportJson);
 $("export-md").addEventListener("click", exportMarkdown);
 $("memory-clear").addEventListener("click", clearMemory);
 
-renderHistory();
+// The stored conversation is shown once the page knows it is this user's.
+initIdentity({ foreign: forgetConversation })
+  .then(renderHistory, (err) => {
+    if (!session.user_id) renderHistory(); // open mode: this browser's own
+    showError(err.message);
+  });
 refreshHealth();
 setInterval(refreshHealth, 30000);
 input.focus();

@@ -16,7 +16,7 @@ def _dev_questions(style: str, n: int) -> list[dict]:
 
 @pytest.mark.parametrize("question", _dev_questions("keyword", 4) + _dev_questions("paraphrase", 2), ids=lambda q: q["id"])
 def test_korean_question_finds_its_document(client, question):
-    r = client.post("/chat", json={"message": question["query"], "user_id": f"u-{question['id']}", "session_id": question["id"]})
+    r = client.post("/chat", json={"message": question["query"], "user_id": f"u-{question['id']}"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["response"].strip()
@@ -38,18 +38,19 @@ def test_health_says_which_model_serves(client):
 
 
 def test_answer_passes_through_session_memory_and_memory_collection(client):
-    first = client.post("/chat", json={"message": "제주도의 특징을 알려줘", "user_id": "mem-user", "session_id": "mem-s"}).json()
-    second = client.post("/chat", json={"message": "거기 날씨는 어때?", "user_id": "mem-user", "session_id": "mem-s"}).json()
+    first = client.post("/chat", json={"message": "제주도의 특징을 알려줘", "user_id": "mem-user"}).json()
+    session = first["session_id"]  # issued by the server: the session continues with it
+    second = client.post("/chat", json={"message": "거기 날씨는 어때?", "user_id": "mem-user", "session_id": session}).json()
     assert second["memory_content"] == [{"user": "제주도의 특징을 알려줘", "assistant": first["response"]}]
-    # The first turn was embedded into the memory collection and is recalled for this user only.
+    # The first turn was embedded into the memory collection and is recalled for this session only.
     assert any(h["collection"] == "memory" and h["id"] == first["turn_id"] for h in second["search_results"])
-    other = client.post("/chat", json={"message": "제주도 날씨", "user_id": "someone-else", "session_id": "x"}).json()
+    other = client.post("/chat", json={"message": "제주도 날씨", "user_id": "someone-else"}).json()
     assert not any(h["collection"] == "memory" and h["id"] == first["turn_id"] for h in other["search_results"])
 
-    memory = client.get("/memory", params={"session_id": "mem-s"}).json()
+    memory = client.get("/memory", params={"session_id": session}).json()
     assert len(memory["turns"]) == 2
-    assert client.delete("/memory", params={"session_id": "mem-s"}).json()["cleared"] == 2
-    assert client.get("/memory", params={"session_id": "mem-s"}).json()["turns"] == []
+    assert client.delete("/memory", params={"session_id": session}).json()["cleared"] == 2
+    assert client.get("/memory", params={"session_id": session}).json()["turns"] == []
 
 
 def test_stream_sends_sources_tokens_and_the_final_response(client):
@@ -70,9 +71,9 @@ def test_nfd_message_is_normalised(client):
     import unicodedata
 
     nfd = unicodedata.normalize("NFD", "훈민정음은 누가 만들었나요?")
-    body = client.post("/chat", json={"message": nfd, "user_id": "nfd", "session_id": "nfd"}).json()
+    body = client.post("/chat", json={"message": nfd, "user_id": "nfd"}).json()
     assert body["memory_content"] == []
-    memory = client.get("/memory", params={"session_id": "nfd"}).json()
+    memory = client.get("/memory", params={"session_id": body["session_id"]}).json()
     assert memory["turns"][0]["user"] == unicodedata.normalize("NFC", nfd)
 
 

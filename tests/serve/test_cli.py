@@ -34,7 +34,7 @@ def kv(out: str) -> dict[str, str]:
 
 def chat(client, message):
     fresh = uuid.uuid4().hex[:8]
-    r = client.post("/chat", json={"message": f"{message} ({fresh})", "user_id": f"cli-{fresh}", "session_id": f"cli-{fresh}"})
+    r = client.post("/chat", json={"message": f"{message} ({fresh})", "user_id": f"cli-{fresh}"})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -91,11 +91,12 @@ def test_chat_one_shot_streams_the_answer_and_its_sources(run, client):
 
 
 def test_chat_reads_one_question_per_stdin_line_in_one_session(run, client, monkeypatch):
-    session = f"cli-stdin-{uuid.uuid4().hex[:6]}"
     monkeypatch.setattr("sys.stdin", io.StringIO("제주도는 어떤 섬인가요?\n\n  \n여권은 어디서 발급받나요?\n"))
-    out, _ = run("chat", "--json", "--session", session)
+    out, _ = run("chat", "--json")
     answers = [json.loads(line) for line in out.splitlines()]
     assert len(answers) == 2 and all(a["response"] for a in answers)
+    session = answers[0]["session_id"]  # issued by the server, kept for the second line
+    assert answers[1]["session_id"] == session
     memory = client.get("/memory", params={"session_id": session}).json()
     assert [t["user"] for t in memory["turns"]] == ["제주도는 어떤 섬인가요?", "여권은 어디서 발급받나요?"]
 
@@ -109,8 +110,8 @@ class Terminal(io.StringIO):
 
 def test_chat_interactive_loop_answers_until_exit(run, monkeypatch):
     monkeypatch.setattr("sys.stdin", Terminal("블랙홀은 어떻게 생기나요?\n/exit\n여권은 어디서 발급받나요?\n"))
-    out, _ = run("chat", "--no-sources", "--session", "cli-repl")
-    assert out.startswith("EchoRAG ") and "세션 cli-repl" in out
+    out, _ = run("chat", "--no-sources")
+    assert out.startswith("EchoRAG ") and re.search(r"세션 s-\S+", out)
     assert out.count("질문> ") == 2  # one question answered, then /exit; the third line is never read
     assert "출처" not in out
     assert re.search(r"^\(.+ · .+ · \d+\.\d+s\)$", out, re.M)  # the answer's footer: model · adapter · time

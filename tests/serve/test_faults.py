@@ -41,7 +41,7 @@ def test_a_generator_replica_killed_under_load_costs_no_request(client):
     import ray
 
     def ask(i: int) -> int:
-        body = {"message": QUESTIONS[i % len(QUESTIONS)], "user_id": f"fault-user-{i}", "session_id": f"fault-{i}"}
+        body = {"message": QUESTIONS[i % len(QUESTIONS)], "user_id": f"fault-user-{i}"}
         return client.post("/chat", json=body, timeout=180).status_code
 
     with ThreadPoolExecutor(8) as pool:

@@ -23,7 +23,7 @@ QUESTIONS = [
 
 def chat(client, message, **extra):
     fresh = uuid.uuid4().hex[:8]
-    body = {"message": message, "user_id": f"learn-{fresh}", "session_id": f"learn-{fresh}", **extra}
+    body = {"message": message, "user_id": f"learn-{fresh}", **extra}
     r = client.post("/chat", json=body)
     assert r.status_code == 200, r.text
     return r.json()
@@ -134,7 +134,9 @@ def test_killing_the_collector_loses_no_collected_turn(client, fresh_loop):
     wait_idle(client)
 
     def one(i):
-        r = client.post("/chat", json={"message": f"수집 테스트 질문 {i}번: 한강은 어디로 흐르나요?", "user_id": f"kill-{i}"})
+        # 48 callers: each holds its own session (and so its own rate-limit bucket).
+        session = client.post("/sessions").json()["session_id"]
+        r = client.post("/chat", json={"message": f"수집 테스트 질문 {i}번: 한강은 어디로 흐르나요?", "session_id": session})
         return r.json() if r.status_code == 200 else None
 
     collector = ray.get_actor(COLLECTOR_NAME, namespace=NAMESPACE)

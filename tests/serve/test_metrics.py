@@ -55,7 +55,7 @@ def wait_until(port: int, check, timeout_s: float = 90) -> dict:
 def chatted(client):
     """Chat traffic of this module: three questions and a turn with a phone number."""
     for i, question in enumerate(QUESTIONS + [PII_MESSAGE]):
-        r = client.post("/chat", json={"message": question, "user_id": "u-metrics", "session_id": f"metrics-{i}"})
+        r = client.post("/chat", json={"message": question, "user_id": "u-metrics"})
         assert r.status_code == 200, r.text
     return len(QUESTIONS) + 1
 

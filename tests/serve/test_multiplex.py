@@ -36,7 +36,7 @@ def adapters(data_dir, tiny_model_path, tmp_path_factory):
 def _ask(client, version):
     # A fresh user and session each time, so no memory makes the prompts differ.
     fresh = uuid.uuid4().hex
-    body = {"message": "한글은 누가 만들었나요?", "user_id": fresh, "session_id": fresh, "adapter_version": version}
+    body = {"message": "한글은 누가 만들었나요?", "user_id": fresh, "adapter_version": version}
     r = client.post("/chat", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["adapter_version"] == version

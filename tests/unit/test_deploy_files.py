@@ -71,6 +71,8 @@ def test_every_pod_finds_chroma_and_the_shared_adapters(rayservice):
         volume = next(v for v in pod["volumes"] if v["name"] == mounts[adapters.removeprefix("file://")])
         claim = claims[volume["persistentVolumeClaim"]["claimName"]]
         assert "ReadWriteMany" in claim["spec"]["accessModes"]
+        # Ray Train's runs on the same shared volume: a worker on any node checkpoints there.
+        assert settings["ECHORAG_TRAIN_STORAGE_URI"].startswith(adapters + "/")
         assert settings["ECHORAG_DATA_DIR"] in mounts
     # The collector's SQLite lives on the head's own volume, never on a shared file system.
     head = pods(rayservice)[0]
@@ -95,7 +97,7 @@ def test_cluster_launcher_configs_pass_rays_schema(name):
     config = yaml.safe_load((REPO / name).read_text(encoding="utf-8"))
     validate_config(prepare_config(json.loads(json.dumps(config))))  # what `ray up` checks
     commands = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
-    for setting in ("ECHORAG_CHROMA_HOST", "ECHORAG_ADAPTERS_URI", "ECHORAG_DATA_DIR"):
+    for setting in ("ECHORAG_CHROMA_HOST", "ECHORAG_ADAPTERS_URI", "ECHORAG_TRAIN_STORAGE_URI", "ECHORAG_DATA_DIR"):
         assert commands.count(setting) == 2, setting  # head and workers alike
 
 

@@ -6,7 +6,7 @@ import pytest
 from chromadb.config import Settings as ChromaSettings
 
 from echorag.embedding import E5Embedder
-from echorag.korean import split_sentences
+from echorag.korean import morphemes_many, split_sentences
 from echorag.retrieval import Retriever, chunk_documents
 from echorag.store import EmbedderMismatchError, VectorStore, reindex
 
@@ -117,10 +117,17 @@ def test_dense_score_blends_the_chunk_and_its_best_sentence(client, embedder):
     expected = 0.5 * chunk_cos + 0.5 * best_sentence
     assert best_sentence > chunk_cos  # one sentence answers; the rest dilutes the chunk vector
     assert retriever.search("", query, 1, mode="dense")[0].score == pytest.approx(expected, abs=1e-4)
-    # After a restart the chunk vectors come back from Chroma and sentences are embedded again.
+    # After a restart the sentence vectors come from Chroma: nothing is embedded again.
+    embedded: list[str] = []
     reopened = Retriever(VectorStore(client, embedder.id, embedder.dim),
-                         embed_passages=embedder.embed_passages, sentence_weight=0.5)
+                         embed_passages=lambda texts: embedded.extend(texts) or embedder.embed_passages(texts),
+                         sentence_weight=0.5)
     assert reopened.search("", query, 1, mode="dense")[0].score == pytest.approx(expected, abs=1e-4)
+    assert embedded == []
+    # The rows laid out as evidence.sentence_vectors_from_rows takes them.
+    [rows] = reopened.vector_rows([chunks[0].id])
+    assert rows.shape == (1 + len(split_sentences(chunks[0].text)), embedder.dim)
+    assert float(rows[0] @ query) == pytest.approx(chunk_cos, abs=1e-4)
     # Without an embedder the dense score is the chunk's cosine.
     plain = Retriever(VectorStore(client, embedder.id, embedder.dim))
     assert plain.search("", query, 1, mode="dense")[0].score == pytest.approx(chunk_cos, abs=1e-4)
@@ -137,3 +144,42 @@ def test_hybrid_scores_every_candidate_with_both_retrievers(client, embedder, fu
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     retriever.delete_documents(["busan"])
     assert "busan" not in {h.metadata["doc_id"] for h in retriever.search(query, embedder.embed_queries([query])[0], 10)}
+
+
+def test_a_replica_keeps_no_text_or_vector_and_callers_see_no_private_keys(client, embedder):
+    tokenised: list[str] = []
+    retriever = _index(client, embedder)
+    store = VectorStore(client, embedder.id, embedder.dim)
+    reopened = Retriever(store, embed_passages=embedder.embed_passages)
+    reopened.bm25._tokenize = lambda texts: tokenised.extend(texts) or morphemes_many(texts)
+    query = "해운대 해수욕장"
+    hits = reopened.search(query, embedder.embed_queries([query])[0], 3)
+    assert hits[0].metadata["doc_id"] == "busan"
+    assert all(not k.startswith("_") for h in hits for k in h.metadata)
+    assert tokenised == [query]  # BM25 came from the stored terms, Kiwi ran for the query only
+    assert not hasattr(reopened, "_vectors") and not hasattr(reopened, "_texts")
+    assert [h.id for h in hits] == [h.id for h in retriever.search(query, embedder.embed_queries([query])[0], 3)]
+
+
+def test_chunks_stored_before_terms_and_sentences_are_completed_once(client, embedder):
+    """A store filled by an older EchoRAG (chunks without terms or sentence rows) works
+    at once; the first replica stores what was missing, the next one only reads."""
+    chunks = chunk_documents(DOCS, 200, 50)
+    store = VectorStore(client, embedder.id, embedder.dim)
+    store.upsert("documents", [c.id for c in chunks], [c.text for c in chunks],
+                 embedder.embed_passages([c.text for c in chunks]), [c.metadata for c in chunks])
+    embedded: list[str] = []
+
+    def embed(texts):
+        embedded.extend(texts)
+        return embedder.embed_passages(texts)
+
+    first = Retriever(store, embed_passages=embed)
+    assert first.search("한라산 감귤", None, 1, mode="bm25")[0].metadata["doc_id"] == "jeju"
+    assert embedded and store.count("sentences") == len(embedded)
+    embedded.clear()
+    second = Retriever(VectorStore(client, embedder.id, embedder.dim), embed_passages=embed)
+    assert second.search("한라산 감귤", None, 1, mode="bm25")[0].metadata["doc_id"] == "jeju"
+    assert embedded == []
+    first.delete_documents(["jeju"])
+    assert not store.collection("sentences").get(where={"doc_id": "jeju"}, include=[])["ids"]
