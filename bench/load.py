@@ -81,13 +81,16 @@ async def traffic(url: str, users: int, duration_s: float, think_s: float, t0: f
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
 
         async def user(u: int) -> None:
-            i = 0
+            i, session = 0, None  # each user keeps the session the server issued it
             while time.perf_counter() - t0 < duration_s:
-                body = {"message": qs[(u * 7 + i) % len(qs)], "user_id": f"load-{u}", "session_id": f"load-{u}"}
+                body = {"message": qs[(u * 7 + i) % len(qs)], "session_id": session}
                 i += 1
                 start = time.perf_counter()
                 try:
-                    status = (await client.post("/chat", json=body)).status_code
+                    response = await client.post("/chat", json=body)
+                    status = response.status_code
+                    if status == 200:
+                        session = response.json()["session_id"]
                 except httpx.HTTPError as exc:  # no HTTP answer at all
                     status = type(exc).__name__
                 done = time.perf_counter()
@@ -248,7 +251,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="echorag-load-"))
     build_tiny_model(work / "models" / "tiny-ko")
     app_args = {
-        "data_dir": str(work), "generator_model": "auto", "max_new_tokens": args.max_new_tokens,
+        "data_dir": str(work), "generator_model": "tiny", "max_new_tokens": args.max_new_tokens,
+        "rate_limit_per_minute": 0,  # one address sends everything: measure serving, not the limiter
         "admin_token": TOKEN, "finetune_auto_trigger": False,
     }
     # Two generator replicas: build_app's own Generator.options(...) keeps num_replicas.

@@ -58,7 +58,7 @@ async def run(url: str, concurrency: int, before: int, after_s: float, timeout_s
             while not state["stop"]:
                 i += 1
                 t0 = time.perf_counter()
-                body = {"message": qs[(u * 31 + i) % len(qs)], "user_id": f"roll-{u}-{i}", "session_id": f"roll-{u}-{i}"}
+                body = {"message": qs[(u * 31 + i) % len(qs)]}  # a new session each time
                 try:
                     r = await client.post("/chat", json=body)
                     ok = r.status_code == 200
@@ -157,7 +157,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="echorag-rollout-"))
     build_tiny_model(work / "models" / "tiny-ko")
     app_args = {
-        "data_dir": str(work), "generator_model": "auto", "max_new_tokens": 32, "admin_token": TOKEN,
+        "data_dir": str(work), "generator_model": "tiny", "max_new_tokens": 32, "admin_token": TOKEN,
+        "rate_limit_per_minute": 0,  # one address sends everything: measure serving, not the limiter
         "finetune_batch_size": 100_000, "finetune_learning_rate": 2e-3,
     }
     ray.init(num_cpus=8, include_dashboard=False, namespace="echorag")

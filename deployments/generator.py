@@ -1,4 +1,5 @@
-"""Generator deployment: the base LLM plus LoRA adapters, one per version.
+"""Generator deployment: the base LLM plus LoRA adapters, one per version, or the
+extractive answerer where no language model loads (``models.resolve_answerer``).
 
 The adapter version is the Serve multiplexed model id (``base`` = no adapter):
 requests for the same version go to replicas that already hold it, and one
@@ -14,11 +15,13 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from deployments import metrics
+from echorag.answering import ExtractiveGenerator
 from echorag.config import Settings
+from echorag.embedding import make_embedder
 from echorag.generation import LocalGenerator, OpenAIGenerator
 from echorag.types import BASE, Generation
 from echorag.mlops.registry import AdapterRegistry
-from echorag.models import resolve_generator
+from echorag.models import resolve_answerer
 from echorag.services import adapter_arg, iterate_in_thread
 
 logger = logging.getLogger("ray.serve")
@@ -44,23 +47,28 @@ class Generator:
         if s.generator_backend == "openai":
             self.model = OpenAIGenerator(api_key=s.openai_api_key, base_url=s.openai_base_url, model=s.openai_model)
             self.resolved = None
+        elif (resolved := resolve_answerer(s)).kind == "extractive":
+            self.model = ExtractiveGenerator.from_settings(s, make_embedder(s))
+            self.resolved = None
+            logger.info("EchoRAG answers extractively: quotes of the retrieved documents, no language model.")
         else:
-            self.resolved = resolve_generator(s.generator_model, s.models_dir)
-            self.model = LocalGenerator(self.resolved, device=s.device)
-            if self.resolved.is_demo:
+            self.resolved = resolved
+            self.model = LocalGenerator(resolved, device=s.device)
+            if resolved.is_demo:
                 logger.warning("EchoRAG is serving the tiny offline demo model, not KANANA.")
 
     def info(self) -> dict:
-        kind = self.resolved.kind if self.resolved else "openai"
+        kind = getattr(self.model, "kind", "openai")
         return {
             "name": self.model.name,
             "kind": kind,
             "demo": kind == "tiny",
-            "device": getattr(self.model, "device", "remote"),
+            "device": getattr(self.model, "device", "cpu" if kind == "extractive" else "remote"),
         }
 
     @serve.multiplexed(max_num_models_per_replica=4)
     async def get_adapter(self, version: str) -> LoadedAdapter:
+        # Adapters apply to a local language model only (not to openai or extractive).
         if version == BASE or self.resolved is None:
             return LoadedAdapter(None, BASE)
         path = self.registry.path(version)  # a missing or corrupted version is never served

@@ -54,6 +54,11 @@ class Retriever:
             retriever.chat_context, query, vector, user_id, s.top_k, s.memory_top_k
         )
 
+    async def should_abstain(self, query: str, vector: np.ndarray, results: list[SearchResult]) -> bool:
+        """True when no retrieved sentence supports an answer (``Settings.abstain_below``)."""
+        retriever = await self._ready()
+        return await asyncio.to_thread(retriever.should_abstain, query, vector, results, self.settings)
+
     async def add_documents(self, documents: list[dict]) -> DocumentsResponse:
         retriever, s = await self._ready(), self.settings
         return await self._write(retriever.ingest, documents, self._embed_passages, s.chunk_size, s.chunk_overlap)

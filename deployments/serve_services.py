@@ -67,6 +67,9 @@ class ServeServices:
                 raise ServiceUnavailable(STORE_DOWN) from exc
             raise
 
+    async def should_abstain(self, query: str, vector: np.ndarray, results: list[SearchResult]) -> bool:
+        return await retrying(self.retriever.should_abstain.remote, query, vector, results)
+
     async def store_ok(self) -> bool:
         try:
             return await self.retriever.ping.remote()

@@ -61,8 +61,10 @@ class Settings(BaseSettings):
         f"<adapters_uri>/{TRAIN_RUNS_DIR} when adapters are shared, else data_dir/training/ray (one machine)",
     )
 
-    # Models
-    generator_backend: Literal["local", "openai"] = Field(
+    # Models. "local": generator_model (auto = KANANA when it loads, else the extractive
+    # answerer; "tiny" = the tiny offline model); "extractive": quotes of the documents, no
+    # language model; "openai": any OpenAI-compatible server.
+    generator_backend: Literal["local", "extractive", "openai"] = Field(
         "local", validation_alias=_env("generator_backend")
     )
     generator_model: str = Field("auto", validation_alias=_env("generator_model"))

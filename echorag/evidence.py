@@ -56,6 +56,11 @@ _NUMBER = (
     r"|(?:한|두|세|네|다섯|여섯|일곱|여덟|아홉|열|스물|서른|마흔|쉰|백|천|만)\s*)"
 )
 _DIGIT = re.compile(r"\d")
+# What answers "언제": a date or time of some kind.
+_WHEN = re.compile(
+    r"\d[\d,.]*\s*(?:년|월|일|세기|시|주|개월)|(?:봄|여름|가을|겨울|새벽|아침|저녁|오전|오후|시대|초기|중기|말기|무렵)"
+    r"|(?:고려|조선|삼국|통일 신라|신라|백제|고구려)\s*(?:초|말|중기|후기|전기)"
+)
 
 
 @lru_cache(maxsize=4096)
@@ -77,6 +82,8 @@ def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
         re.compile(_NUMBER + "(?:" + "|".join(re.escape(a) for a in _UNIT_ALIASES.get(u, (u,))) + ")")
         for u in dict.fromkeys(units)
     )
+    if not patterns and any(token.form == "언제" for token in tokens):
+        patterns = (_WHEN,)
     return patterns, any_number
 
 

@@ -1,8 +1,10 @@
 """Model resolution: "auto", "tiny", a hub id or a local directory.
 
 ``auto`` prefers Kakao's KANANA: from the local Hugging Face cache, else from the
-hub when it answers. Without either it falls back to EchoRAG's tiny offline demo
-model (``echorag.tiny_model``), built here once per models directory.
+hub when it answers. Without either, what answers chat (``resolve_answerer``) is the
+extractive answerer (``echorag.answering``, no language model), while what trains
+(the student, ``resolve_generator``) is EchoRAG's tiny offline model
+(``echorag.tiny_model``), built here once per models directory.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ _KANANA_FILES = ["*.json", "*.safetensors", "*.txt", "*.jinja", "LICENSE*"]
 @dataclass(frozen=True)
 class ResolvedModel:
     path: str  # a local directory or a hub id, ready for ``from_pretrained``
-    kind: Literal["kanana", "tiny", "hub", "local"]
+    kind: Literal["kanana", "tiny", "hub", "local", "extractive"]
     name: str  # what the API, /health and the UI show
 
     @property
@@ -35,13 +37,19 @@ class ResolvedModel:
         return self.kind == "tiny"
 
 
-def resolve_generator(spec: str, models_dir: Path) -> ResolvedModel:
-    """Turn a model spec ("auto", "tiny", a hub id or a local directory) into something loadable."""
+# The answerer that needs no model: quotes the retrieved passages (echorag.answering).
+EXTRACTIVE = ResolvedModel("", "extractive", "extractive")
+Fallback = Literal["tiny", "extractive"]
+
+
+def resolve_generator(spec: str, models_dir: Path, offline: Fallback = "tiny") -> ResolvedModel:
+    """Turn a model spec ("auto", "tiny", a hub id or a local directory) into something
+    loadable. ``offline``: what ``auto`` gives when KANANA is neither cached nor reachable."""
     spec = (spec or "auto").strip()
     if spec == "auto":
-        return _resolve_auto(Path(models_dir))
+        return _resolve_auto(Path(models_dir), offline)
     if spec == "tiny":
-        return _tiny(Path(models_dir), reason="requested explicitly")
+        return _tiny_model(Path(models_dir), reason="requested explicitly")
     return resolve_model(spec)
 
 
@@ -58,24 +66,40 @@ def resolve_model(spec: str) -> ResolvedModel:
     return ResolvedModel(spec, "kanana" if spec == KANANA_ID else "hub", spec)
 
 
-def _resolve_auto(models_dir: Path) -> ResolvedModel:
+def resolve_answerer(settings) -> ResolvedModel:
+    """What answers chat with the local backends: the extractive answerer when asked for
+    (``generator_backend: extractive``) or when ``auto`` finds no KANANA; never the tiny
+    model unless it is asked for by name (``generator_model: tiny``)."""
+    if settings.generator_backend == "extractive":
+        return EXTRACTIVE
+    return resolve_generator(settings.generator_model, settings.models_dir, offline="extractive")
+
+
+def _resolve_auto(models_dir: Path, offline: Fallback) -> ResolvedModel:
     if cached := _cached_snapshot(KANANA_ID):
         return ResolvedModel(str(cached), "kanana", KANANA_ID)
+
+    def fallback(reason: str) -> ResolvedModel:
+        if offline == "extractive":
+            logger.warning("Answering extractively (quotes of the documents, no language model): %s.", reason)
+            return EXTRACTIVE
+        return _tiny_model(models_dir, reason)
+
     if _offline():
-        return _tiny(models_dir, reason=f"{KANANA_ID} is not in the local cache and the hub is offline")
+        return fallback(f"{KANANA_ID} is not in the local cache and the hub is offline")
     if not _hub_answers(KANANA_ID):
-        return _tiny(models_dir, reason=f"{KANANA_ID} is not cached and the hub did not answer")
+        return fallback(f"{KANANA_ID} is not cached and the hub did not answer")
     from huggingface_hub import snapshot_download
 
     logger.info("Downloading %s from the Hugging Face Hub (about 4.6 GB)...", KANANA_ID)
     try:
         path = snapshot_download(KANANA_ID, allow_patterns=_KANANA_FILES, cache_dir=_hub_cache())
     except Exception as exc:  # a broken download must not take the service down
-        return _tiny(models_dir, reason=f"downloading {KANANA_ID} failed: {exc}")
+        return fallback(f"downloading {KANANA_ID} failed: {exc}")
     return ResolvedModel(path, "kanana", KANANA_ID)
 
 
-def _tiny(models_dir: Path, reason: str) -> ResolvedModel:
+def _tiny_model(models_dir: Path, reason: str) -> ResolvedModel:
     path = ensure_tiny_model(models_dir)
     _warn_demo(path, reason)
     return ResolvedModel(str(path), "tiny", TINY_NAME)

@@ -1,8 +1,10 @@
 """The ``/chat`` request path, independent of where its parts run.
 
 ``ChatPipeline`` orchestrates: session memory → query embedding → retrieval
-(documents + remembered turns) → prompt → generation → collection, then the
-turn is indexed into long-term memory after the answer has gone out.
+(documents + remembered turns) → evidence gate → prompt → generation → collection,
+then the turn is indexed into long-term memory after the answer has gone out. When
+no retrieved sentence supports an answer (``echorag.evidence``) the answer is
+``NO_ANSWER`` and no backend is called.
 The parts are reached through ``ChatServices``: in the Ray Serve application
 they are deployment handles (deployments/ingress.py), in-process they are plain
 objects (``LocalServices``), so both paths run exactly this code.
@@ -21,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from echorag.memory import SessionMemory
-from echorag.prompts import build_messages
+from echorag.prompts import NO_ANSWER, build_messages
 from echorag.schemas import (
     ChatEvent,
     ChatRequest,
@@ -43,6 +45,8 @@ class ChatServices(Protocol):
     async def embed_query(self, text: str) -> np.ndarray: ...
 
     async def search(self, query: str, vector: np.ndarray, user_id: str) -> list[SearchResult]: ...
+
+    async def should_abstain(self, query: str, vector: np.ndarray, results: list[SearchResult]) -> bool: ...
 
     async def generate(self, messages: list[dict], adapter: str) -> Generation: ...
 
@@ -66,6 +70,7 @@ class _Prepared:
     timing: Timing
     started: float
     remember: bool  # False when the caller brought its own history (OpenAI-style)
+    abstain: bool  # the documents do not support an answer: NO_ANSWER, no generation
 
 
 class ChatPipeline:
@@ -118,9 +123,10 @@ class ChatPipeline:
         vector = await self.services.embed_query(request.message)
         timing.embedding = lap()
         results = await self.services.search(request.message, vector, request.user_id)
+        abstain = await self.services.should_abstain(request.message, vector, results)
         timing.retrieval = lap()
         messages = build_messages(request.message, results, memory)
-        return _Prepared(messages, results, memory, adapter, timing, started, remember=history is None)
+        return _Prepared(messages, results, memory, adapter, timing, started, history is None, abstain)
 
     async def _finish(
         self, request: ChatRequest, prepared: _Prepared, answer: str, usage: TokenUsage
@@ -154,12 +160,15 @@ class ChatPipeline:
             session_id=request.session_id,
             turn_id=turn.id,
             usage=usage,
+            abstained=prepared.abstain or answer == NO_ANSWER,  # the gate, or the backend itself
         )
 
     async def chat(self, request: ChatRequest, history: list[dict[str, str]] | None = None) -> ChatResponse:
         """Answer one message. ``history`` ({"user", "assistant"} pairs) replaces the
         session's memory when the caller keeps the conversation itself."""
         prepared = await self._prepare(request, history)
+        if prepared.abstain:
+            return await self._finish(request, prepared, NO_ANSWER, TokenUsage())
         clock = time.perf_counter()
         generation = await self.services.generate(prepared.messages, prepared.adapter)
         prepared.timing.generation = time.perf_counter() - clock
@@ -172,6 +181,10 @@ class ChatPipeline:
         """Events: ``sources`` first, then ``token`` pieces, then ``done`` with the full response."""
         prepared = await self._prepare(request, history)
         yield SourcesEvent(search_results=prepared.results, adapter_version=prepared.adapter, model=self.model_name)
+        if prepared.abstain:
+            yield TokenEvent(text=NO_ANSWER)
+            yield DoneEvent(response=await self._finish(request, prepared, NO_ANSWER, TokenUsage()))
+            return
         clock, pieces = time.perf_counter(), []
         async for piece in self.services.stream(prepared.messages, prepared.adapter):
             pieces.append(piece)

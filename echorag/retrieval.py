@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from echorag.korean import chunk_text, normalize, split_sentences
-from echorag import passages
+from echorag import evidence, passages
 from echorag.lexical import BM25Index, fuse
 from echorag.schemas import DocumentsResponse, SearchResult
 from echorag.store import Chunk, VectorStore
@@ -158,6 +158,18 @@ class Retriever:
     def vector_rows(self, chunk_ids: list[str]) -> list[np.ndarray | None]:
         """Each chunk's vector, then its sentences' (``evidence.sentence_vectors_from_rows``)."""
         return passages.vector_rows(self.store, self._rows, chunk_ids)
+
+    def should_abstain(self, question: str, vector: np.ndarray, results: list[SearchResult], settings: Any) -> bool:
+        """The evidence gate (``evidence.should_abstain``) on search results, with the
+        sentence vectors stored at indexing: no embedding here. Without them (sentence
+        scoring off) the gate is lexical."""
+        sentence_vectors = None
+        if self._sentences_wanted:
+            sentence_vectors = evidence.sentence_vectors_from_rows(results, self.vector_rows([r.id for r in results]))
+        return evidence.should_abstain(
+            question, results, settings, query_vector=vector if sentence_vectors is not None else None,
+            sentence_vectors=sentence_vectors,
+        )
 
     def search(
         self, query: str, vector: np.ndarray | None, k: int, mode: Mode = "hybrid"

@@ -82,6 +82,10 @@ class ChatResponse(BaseModel):
     session_id: str
     turn_id: str | None = None
     usage: TokenUsage = Field(default_factory=TokenUsage)
+    abstained: bool = Field(
+        False, description="True when the documents did not support an answer: the response is the "
+        "fixed NO_ANSWER text and no model was called (Settings.abstain_below).",
+    )
 
 
 class StreamEvent(BaseModel):
@@ -153,7 +157,7 @@ class MemoryResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     model: str
-    model_kind: Literal["kanana", "tiny", "hub", "local", "openai"]
+    model_kind: Literal["kanana", "tiny", "hub", "local", "extractive", "openai"]
     demo_model: bool = Field(..., description="True when the tiny offline demo model serves.")
     embedder: str
     device: str

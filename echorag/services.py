@@ -41,6 +41,9 @@ class LocalServices:
             self.retriever.chat_context, query, vector, user_id, s.top_k, s.memory_top_k
         )
 
+    async def should_abstain(self, query: str, vector: np.ndarray, results: list[SearchResult]) -> bool:
+        return await asyncio.to_thread(self.retriever.should_abstain, query, vector, results, self.settings)
+
     async def generate(self, messages: list[dict], adapter: str) -> Generation:
         s = self.settings
         out = await asyncio.to_thread(

@@ -199,7 +199,7 @@ def cmd_chat(args) -> None:
 
 def repl(http: httpx.Client, args) -> None:
     health = api(http, "GET", "/health")
-    demo = " (데모 모델)" if health["demo_model"] else ""
+    demo = " (데모 모델)" if health["demo_model"] else " (문서 인용)" if health["model_kind"] == "extractive" else ""
     print(f"EchoRAG {health['model']}{demo} · 어댑터 {health['adapter_version']} · 세션 {args.session}")
     print("질문을 입력하세요. 끝내려면 빈 줄, /exit 또는 Ctrl-D.\n")
     while True:

@@ -342,6 +342,7 @@ async function refreshHealth() {
     badge.classList.toggle("warn", health.status !== "ok");
     if (health.status !== "ok") badge.textContent += " · 검색 저장소 점검 필요";
     $("demo-banner").hidden = !health.demo_model;
+    $("extractive-banner").hidden = health.model_kind !== "extractive";
     if (healthFailed) clearError();
     healthFailed = false;
   } catch (err) {

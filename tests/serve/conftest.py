@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from echorag.documents import read_documents, sample_path
 
 
+CHROMIUM = Path("/usr/bin/chromium")
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -62,7 +64,7 @@ def ray_cluster(metrics_port):
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory, tiny_model_path):
-    """A data dir where `auto` finds the tiny model already built (as after a first start)."""
+    """A data dir with the tiny model already built (as after a first start)."""
     root = tmp_path_factory.mktemp("data")
     shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")
     return root
@@ -81,7 +83,7 @@ def webhook():
 @pytest.fixture(scope="session")
 def app_settings(data_dir, webhook) -> dict:
     return {
-        "data_dir": str(data_dir), "generator_model": "auto", "max_new_tokens": 24, "temperature": 0.0,
+        "data_dir": str(data_dir), "generator_model": "tiny", "max_new_tokens": 24, "temperature": 0.0,
         "admin_token": ADMIN_TOKEN, "finetune_webhook_url": webhook.url, "finetune_webhook_format": "slack",
     }
 
@@ -105,3 +107,19 @@ def server(ray_cluster, app_settings):
 def client(server):
     with httpx.Client(base_url=server, timeout=120) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium, headless, driven by Playwright."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()

@@ -16,27 +16,11 @@ from tests.serve.conftest import ADMIN, ADMIN_TOKEN, wait_idle
 
 pytestmark = [pytest.mark.serve, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 # Network failures and 4xx/5xx the page itself provokes are logged by Chromium as console
 # errors ("Failed to load resource"); only the error test expects them.
 RESOURCE_ERROR = "Failed to load resource"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
 
 
 class Console:

@@ -149,3 +149,22 @@ def test_concurrent_ensure_builds_once_and_reproducibly(monkeypatch, tmp_path, t
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_what_answers_chat_offline_is_the_extractive_answerer_not_the_tiny_model(offline_empty_cache, tmp_path):
+    from echorag.config import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    assert models.resolve_answerer(settings) == models.EXTRACTIVE
+    assert not (settings.models_dir / "tiny-ko").exists()  # nothing was built for it
+    assert models.resolve_answerer(Settings(data_dir=tmp_path, generator_backend="extractive")).kind == "extractive"
+    # The tiny model answers only when asked for by name; the student stays the tiny model.
+    assert models.resolve_answerer(Settings(data_dir=tmp_path, generator_model="tiny")).kind == "tiny"
+    assert resolve_generator("auto", settings.models_dir).kind == "tiny"
+
+
+def test_what_answers_chat_is_kanana_when_it_is_cached(offline_empty_cache, tmp_path):
+    from echorag.config import Settings
+
+    snapshot = _fake_kanana_cache(offline_empty_cache)
+    assert models.resolve_answerer(Settings(data_dir=tmp_path)) == ResolvedModel(str(snapshot), "kanana", KANANA_ID)

@@ -67,3 +67,45 @@ def test_the_answer_does_not_wait_for_memory_but_a_follow_up_finds_the_turn(pipe
     assert any(r.collection == "memory" and r.id == first.turn_id for r in follow_up.search_results)
     assert not any(r.collection == "memory" and r.id == first.turn_id for r in other.search_results)
     assert retriever.counts()["memory"] == 3
+
+
+class CountingServices(LocalServices):
+    """Counts what reaches the language model."""
+
+    generated = 0
+
+    async def generate(self, messages, adapter):
+        self.generated += 1
+        return await super().generate(messages, adapter)
+
+    async def stream(self, messages, adapter):
+        self.generated += 1
+        async for piece in super().stream(messages, adapter):
+            yield piece
+
+
+def test_the_evidence_gate_answers_no_answer_without_calling_the_model(tmp_path, tiny_model_path, one_torch_thread):
+    from echorag.prompts import NO_ANSWER
+    from echorag.schemas import DoneEvent, TokenEvent
+
+    settings = load_settings(data_dir=str(tmp_path), generator_model=str(tiny_model_path), max_new_tokens=8)
+    embedder = E5Embedder()
+    retriever = Retriever.from_settings(VectorStore.from_settings(settings, embedder.id, embedder.dim), settings,
+                                        embedder.embed_passages)
+    services = CountingServices(settings, embedder, retriever, LocalGenerator(str(tiny_model_path)))
+    services.ingest(DOCS)
+    chat = ChatPipeline(services, SessionMemory(settings.memory_turns), "tiny")
+
+    async def scenario():
+        off_topic = await chat.chat(ChatRequest(message="화성의 수도는 어디인가요?", session_id="s1"))
+        after_off_topic = services.generated
+        on_topic = await chat.chat(ChatRequest(message="제주도에는 어떤 산이 있나요?", session_id="s2"))
+        events = [e async for e in chat.chat_stream(ChatRequest(message="화성의 수도는 어디인가요?", session_id="s3"))]
+        return off_topic, after_off_topic, on_topic, events
+
+    off_topic, after_off_topic, on_topic, events = asyncio.run(scenario())
+    assert off_topic.response == NO_ANSWER and off_topic.abstained
+    assert after_off_topic == 0 and off_topic.usage.completion_tokens == 0
+    assert not on_topic.abstained and services.generated == 1 and on_topic.usage.completion_tokens > 0
+    assert [e.text for e in events if isinstance(e, TokenEvent)] == [NO_ANSWER]
+    assert isinstance(events[-1], DoneEvent) and events[-1].response.abstained and services.generated == 1

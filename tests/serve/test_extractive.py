@@ -1,0 +1,144 @@
+"""What a user gets where no language model loads: ``generator_model: auto`` without
+KANANA answers extractively. /chat, /chat/stream and /v1/chat/completions quote the
+sample knowledge base verbatim with ``[n]`` markers that point at the right passages,
+and say NO_ANSWER to a question the documents do not answer; the web page says so."""
+
+import json
+import re
+import shutil
+
+import httpx
+import pytest
+
+from echorag.documents import read_documents, sample_path
+from echorag.prompts import NO_ANSWER
+from tests.serve.conftest import ADMIN
+
+pytestmark = pytest.mark.serve
+
+PREFIX = "/extractive"
+MARKER = re.compile(r"\s*\[(\d+)\]")
+OFF_TOPIC = "화성의 수도는 어디인가요?"
+
+
+@pytest.fixture(scope="module")
+def extractive(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
+    """EchoRAG as a fresh offline install serves it (``auto``, the hub offline), at /extractive."""
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+    from deployments.mlops import NAMESPACE, collector_name
+
+    root = tmp_path_factory.mktemp("extractive-app")
+    shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")  # the student, as after a first start
+    settings = {**app_settings, "data_dir": str(root), "generator_model": "auto",
+                "finetune_webhook_url": None, "finetune_auto_trigger": False}
+    serve.run(build_app(settings), name="extractive", route_prefix=PREFIX)
+    with httpx.Client(base_url=f"{ray_cluster}{PREFIX}", timeout=180) as http:
+        response = http.post("/documents", json={"documents": read_documents([sample_path()])}, headers=ADMIN)
+        assert response.status_code == 200, response.text
+        yield http
+    serve.delete("extractive")
+    ray.kill(ray.get_actor(collector_name("extractive"), namespace=NAMESPACE))
+
+
+def quotes(answer: str) -> list[tuple[str, int]]:
+    """(quoted text, n) of each ``text [n]`` of an extractive answer."""
+    pieces = MARKER.split(answer.strip())
+    assert pieces[-1] == "", f"answer does not end with a citation: {answer!r}"
+    return [(pieces[i].strip(), int(pieces[i + 1])) for i in range(0, len(pieces) - 1, 2)]
+
+
+def assert_grounded(answer: str, results: list[dict], doc_id: str, must_contain: str) -> None:
+    """Every quote is verbatim from the passage its [n] names; the answer cites ``doc_id``."""
+    cited = quotes(answer)
+    assert 1 <= len(cited) <= 3, answer
+    for text, n in cited:
+        assert 1 <= n <= len(results), (answer, n)
+        passage = " ".join(results[n - 1]["text"].split())
+        assert text.rstrip(" …") in passage, f"{text!r} is not a quote of passage [{n}]"
+    assert doc_id in {results[n - 1]["metadata"]["doc_id"] for _, n in cited}, answer
+    assert must_contain in answer, answer
+
+
+def test_health_says_extractive(extractive):
+    health = extractive.get("/health").json()
+    assert health["model_kind"] == "extractive" and health["model"] == "extractive"
+    assert health["demo_model"] is False
+
+
+def test_chat_quotes_the_right_document_with_citations(extractive):
+    body = extractive.post("/chat", json={"message": "훈민정음은 누가 만들었나요?"}).json()
+    assert body["model"] == "extractive" and body["abstained"] is False
+    assert_grounded(body["response"], body["search_results"], "kb-hunminjeongeum", "세종")
+
+    body = extractive.post("/chat", json={"message": "6·25 전쟁은 언제 시작되었나요?"}).json()
+    assert body["abstained"] is False
+    assert_grounded(body["response"], body["search_results"], "kb-korean-war", "1950")
+
+
+def test_off_topic_question_gets_no_answer(extractive):
+    body = extractive.post("/chat", json={"message": OFF_TOPIC}).json()
+    assert body["response"] == NO_ANSWER and body["abstained"] is True
+    assert "[" not in body["response"]
+    assert body["usage"]["completion_tokens"] == 0
+
+
+def _events(response: httpx.Response) -> list[tuple[str, dict]]:
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: "):]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[len("data: "):])))
+    return events
+
+
+def test_stream_quotes_then_abstains(extractive):
+    with extractive.stream("POST", "/chat/stream", json={"message": "김치는 어떻게 담그나요?"}) as response:
+        events = _events(response)
+    names = [name for name, _ in events]
+    assert names[0] == "sources" and names[-1] == "done" and "token" in names
+    done = events[-1][1]["response"]
+    assert "".join(data["text"] for name, data in events if name == "token").strip() == done["response"]
+    assert_grounded(done["response"], done["search_results"], "kb-kimchi-making", "김치")
+
+    with extractive.stream("POST", "/chat/stream", json={"message": OFF_TOPIC}) as response:
+        events = _events(response)
+    assert events[-1][1]["response"]["response"] == NO_ANSWER
+    assert [data["text"] for name, data in events if name == "token"] == [NO_ANSWER]
+
+
+def test_openai_api_answers_extractively(extractive):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{extractive.base_url}v1",
+                           api_key="not-needed", max_retries=0, timeout=120)
+    completion = client.chat.completions.create(
+        model="echorag", messages=[{"role": "user", "content": "훈민정음은 누가 만들었나요?"}])
+    answer = completion.choices[0].message.content
+    assert MARKER.search(answer) and "세종" in answer
+    completion = client.chat.completions.create(model="echorag", messages=[{"role": "user", "content": OFF_TOPIC}])
+    assert completion.choices[0].message.content == NO_ANSWER
+
+
+@pytest.mark.browser
+def test_web_page_shows_the_extractive_banner(extractive, browser):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(locale="ko-KR")
+    try:
+        page.goto(f"{extractive.base_url}".rstrip("/") + "/")
+        banner = page.locator("#extractive-banner")
+        expect(banner).to_be_visible(timeout=30_000)
+        expect(banner).to_contain_text("문서 인용 모드")
+        expect(page.locator("#demo-banner")).to_be_hidden()
+        page.fill("#chat-input", "훈민정음은 누가 만들었나요?")
+        page.press("#chat-input", "Enter")
+        answer = page.locator('[data-role="assistant"]').first
+        answer.and_(page.locator('[data-state="done"]')).wait_for(timeout=120_000)
+        expect(answer).to_contain_text("세종")
+        expect(answer).to_contain_text("[")
+    finally:
+        page.close()
