@@ -21,4 +21,9 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: chromium not found; browser tests will be skipped (apt-get install chromium)" >&2
   fi
 fi
+# Korean glyphs for the browser tests' screenshots (optional: tests pass without them).
+if [ ! -d /usr/share/fonts/opentype/noto ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk >/dev/null \
+    || echo "note: fonts-noto-cjk not installed; screenshots will show boxes for Korean" >&2
+fi
 echo "EchoRAG is set up: source .venv/bin/activate"

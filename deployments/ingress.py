@@ -78,7 +78,8 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRo
     async def _ready(self) -> ChatPipeline:
         if self._pipeline is None:
             self._model_info = await self.generator.info.remote()
-            self._pipeline = ChatPipeline(self.services, self.memory, self._model_info["name"])
+            info = self._model_info
+            self._pipeline = ChatPipeline(self.services, self.memory, info["name"], info["kind"])
         return self._pipeline
 
     async def _embedder(self) -> dict:

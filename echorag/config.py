@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     finetune_target_modules: tuple[str, ...] = Field(
         ("q_proj", "k_proj", "v_proj", "o_proj"), validation_alias=_env("finetune_target_modules")
     )
-    finetune_max_length: int = Field(512, ge=16, validation_alias=_env("finetune_max_length"))
+    finetune_max_length: int = Field(2048, ge=16, validation_alias=_env("finetune_max_length"))
     finetune_train_batch_size: int = Field(4, ge=1, validation_alias=_env("finetune_train_batch_size"))
     finetune_grad_accum: int = Field(1, ge=1, validation_alias=_env("finetune_grad_accum"))
     finetune_replay_fraction: float = Field(0.25, ge=0, le=10, validation_alias=_env("finetune_replay_fraction"))

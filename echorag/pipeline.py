@@ -73,11 +73,17 @@ class _Prepared:
     abstain: bool  # the documents do not support an answer: NO_ANSWER, no generation
 
 
+# Backends that are a local language model: the student the learning loop fine-tunes,
+# so what they answer is its own output ("self"); any other answerer is a teacher.
+STUDENT_KINDS = frozenset({"tiny", "kanana", "hub", "local"})
+
+
 class ChatPipeline:
-    def __init__(self, services: ChatServices, memory: SessionMemory, model_name: str) -> None:
+    def __init__(self, services: ChatServices, memory: SessionMemory, model_name: str, backend: str = "") -> None:
         self.services = services
         self.memory = memory
         self.model_name = model_name
+        self.backend = backend  # the generator's kind (Generator.info()["kind"])
         self._indexing: dict[str, set[asyncio.Task]] = {}  # user id -> turns being remembered
 
     # -- long-term memory, off the answer's path
@@ -141,6 +147,9 @@ class ChatPipeline:
             adapter_version=prepared.adapter,
             model=self.model_name,
             sources=[r.id for r in prepared.results if r.collection == "documents"],
+            prompt=prepared.messages,  # exactly what the answerer was (or would have been) served
+            backend=self.backend,
+            label="self" if self.backend in STUDENT_KINDS else "teacher",
         )
         if prepared.remember:
             self.memory.add(request.session_id, request.message, answer)

@@ -33,6 +33,12 @@ class Turn:
     model: str
     sources: list[str] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
+    # The exact messages the answerer received (None: not known, e.g. an imported turn),
+    # what answered (extractive, openai, tiny, kanana, ...) and the answer's origin as a
+    # training label: "teacher" when another model than the student answered, else "self".
+    prompt: list[dict[str, str]] | None = None
+    backend: str = ""
+    label: str = "self"
 
     def memory_text(self) -> str:
         """How the turn is embedded into the ``memory`` collection."""

@@ -109,6 +109,7 @@ class Screened:
     fingerprint: str
     pii: tuple[str, ...] = ()
     reason: str | None = None  # "empty" | "too_short"; duplicates are decided by the store
+    prompt: list[dict[str, str]] | None = None  # the served messages, scrubbed, otherwise verbatim
 
     @property
     def accepted(self) -> bool:
@@ -134,12 +135,16 @@ class TurnFilter:
             reason = "too_short"
         else:
             reason = None
+        prompt = None
+        if getattr(turn, "prompt", None) is not None:  # the question and remembered turns in it
+            prompt = [{**m, "content": scrub_pii(m.get("content") or "")[0]} for m in turn.prompt]
         return Screened(
             user=user,
             assistant=assistant,
             user_id=_pseudonym(turn.user_id),
             session_id=_pseudonym(turn.session_id),
             fingerprint=fingerprint(user, assistant),
-            pii=tuple(user_pii + assistant_pii),
+            pii=tuple(user_pii + assistant_pii),  # the prompt repeats the question: not counted twice
             reason=reason,
+            prompt=prompt,
         )

@@ -78,10 +78,16 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 """
 
+# Columns added after the first release, added in place to older databases (and read as
+# their defaults from older backups): the exact messages the answerer was served (JSON;
+# NULL for turns stored before, which train closed-book), which backend answered, and
+# where the answer comes from as a training label ("teacher", "self").
+_ADDED_COLUMNS = {"prompt": "TEXT", "backend": "TEXT NOT NULL DEFAULT ''", "label": "TEXT NOT NULL DEFAULT 'self'"}
 _TURN_COLUMNS = (
     "seq, id, session_id, user_id, user, assistant, adapter_version, model,"
-    " sources, created_at, feedback, fingerprint"
+    " sources, created_at, feedback, fingerprint, " + ", ".join(_ADDED_COLUMNS)
 )
+LabelOrigin = Literal["teacher", "self", "corrected"]
 RunStatus = Literal["running", "succeeded", "failed"]
 
 
@@ -97,10 +103,22 @@ class StoredTurn(BaseModel):
     sources: list[str] = Field(default_factory=list)
     created_at: float
     feedback: int = 0
+    prompt: list[dict[str, str]] | None = Field(
+        None, description="The messages the answerer was served (system prompt, memory, numbered passages, "
+        "question), PII scrubbed; null for a turn stored before prompts were kept (closed-book).",
+    )
+    backend: str = Field("", description="What answered: extractive, openai, tiny, kanana, hub, local.")
+    label: LabelOrigin = Field("self", description="Where the answer comes from as a training label.")
+
+    @property
+    def closed_book(self) -> bool:
+        return self.prompt is None
 
     def messages(self) -> list[dict[str, str]]:
-        """The turn in chat-messages format (what the tokenizer's chat template takes)."""
-        return [{"role": "user", "content": self.user}, {"role": "assistant", "content": self.assistant}]
+        """The turn as the answerer saw it, with its answer: the served messages, or for
+        an old turn the question alone (chat-messages format, what the chat template takes)."""
+        prompt = self.prompt if self.prompt is not None else [{"role": "user", "content": self.user}]
+        return [*prompt, {"role": "assistant", "content": self.assistant}]
 
 
 class Run(BaseModel):
@@ -138,7 +156,12 @@ def _dumps(value: Any) -> str:
 
 def _turn(row: sqlite3.Row) -> StoredTurn:
     fields = {k: row[k] for k in row.keys() if k != "fingerprint"}
-    return StoredTurn(**fields | {"sources": json.loads(row["sources"])})
+    prompt = json.loads(row["prompt"]) if row["prompt"] else None
+    return StoredTurn(**fields | {"sources": json.loads(row["sources"]), "prompt": prompt})
+
+
+def _columns(db: sqlite3.Connection, schema: str = "main") -> set[str]:
+    return {r[1] for r in db.execute(f"PRAGMA {schema}.table_info(conversations)")}
 
 
 def _run(row: sqlite3.Row) -> Run:
@@ -162,6 +185,10 @@ class ConversationStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")  # deleted turns are overwritten, not left in free pages
         self._db.executescript(SCHEMA + erasure.SCHEMA)
+        with self._tx() as db:  # migrate in place: old rows get the defaults
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in _columns(db):
+                    db.execute(f"ALTER TABLE conversations ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -216,11 +243,12 @@ class ConversationStore:
                 return AddResult(False, "duplicate")
             cursor = db.execute(
                 "INSERT INTO conversations (id, session_id, user_id, user, assistant, adapter_version, model,"
-                " sources, created_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " sources, created_at, fingerprint, prompt, backend, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     turn.id, screened.session_id, screened.user_id, screened.user, screened.assistant,
                     turn.adapter_version, turn.model, _dumps(list(turn.sources)), turn.created_at,
-                    screened.fingerprint,
+                    screened.fingerprint, None if screened.prompt is None else _dumps(screened.prompt),
+                    turn.backend, turn.label,
                 ),
             )
             if screened.pii:
@@ -360,11 +388,14 @@ class ConversationStore:
                     "SELECT 1 FROM backup.sqlite_master WHERE type = 'table' AND name = 'conversations'"
                 ).fetchone():
                     raise ValueError(f"{path} is not an EchoRAG conversation backup")
-                columns = _TURN_COLUMNS.removeprefix("seq, ")
+                # An older backup lacks the added columns: their defaults apply.
+                present = _columns(self._db, "backup")
+                every = ", ".join(c for c in _TURN_COLUMNS.split(", ") if c in present)
+                columns = every.removeprefix("seq, ")
                 with self._tx() as db:
                     before = db.total_changes
                     db.execute(
-                        f"INSERT OR IGNORE INTO conversations ({_TURN_COLUMNS}) SELECT {_TURN_COLUMNS}"
+                        f"INSERT OR IGNORE INTO conversations ({every}) SELECT {every}"
                         " FROM backup.conversations AS b"
                         " WHERE NOT EXISTS (SELECT 1 FROM main.conversations AS c WHERE c.seq = b.seq)"
                         " AND b.seq NOT IN (SELECT value FROM json_each(?))",

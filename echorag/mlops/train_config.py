@@ -18,7 +18,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    max_length: int = 512  # tokens per chat; longer ones are cut at the end
+    max_length: int = 2048  # tokens per chat (a served RAG prompt is ~1,000-2,000); longer ones are cut at the end
     batch_size: int = 4  # chats per micro-batch (per worker)
     grad_accum: int = 1  # micro-batches per optimizer step
     seed: int = 0

@@ -101,7 +101,8 @@ def _render(tokenizer, messages: Chat, add_generation_prompt: bool = False) -> l
 
 def encode_chat(tokenizer, messages: Chat, max_length: int) -> dict[str, list[int]]:
     """Token ids and labels for one chat: labels are ``-100`` everywhere except on the
-    assistant replies (with their end-of-turn token), so the loss teaches answers only.
+    last assistant reply (with its end-of-turn token), so the loss teaches the answer
+    only; earlier replies are remembered turns the answerer was served, not its output.
 
     Templates with ``{% generation %}`` markers give the mask directly. Others (KANANA's)
     are rendered turn by turn: reply ``i`` spans from the end of the prompt for it
@@ -122,6 +123,11 @@ def encode_chat(tokenizer, messages: Chat, max_length: int) -> dict[str, list[in
                 # Without prefix-stable rendering the span would be a guess: refuse, loudly.
                 raise ValueError("the chat template does not render conversations prefix-stably")
             mask[len(prompt) : len(through_reply)] = [1] * (len(through_reply) - len(prompt))
+    last = max((i for i, m in enumerate(mask) if m), default=-1)
+    start = last
+    while start > 0 and mask[start - 1]:
+        start -= 1
+    mask = [1 if start <= i <= last and last >= 0 else 0 for i in range(len(mask))]
     ids, mask = ids[:max_length], mask[:max_length]
     return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]}
 

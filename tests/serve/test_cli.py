@@ -204,14 +204,18 @@ def test_events_are_listed_and_filtered(run, client):
     assert data["count"] == len(data["events"]) <= 5
 
 
-def test_export_writes_the_training_jsonl(run, client, tmp_path):
+def test_export_writes_the_training_jsonl(run, client, tmp_path, quiet_loop):
+    chat(client, "여권은 어디서 발급받나요?")  # at least one turn to export, whatever ran before
     count = client.post("/mlops/export", json={"inline": True}, headers=ADMIN).json()["count"]
     target = tmp_path / "out" / "train.jsonl"
     out, _ = run("export", "--out", str(target))
     assert out.strip() == f"exported {count} training examples to {target}"
     lines = target.read_text(encoding="utf-8").splitlines()
     assert len(lines) == count > 0
-    assert [m["role"] for m in json.loads(lines[0])["messages"]] == ["user", "assistant"]
+    # A training example is the served prompt (system prompt, memory, passages, question) + the answer.
+    messages = json.loads(lines[0])["messages"]
+    assert messages[0]["role"] == "system" and [m["role"] for m in messages[-2:]] == ["user", "assistant"]
+    assert messages[-2]["content"].startswith("참고 문서:")
     out, err = run("export")  # to stdout, for a pipe
     assert out.splitlines() == lines and f"exported {count}" in err
 

@@ -12,6 +12,7 @@ import pytest
 
 from echorag.documents import read_documents, sample_path
 from echorag.prompts import NO_ANSWER
+from tests.conftest import ARTIFACTS
 from tests.serve.conftest import ADMIN
 
 pytestmark = pytest.mark.serve
@@ -127,7 +128,7 @@ def test_openai_api_answers_extractively(extractive):
 def test_web_page_shows_the_extractive_banner(extractive, browser):
     from playwright.sync_api import expect
 
-    page = browser.new_page(locale="ko-KR")
+    page = browser.new_page(locale="ko-KR", viewport={"width": 1280, "height": 900})
     try:
         page.goto(f"{extractive.base_url}".rstrip("/") + "/")
         banner = page.locator("#extractive-banner")
@@ -140,5 +141,7 @@ def test_web_page_shows_the_extractive_banner(extractive, browser):
         answer.and_(page.locator('[data-state="done"]')).wait_for(timeout=120_000)
         expect(answer).to_contain_text("세종")
         expect(answer).to_contain_text("[")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "extractive.png"), full_page=True)
     finally:
         page.close()

@@ -219,3 +219,45 @@ def test_safe_from_many_threads(store):
         t.join()
     seqs = [t.seq for t in store.turns_after(0)]
     assert len(seqs) == 200 and seqs == list(range(1, 201))
+
+
+# The conversations table before served prompts were kept.
+_OLD_SCHEMA = """
+CREATE TABLE conversations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, session_id TEXT NOT NULL,
+    user_id TEXT NOT NULL, user TEXT NOT NULL, assistant TEXT NOT NULL, adapter_version TEXT NOT NULL,
+    model TEXT NOT NULL, sources TEXT NOT NULL DEFAULT '[]', created_at REAL NOT NULL,
+    feedback INTEGER NOT NULL DEFAULT 0 CHECK (feedback IN (-1, 0, 1)), fingerprint TEXT NOT NULL UNIQUE
+);
+INSERT INTO conversations (id, session_id, user_id, user, assistant, adapter_version, model, created_at, fingerprint)
+VALUES ('old', 's0', 'u0', '옛 질문입니다', '옛 답변입니다', 'base', 'tiny', 1.0, 'f-old');
+"""
+
+
+def test_a_turn_keeps_the_served_prompt_scrubbed_and_its_origin(store):
+    prompt = [{"role": "system", "content": "시스템"},
+              {"role": "user", "content": "참고 문서:\n[1]\n제주도는 화산섬이다.\n\n질문: 제 번호 010-1234-5678로 연락 주세요"}]
+    assert store.add_turn(turn(1, prompt=prompt, backend="extractive", label="teacher")).stored
+    stored = store.get_turn("t1")
+    assert stored.backend == "extractive" and stored.label == "teacher" and not stored.closed_book
+    assert "010-1234-5678" not in json.dumps(stored.prompt, ensure_ascii=False)
+    assert stored.prompt[1]["content"].startswith("참고 문서:\n[1]\n제주도는 화산섬이다.")
+    assert stored.messages() == [*stored.prompt, {"role": "assistant", "content": stored.assistant}]
+
+
+def test_an_old_database_is_migrated_in_place_and_its_turns_train_closed_book(tmp_path):
+    path = tmp_path / "echorag.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(_OLD_SCHEMA)
+    backup = tmp_path / "old-backup.sqlite"
+    with sqlite3.connect(backup) as db:
+        db.executescript(_OLD_SCHEMA.replace("'old'", "'from-backup'").replace("'f-old'", "'f-backup'"))
+    with ConversationStore(path) as store:
+        old = store.get_turn("old")
+        assert old.closed_book and old.backend == "" and old.label == "self"
+        assert old.messages() == [{"role": "user", "content": "옛 질문입니다"}, {"role": "assistant", "content": "옛 답변입니다"}]
+        assert store.add_turn(turn(2, prompt=[{"role": "user", "content": "새 질문"}])).stored
+        assert store.restore(backup) == 1  # an older backup restores, with the defaults
+        assert store.get_turn("from-backup").closed_book
+    with ConversationStore(path) as store:  # reopening migrates nothing twice
+        assert store.get_turn("t2").prompt == [{"role": "user", "content": "새 질문"}]

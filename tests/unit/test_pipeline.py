@@ -33,12 +33,18 @@ class SlowMemoryServices(LocalServices):
         await super().remember(turn)
 
 
-@pytest.fixture()
-def pipeline(tmp_path, tiny_model_path, one_torch_thread):
+def parts(tmp_path, tiny_model_path):
+    """Settings, the real e5 embedder and a retriever over real Chroma in ``tmp_path``."""
     settings = load_settings(data_dir=str(tmp_path), generator_model=str(tiny_model_path), max_new_tokens=8)
     embedder = E5Embedder()
     retriever = Retriever.from_settings(VectorStore.from_settings(settings, embedder.id, embedder.dim), settings,
                                         embedder.embed_passages)
+    return settings, embedder, retriever
+
+
+@pytest.fixture()
+def pipeline(tmp_path, tiny_model_path, one_torch_thread):
+    settings, embedder, retriever = parts(tmp_path, tiny_model_path)
     generator = LocalGenerator(str(tiny_model_path))
     loop = LearningLoop(settings, local_train_fn(tiny_model_path))
     services = SlowMemoryServices(settings, embedder, retriever, generator, loop)
@@ -88,10 +94,7 @@ def test_the_evidence_gate_answers_no_answer_without_calling_the_model(tmp_path,
     from echorag.prompts import NO_ANSWER
     from echorag.schemas import DoneEvent, TokenEvent
 
-    settings = load_settings(data_dir=str(tmp_path), generator_model=str(tiny_model_path), max_new_tokens=8)
-    embedder = E5Embedder()
-    retriever = Retriever.from_settings(VectorStore.from_settings(settings, embedder.id, embedder.dim), settings,
-                                        embedder.embed_passages)
+    settings, embedder, retriever = parts(tmp_path, tiny_model_path)
     services = CountingServices(settings, embedder, retriever, LocalGenerator(str(tiny_model_path)))
     services.ingest(DOCS)
     chat = ChatPipeline(services, SessionMemory(settings.memory_turns), "tiny")
@@ -109,3 +112,45 @@ def test_the_evidence_gate_answers_no_answer_without_calling_the_model(tmp_path,
     assert not on_topic.abstained and services.generated == 1 and on_topic.usage.completion_tokens > 0
     assert [e.text for e in events if isinstance(e, TokenEvent)] == [NO_ANSWER]
     assert isinstance(events[-1], DoneEvent) and events[-1].response.abstained and services.generated == 1
+
+
+def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp_path, tiny_model_path, one_torch_thread):
+    """No train/serve skew: the stored turn keeps the served messages, and the prompt part
+    of its training example is token for token what LocalGenerator encoded."""
+    from echorag.mlops.training import IGNORE, encode_chat, prepare_examples
+    from echorag.mlops.train_config import TrainConfig
+
+    settings, embedder, retriever = parts(tmp_path, tiny_model_path)
+    generator = LocalGenerator(str(tiny_model_path))
+    loop = LearningLoop(settings, local_train_fn(tiny_model_path))
+    served = []
+
+    class Recording(LocalServices):
+        async def generate(self, messages, adapter):
+            served.append(messages)
+            return await super().generate(messages, adapter)
+
+    services = Recording(settings, embedder, retriever, generator, loop)
+    services.ingest(DOCS)
+    chat = ChatPipeline(services, SessionMemory(settings.memory_turns), generator.name, generator.kind)
+
+    async def scenario():
+        first = await chat.chat(ChatRequest(message="제주도에는 어떤 산이 있나요?", session_id="s1"))
+        second = await chat.chat(ChatRequest(message="제주도는 무엇으로 유명한가요?", session_id="s1"))
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    stored = loop.store.get_turn(second.turn_id)
+    assert stored.prompt == served[1] and not stored.closed_book
+    assert [m["role"] for m in stored.prompt] == ["system", "user", "assistant", "user"]  # memory turn inside
+    assert stored.backend == "tiny" and stored.label == "self"
+
+    served_ids = generator._encode([served[1]])["input_ids"][0].tolist()
+    example = encode_chat(generator.tokenizer, stored.messages(), TrainConfig().max_length)
+    first_label = next(i for i, label in enumerate(example["labels"]) if label != IGNORE)
+    assert example["input_ids"][:first_label] == served_ids
+    assert generator.tokenizer.decode(example["input_ids"][first_label:], skip_special_tokens=True).strip() == \
+        second.response
+    data = prepare_examples(loop.store, 0, loop.store.max_seq(), TrainConfig(holdout_fraction=0.0))
+    assert stored.messages() in data.train
+    loop.close()

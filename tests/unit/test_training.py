@@ -66,11 +66,11 @@ def labelled(tokenizer, encoded: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("chat", [CHATS[0], MULTI_TURN], ids=["one-turn", "multi-turn"])
-def test_labels_cover_exactly_the_assistant_replies_with_generation_markers(tiny_tokenizer, chat):
+def test_labels_cover_exactly_the_last_assistant_reply_with_generation_markers(tiny_tokenizer, chat):
+    """The last reply is the answer; earlier ones are remembered turns of the served prompt."""
     assert supports_assistant_mask(tiny_tokenizer)
     encoded = encode_chat(tiny_tokenizer, chat, max_length=512)
-    replies = [m["content"] + EOT for m in chat if m["role"] == "assistant"]
-    assert labelled(tiny_tokenizer, encoded) == replies
+    assert labelled(tiny_tokenizer, encoded) == [chat[-1]["content"] + EOT]
     # Labels are the input ids where they are set: no shift here (the model shifts).
     assert all(lab in (IGNORE, tok) for tok, lab in zip(encoded["input_ids"], encoded["labels"]))
 
@@ -79,7 +79,7 @@ def test_labels_cover_exactly_the_assistant_replies_with_generation_markers(tiny
 def test_labels_without_generation_markers_match_the_marker_path(tiny_tokenizer, plain_tokenizer, chat):
     assert not supports_assistant_mask(plain_tokenizer)
     fallback = encode_chat(plain_tokenizer, chat, max_length=512)
-    assert labelled(plain_tokenizer, fallback) == [m["content"] + EOT for m in chat if m["role"] == "assistant"]
+    assert labelled(plain_tokenizer, fallback) == [chat[-1]["content"] + EOT]
     assert fallback == encode_chat(tiny_tokenizer, chat, max_length=512)
 
 
