@@ -104,32 +104,31 @@ def encode_chat(tokenizer, messages: Chat, max_length: int) -> dict[str, list[in
     last assistant reply (with its end-of-turn token), so the loss teaches the answer
     only; earlier replies are remembered turns the answerer was served, not its output.
 
-    Templates with ``{% generation %}`` markers give the mask directly. Others (KANANA's)
-    are rendered turn by turn: reply ``i`` spans from the end of the prompt for it
-    (``messages[:i]`` + generation prompt) to the end of ``messages[:i + 1]``.
+    Templates with ``{% generation %}`` markers give the mask directly (its last run of
+    assistant tokens is the reply). Others (KANANA's) are rendered twice: the reply spans
+    from the end of the prompt for it (``messages[:i]`` + generation prompt) to the end of
+    ``messages[:i + 1]``.
     """
     if supports_assistant_mask(tokenizer):
         enc = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
         ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+        end = max((i + 1 for i, m in enumerate(mask) if m), default=0)
+        start = end
+        while start > 0 and mask[start - 1]:
+            start -= 1
     else:
         ids = _render(tokenizer, messages)
-        mask = [0] * len(ids)
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            prompt = _render(tokenizer, messages[:i], add_generation_prompt=True)
-            through_reply = _render(tokenizer, messages[: i + 1])
+        replies = [i for i, message in enumerate(messages) if message["role"] == "assistant"]
+        start = end = 0
+        if replies:
+            prompt = _render(tokenizer, messages[: replies[-1]], add_generation_prompt=True)
+            through_reply = _render(tokenizer, messages[: replies[-1] + 1])
             if ids[: len(prompt)] != prompt or ids[: len(through_reply)] != through_reply:
                 # Without prefix-stable rendering the span would be a guess: refuse, loudly.
                 raise ValueError("the chat template does not render conversations prefix-stably")
-            mask[len(prompt) : len(through_reply)] = [1] * (len(through_reply) - len(prompt))
-    last = max((i for i, m in enumerate(mask) if m), default=-1)
-    start = last
-    while start > 0 and mask[start - 1]:
-        start -= 1
-    mask = [1 if start <= i <= last and last >= 0 else 0 for i in range(len(mask))]
-    ids, mask = ids[:max_length], mask[:max_length]
-    return {"input_ids": ids, "labels": [t if m else IGNORE for t, m in zip(ids, mask)]}
+            start, end = len(prompt), len(through_reply)
+    ids = ids[:max_length]
+    return {"input_ids": ids, "labels": [t if start <= i < end else IGNORE for i, t in enumerate(ids)]}
 
 
 def _encode_all(tokenizer, chats: Sequence[Chat], max_length: int) -> list[dict[str, list[int]]]:
