@@ -170,7 +170,7 @@ def main() -> None:
     settings = load_settings(data_dir=str(work), max_new_tokens=args.max_new_tokens, temperature=0.0)
     tiny = LocalGenerator(resolve_generator("tiny", settings.models_dir))
     backends = {
-        "extractive": lambda embedder: ExtractiveGenerator.from_settings(settings, embedder),
+        "extractive": lambda embedder: ExtractiveGenerator.served(settings),  # as the service runs it
         "tiny": lambda embedder: tiny,
     }
     kanana = resolve_answerer(settings)

@@ -17,7 +17,6 @@ from ray import serve
 from deployments import metrics
 from echorag.answering import ExtractiveGenerator
 from echorag.config import Settings
-from echorag.embedding import make_embedder
 from echorag.generation import LocalGenerator, OpenAIGenerator
 from echorag.types import BASE, Generation
 from echorag.mlops.registry import AdapterRegistry
@@ -48,7 +47,7 @@ class Generator:
             self.model = OpenAIGenerator(api_key=s.openai_api_key, base_url=s.openai_base_url, model=s.openai_model)
             self.resolved = None
         elif (resolved := resolve_answerer(s)).kind == "extractive":
-            self.model = ExtractiveGenerator.from_settings(s, make_embedder(s))
+            self.model = ExtractiveGenerator.served(s)
             self.resolved = None
             logger.info("EchoRAG answers extractively: quotes of the retrieved documents, no language model.")
         else:

@@ -49,7 +49,7 @@ def select_split(queries: list[dict], split: str) -> list[dict]:
 
 def make_generator(backend: str, settings: Settings, model: str | None, embedder: Any):
     if backend == "extractive":
-        return ExtractiveGenerator.from_settings(settings, embedder)
+        return ExtractiveGenerator.served(settings)  # AnswerBench.run gates, as the pipeline does
     if backend == "local":
         from echorag.generation import LocalGenerator
         from echorag.models import resolve_generator

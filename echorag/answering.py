@@ -140,13 +140,18 @@ class ExtractiveConfig:
     trim_chars: int = 40  # sentences longer than this are cut to the clauses that matter
     clause_cuts: str = "comma"  # where a sentence may be cut: "comma" or "connective" (see _clauses)
     selection: SelectionWeights = field(default_factory=SelectionWeights)
+    # True where the pipeline's evidence gate (echorag.evidence, on the retriever's stored
+    # sentence vectors) has already decided to answer: the best sentence is quoted
+    # whatever its score, instead of refusing a second time on a weaker measure.
+    upstream_gate: bool = False
 
     @classmethod
-    def from_settings(cls, settings) -> "ExtractiveConfig":
+    def from_settings(cls, settings, upstream_gate: bool = False) -> "ExtractiveConfig":
         return cls(
             abstain_below=settings.abstain_below,
             abstain_below_lexical=settings.abstain_below_lexical,
             max_sentences=settings.extractive_max_sentences,
+            upstream_gate=upstream_gate,
         )
 
     def threshold(self, analysis: Analysis) -> float:
@@ -235,7 +240,9 @@ def trim(sentence: str, analysis: Analysis, max_chars: int, cuts: str = "comma")
 def select(analysis: Analysis, config: ExtractiveConfig) -> list[Quote]:
     """The sentences to quote, best first; none when the evidence is below the threshold."""
     threshold = config.threshold(analysis)
-    if not analysis.units or analysis.evidence(config.lexical_weight, config.amount_penalty) < threshold:
+    if not analysis.units:
+        return []
+    if not config.upstream_gate and analysis.evidence(config.lexical_weight, config.amount_penalty) < threshold:
         return []
     ranked = sorted(analysis.units, key=lambda u: -selection_score(u, config.selection))
     best_score = selection_score(ranked[0], config.selection)
@@ -295,8 +302,16 @@ class ExtractiveGenerator:
         self.embedder = embedder
 
     @classmethod
-    def from_settings(cls, settings, embedder: Any | None = None) -> "ExtractiveGenerator":
-        return cls(embedder, ExtractiveConfig.from_settings(settings))
+    def from_settings(cls, settings, embedder: Any | None = None, upstream_gate: bool = False) -> "ExtractiveGenerator":
+        return cls(embedder, ExtractiveConfig.from_settings(settings, upstream_gate))
+
+    @classmethod
+    def served(cls, settings) -> "ExtractiveGenerator":
+        """As the service runs it: behind the pipeline's evidence gate and without an
+        embedder. Ranking the sentences on morphemes, rank and amount quotes as well as
+        adding e5 cosines (bench/results/answers_tuning.json), and re-embedding every
+        passage sentence cost more than the rest of an answer on CPUs."""
+        return cls.from_settings(settings, None, upstream_gate=True)
 
     @property
     def adapters(self) -> list[str]:

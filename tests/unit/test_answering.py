@@ -108,6 +108,20 @@ def test_without_an_embedder_morphemes_still_find_the_answer(kb):
     assert "1,947m" in text and cited_numbers(text) == [1]
 
 
+def test_the_served_answerer_quotes_once_the_gate_has_let_a_question_through(kb):
+    # In the service the evidence gate (dense, stored vectors) has already decided; the
+    # served answerer embeds nothing and does not refuse a second time on a weaker measure.
+    results = [doc(kb, "kb-jeju-island")]
+    question = "제주도의 돌담은 무엇으로 쌓나요?"  # few shared morphemes with the passage
+    standalone = ExtractiveGenerator(None, ExtractiveConfig(abstain_below_lexical=0.99))
+    served = ExtractiveGenerator(None, ExtractiveConfig(abstain_below_lexical=0.99, upstream_gate=True))
+    assert abstained(ask(standalone, question, results))
+    text = ask(served, question, results)
+    assert not abstained(text) and cited_numbers(text) == [1]
+    assert ExtractiveGenerator.served(Settings()).embedder is None
+    assert ask(served, question, []) == NO_ANSWER  # nothing to quote is still no answer
+
+
 def test_memory_turns_are_never_quoted_and_numbering_is_kept(kb, generator):
     # Passage [1] is a remembered turn with a wrong year; the fact must come from [2].
     results = [memory_turn("최만리 상소는 언제였지?", "1500년에 올렸습니다."), doc(kb, "kb-hunminjeongeum")]
