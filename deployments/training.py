@@ -47,6 +47,8 @@ from ray.train.torch import TorchTrainer
 
 from deployments import metrics
 from echorag.config import Settings
+from echorag.mlops.evaluation import evaluate_versions
+from echorag.mlops.gate import VersionScore
 from echorag.mlops.jobs import TrainFn, TrainingJob, TrainingOutcome
 from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError, validate_adapter_dir
 from echorag.mlops.train_config import TrainConfig
@@ -56,7 +58,6 @@ from echorag.mlops.training import (
     EpochInfo,
     StepInfo,
     TrainingError,
-    heldout_losses,
     read_chats_jsonl,
     save_adapter,
     train_lora,
@@ -164,14 +165,14 @@ def base_here(base_path: str, spec: dict[str, str] | None) -> str:
     return resolve_generator(spec["spec"], Path(spec["models_dir"])).path
 
 
-def heldout_losses_here(
-    base_path: str, spec: dict[str, str] | None, versions: dict[str, AdapterRef], holdout: list[Chat],
+def evaluate_here(
+    base_path: str, spec: dict[str, str] | None, versions: dict[str, AdapterRef], pool: list[Chat],
     config: TrainConfig,
-) -> dict[str, float]:
-    """``heldout_losses`` on whichever node runs it (the gate's evaluation task)."""
+) -> dict[str, VersionScore]:
+    """``evaluate_versions`` on whichever node runs it (the gate's evaluation task)."""
     with tempfile.TemporaryDirectory(prefix="echorag-eval-") as tmp:
         dirs = {name: adapter_here(ref, Path(tmp) / name) for name, ref in versions.items()}
-        return heldout_losses(base_here(base_path, spec), dirs, holdout, config, None)
+        return evaluate_versions(base_here(base_path, spec), dirs, pool, config, None)
 
 
 def delete_run(storage: str | Path, run_name: str) -> None:
@@ -372,7 +373,7 @@ def train_resources(settings: Settings) -> dict[str, float]:
 def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter) -> TrainFn:
     """A ``LearningLoop`` train function that runs Ray Train and evaluates both versions,
     on whichever nodes offer the workers' resources."""
-    evaluate = ray.remote(heldout_losses_here)
+    evaluate = ray.remote(evaluate_here)
     storage = settings.train_storage_root
     base_spec = {"spec": settings.generator_model, "models_dir": str(settings.models_dir)}
 
@@ -397,18 +398,18 @@ def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter) -
             if fit.checkpoint.filesystem.type_name != "local":  # a download of a remote checkpoint
                 shutil.rmtree(fit.adapter_dir.parent, ignore_errors=True)
             train_s = time.perf_counter() - started
-            losses: dict[str, float] = {}
+            scores: dict[str, VersionScore] = {}
             if job.holdout:
                 task = evaluate.options(num_cpus=cpus, num_gpus=gpus, resources=resources,
                                         runtime_env=background_runtime_env(use_gpu=gpus > 0))
                 versions = {"candidate": fit.checkpoint, "active": active}
-                losses = ray.get(task.remote(base_path, base_spec, versions, job.holdout, job.config))
+                on_progress({"message": f"judging on {len(job.holdout)} evaluation-pool turns"})
+                scores = ray.get(task.remote(base_path, base_spec, versions, job.holdout, job.config))
         finally:
             delete_run(storage, job.name)  # the Train run's checkpoints and results
-        return TrainingOutcome(
-            adapter_dir=job.output_dir,
-            candidate_loss=losses.get("candidate"),
-            active_loss=losses.get("active"),
+        return TrainingOutcome.scored(
+            job.output_dir,
+            scores,
             timings={"train_s": train_s, "eval_s": time.perf_counter() - started - train_s},
             metrics={"examples": len(job.train), "holdout": len(job.holdout),
                      "train_node_id": fit.metrics.get("node_id"), "train_storage": str(storage)},

@@ -163,6 +163,18 @@ class Settings(BaseSettings):
     finetune_replay_fraction: float = Field(0.25, ge=0, le=10, validation_alias=_env("finetune_replay_fraction"))
     finetune_holdout_fraction: float = Field(0.2, ge=0, lt=1, validation_alias=_env("finetune_holdout_fraction"))
     finetune_gate_tolerance: float = Field(0.0, gt=-1, le=10, validation_alias=_env("finetune_gate_tolerance"))
+    # Which labels train (echorag.mlops.dataset): "teacher" = a teacher's answers, 👍 and
+    # corrections; "rated" = 👍 and corrections; "corrected"; "all" = the student's own too.
+    finetune_train_on: Literal["teacher", "rated", "corrected", "all"] = Field(
+        "teacher", validation_alias=_env("finetune_train_on"))
+    finetune_correction_weight: int = Field(3, ge=1, le=100, validation_alias=_env("finetune_correction_weight"))
+    # The gate: candidate vs active on the newest `pool_size` turns of the evaluation pool,
+    # by loss on the labels and by agreement (token F1) of greedy answers with them; no
+    # promotion with fewer than `min_examples` pool turns.
+    finetune_gate_pool_size: int = Field(64, ge=1, le=10_000, validation_alias=_env("finetune_gate_pool_size"))
+    finetune_gate_min_examples: int = Field(20, ge=1, validation_alias=_env("finetune_gate_min_examples"))
+    finetune_gate_agreement_tolerance: float = Field(
+        0.02, ge=0, le=1, validation_alias=_env("finetune_gate_agreement_tolerance"))
     finetune_max_attempts: int = Field(3, ge=1, le=20, validation_alias=_env("finetune_max_attempts"))
     finetune_retry_backoff_s: float = Field(30.0, ge=0, validation_alias=_env("finetune_retry_backoff_s"))
     finetune_seed: int = Field(0, ge=0, validation_alias=_env("finetune_seed"))

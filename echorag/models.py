@@ -107,8 +107,8 @@ def _tiny_model(models_dir: Path, reason: str) -> ResolvedModel:
 
 def _warn_demo(path: Path, reason: str) -> None:
     logger.warning(
-        "Serving EchoRAG's tiny DEMO model from %s (%s). Its answers are not meaningful; "
-        "cache %s or set a generator model for real answers.",
+        "Using EchoRAG's tiny DEMO model from %s (%s): the offline student the learning loop "
+        "fine-tunes; as an answerer its answers are not meaningful. Cache %s for a real model.",
         path, reason, KANANA_ID,
     )
 

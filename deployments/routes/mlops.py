@@ -1,13 +1,17 @@
 """Feedback and the learning loop's routes: each one a typed call on the collector actor
 (``deployments/mlops.py``), whose errors (409 conflict, 404…) keep their status codes."""
 
-from fastapi import Query, Security
+from fastapi import Path, Query, Security
 
 from deployments.auth import UnknownSession, owner, require_caller
 from deployments.http_app import Admin, app
 from echorag.identity import Caller
 from echorag.mlops import api as mlops_api
+from echorag.mlops.records import StoredTurn
 from echorag.schemas import ErrorResponse
+
+
+TURN_ID = Path(..., min_length=1, max_length=128, description="The ``turn_id`` of a /chat response.")
 
 
 class MlopsRoutes:
@@ -52,6 +56,13 @@ class MlopsRoutes:
         self, limit: int = Query(50, ge=1, le=mlops_api.CONVERSATIONS_LIMIT_MAX), offset: int = Query(0, ge=0, le=2**62),
     ):
         return await self.collector.conversations.remote(limit, offset)
+
+    @app.put("/mlops/conversations/{turn_id}", response_model=StoredTurn, dependencies=[Admin],
+             responses={404: {"model": ErrorResponse}})
+    async def correct_conversation(self, request: mlops_api.CorrectionRequest, turn_id: str = TURN_ID):
+        """Correct a stored answer: the correction is kept beside the original and trains
+        the student (with more weight) in the next run."""
+        return await self.collector.correct.remote(turn_id, request.answer)
 
     @app.delete("/mlops/conversations", response_model=mlops_api.ClearConversationsResponse, dependencies=[Admin])
     async def clear_conversations(self, backup: bool = False):

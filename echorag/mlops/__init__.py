@@ -4,7 +4,7 @@ jobs in ``deployments/`` wrap these; nothing here imports Ray."""
 
 from echorag.mlops.events import Event
 from echorag.mlops.filters import Screened, TurnFilter, scrub_pii
-from echorag.mlops.gate import EvaluationGate, GateDecision, split_holdout
+from echorag.mlops.gate import EvaluationGate, GateDecision, VersionScore, split_holdout
 from echorag.mlops.notify import payload_for, send_webhook
 from echorag.mlops.policy import (
     Decision,
@@ -58,6 +58,7 @@ __all__ = [
     "EvaluationGate",
     "Event",
     "GateDecision",
+    "VersionScore",
     "InvalidAdapterError",
     "MarkPending",
     "Nothing",

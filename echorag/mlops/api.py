@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from echorag.mlops.events import Event
-from echorag.mlops.store import StoredTurn
+from echorag.mlops.records import StoredTurn, TrainOn
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ SETTING_KEYS: dict[str, str] = {
     "replay_fraction": "finetune_replay_fraction",
     "holdout_fraction": "finetune_holdout_fraction",
     "seed": "finetune_seed",
+    "train_on": "finetune_train_on",
+    "gate_min_examples": "finetune_gate_min_examples",
+    "gate_agreement_tolerance": "finetune_gate_agreement_tolerance",
 }
 
 
@@ -74,6 +77,13 @@ class RuntimeSettings(BaseModel):
         0.2, ge=0, lt=1, description="New turns kept out of training for the gate (0: no gate)."
     )
     seed: int = Field(0, ge=0)
+    train_on: TrainOn = Field(
+        "teacher", description="Which labels train: teacher (a teacher's answers, 👍, corrections), rated, corrected, all."
+    )
+    gate_min_examples: int = Field(20, ge=1, le=1_000_000, description="No promotion with fewer evaluation-pool turns.")
+    gate_agreement_tolerance: float = Field(
+        0.02, ge=0, le=1, description="Absolute: a candidate may agree with the labels this much less than the active version."
+    )
 
     @classmethod
     def resolve(cls, settings: Any, persisted: dict[str, Any] | None = None) -> RuntimeSettings:
@@ -101,6 +111,7 @@ class RuntimeSettings(BaseModel):
             "seed": self.seed,
             "replay_fraction": self.replay_fraction,
             "holdout_fraction": self.holdout_fraction,
+            "train_on": self.train_on,
         }
 
 
@@ -120,6 +131,9 @@ class SettingsUpdate(_Request):
     replay_fraction: float | None = Field(None, ge=0, le=10, validation_alias=_names("replay_fraction"))
     holdout_fraction: float | None = Field(None, ge=0, lt=1, validation_alias=_names("holdout_fraction"))
     seed: int | None = Field(None, ge=0, validation_alias=_names("seed"))
+    train_on: TrainOn | None = Field(None, validation_alias=_names("train_on"))
+    gate_min_examples: int | None = Field(None, ge=1, le=1_000_000, validation_alias=_names("gate_min_examples"))
+    gate_agreement_tolerance: float | None = Field(None, ge=0, le=1, validation_alias=_names("gate_agreement_tolerance"))
 
     def changes(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -176,6 +190,19 @@ class ExportRequest(_Request):
 
 
 # -- responses --------------------------------------------------------------------------
+
+
+class CorrectionRequest(_Request):
+    """``PUT /mlops/conversations/{turn_id}``: the answer the turn should have had."""
+
+    answer: str = Field(..., min_length=1, max_length=8000, description="The corrected answer; the original is kept.")
+
+    @field_validator("answer")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the corrected answer is blank")
+        return value
 
 
 class FeedbackResponse(BaseModel):

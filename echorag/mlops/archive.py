@@ -19,6 +19,7 @@ from pathlib import Path
 from echorag.mlops.api import BackupInfo, BackupsResponse, CleanupResponse, ExportResponse, RestoreResponse
 from echorag.mlops.events import Event
 from echorag.mlops.jobs import MlopsError, NotFound
+import echorag.mlops.dataset as dataset
 from echorag.mlops.store import ConversationStore, Run
 from echorag.schemas import MlopsInfo
 
@@ -178,16 +179,18 @@ def cleanup(store: ConversationStore, keep_days: float) -> tuple[CleanupResponse
 
 
 def export(
-    store: ConversationStore, exports_dir: Path, path: str | Path | None = None, inline: bool = False
+    store: ConversationStore, exports_dir: Path, path: str | Path | None = None, inline: bool = False,
+    train_on: str = "teacher",
 ) -> tuple[ExportResponse, Event | None]:
-    """The training dataset (chat messages, 👎 excluded) as JSONL: written to ``path``
-    (default ``exports_dir/training-<time>.jsonl``), or returned when ``inline`` (no event)."""
+    """The training dataset (chat messages: what ``train_on`` learns from, the evaluation
+    pool apart) as JSONL: written to ``path`` (default ``exports_dir/training-<time>.jsonl``),
+    or returned when ``inline`` (no event)."""
     if inline:
-        turns = store.trainable_turns(0, store.max_seq())
+        turns = dataset.training_turns(store, train_on)
         text = "".join(json.dumps({"messages": t.messages()}, ensure_ascii=False) + "\n" for t in turns)
         return ExportResponse(count=len(turns), jsonl=text), None
     target = Path(path) if path else exports_dir / f"training-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    count = store.export_jsonl(target)
+    count = dataset.export_jsonl(store, target, train_on)
     event = Event(
         type="dataset_exported", message=f"📤 학습 데이터 {count}건 내보내기: {target.name}",
         data={"path": str(target), "count": count},

@@ -38,22 +38,35 @@ def training_started(run_id: int, from_seq: int, to_seq: int, attempt: int = 1) 
     )
 
 
-def training_succeeded(version: str, active_loss: float | None, candidate_loss: float | None, **data: Any) -> Event:
+def _scores(active_loss: float | None, candidate_loss: float | None, agreement: tuple | None, pool: int | None) -> str:
+    """"평가 풀 N건: loss a → b, 일치도 x → y" (what the gate compared)."""
+    text = f"loss {_loss(active_loss)} → {_loss(candidate_loss)}"
+    if agreement and agreement[1] is not None:
+        before = "?" if agreement[0] is None else f"{agreement[0]:.2f}"
+        text += f", 일치도 {before} → {agreement[1]:.2f}"
+    return f"평가 풀 {pool}건: {text}" if pool is not None else text
+
+
+def training_succeeded(version: str, active_loss: float | None, candidate_loss: float | None,
+                       agreement: tuple | None = None, pool: int | None = None, **data: Any) -> Event:
     return Event(
         type="training_succeeded",
-        message=f"✅ 미세조정 완료: {version} (held-out loss {_loss(active_loss)} → {_loss(candidate_loss)})",
-        data={"version": version, "active_loss": active_loss, "candidate_loss": candidate_loss, **data},
+        message=f"✅ 미세조정 완료: {version} ({_scores(active_loss, candidate_loss, agreement, pool)})",
+        data={"version": version, "active_loss": active_loss, "candidate_loss": candidate_loss,
+              "agreement": list(agreement) if agreement else None, "pool": pool, **data},
     )
 
 
-def training_rejected(version: str, active_loss: float | None, candidate_loss: float | None, reason: str) -> Event:
+def training_rejected(version: str, active_loss: float | None, candidate_loss: float | None, reason: str,
+                      agreement: tuple | None = None, pool: int | None = None) -> Event:
     return Event(
         type="training_rejected",
         message=(
-            f"⚠️ 미세조정 결과 미적용: {version} (held-out loss {_loss(active_loss)} → "
-            f"{_loss(candidate_loss)}, 기존 버전 유지) — {reason}"
+            f"⚠️ 미세조정 결과 미적용: {version} ({_scores(active_loss, candidate_loss, agreement, pool)}, "
+            f"기존 버전 유지) — {reason}"
         ),
-        data={"version": version, "active_loss": active_loss, "candidate_loss": candidate_loss, "reason": reason},
+        data={"version": version, "active_loss": active_loss, "candidate_loss": candidate_loss,
+              "agreement": list(agreement) if agreement else None, "pool": pool, "reason": reason},
     )
 
 

@@ -1,49 +1,82 @@
-"""The evaluation gate: a new adapter serves only if it is not worse on held-out turns."""
+"""The evaluation gate: a candidate serves only if, on the evaluation pool (turns that
+never train, ``echorag.mlops.dataset``), it is not worse than the active version by
+either measure — the loss on the labels, and the agreement (Kiwi content-morpheme
+token F1, as ``echorag eval-answers``) of its greedy answers with them — and the pool is
+large enough for the comparison to mean something."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class VersionScore:
+    """One version on the pool: mean loss per label token, mean agreement F1 (0–1)."""
+
+    loss: float | None
+    agreement: float | None = None
+
+
+@dataclass(frozen=True)
 class GateDecision:
     promote: bool
     reason: str
-    metrics: dict[str, float | None] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 class EvaluationGate:
-    def __init__(self, tolerance: float = 0.0) -> None:
-        """``tolerance`` is relative: 0.02 accepts a candidate up to 2 % worse than the
-        active version (noise on a small held-out set); a negative value demands a gain."""
+    def __init__(self, tolerance: float = 0.0, agreement_tolerance: float = 0.02, min_examples: int = 1) -> None:
+        """``tolerance`` is relative on the loss: 0.02 accepts a candidate up to 2 % worse
+        than the active version; a negative value demands a gain. ``agreement_tolerance``
+        is absolute on the F1. Below ``min_examples`` pool turns nothing is promoted."""
         if tolerance <= -1:
             raise ValueError("tolerance must be greater than -1")
-        self.tolerance = tolerance
+        if not 0 <= agreement_tolerance <= 1 or min_examples < 1:
+            raise ValueError("agreement_tolerance must be in [0, 1] and min_examples >= 1")
+        self.tolerance, self.agreement_tolerance, self.min_examples = tolerance, agreement_tolerance, min_examples
 
-    def decide(self, candidate_loss: float, active_loss: float | None) -> GateDecision:
-        """``active_loss`` is the held-out loss of what serves now (``None``: nothing to beat)."""
-        limit = None if active_loss is None else active_loss * (1 + self.tolerance)
+    def decide(self, candidate: VersionScore, active: VersionScore | None, pool: int) -> GateDecision:
+        """``active``: the score of what serves now (None: nothing to beat); ``pool``: how
+        many pool turns both were scored on."""
+        active = active or VersionScore(None, None)
+        loss_limit = active.loss * (1 + self.tolerance) if _finite(active.loss) else None
+        agreement_floor = active.agreement - self.agreement_tolerance if _finite(active.agreement) else None
         metrics = {
-            "candidate_loss": candidate_loss,
-            "active_loss": active_loss,
-            "limit": limit,
-            "tolerance": self.tolerance,
-            "relative_change": (candidate_loss - active_loss) / active_loss if active_loss else None,
+            "pool": pool, "min_examples": self.min_examples,
+            "candidate": asdict(candidate), "active": asdict(active),
+            "candidate_loss": candidate.loss, "active_loss": active.loss, "limit": loss_limit,
+            "tolerance": self.tolerance, "agreement_tolerance": self.agreement_tolerance,
+            "relative_change": (candidate.loss - active.loss) / active.loss
+            if _finite(candidate.loss) and _finite(active.loss) and active.loss else None,
         }
-        if not math.isfinite(candidate_loss):
-            return GateDecision(False, f"candidate loss is {candidate_loss}", metrics)
-        if active_loss is None or not math.isfinite(active_loss):
-            return GateDecision(True, "no finite baseline loss to compare with", metrics)
-        change = f"held-out loss {active_loss:.4f} → {candidate_loss:.4f}"
-        if candidate_loss <= limit + 1e-12:  # the boundary itself is "not worse beyond tolerance"
-            return GateDecision(True, f"{change} (limit {limit:.4f})", metrics)
-        return GateDecision(False, f"{change} exceeds the limit {limit:.4f}", metrics)
+        if pool < self.min_examples:
+            return GateDecision(False, f"the evaluation pool has {pool} turns; the gate needs at least "
+                                       f"{self.min_examples} (gate_min_examples) to judge", metrics)
+        if not _finite(candidate.loss):
+            return GateDecision(False, f"candidate loss is {candidate.loss}", metrics)
+        change = f"pool loss {active.loss:.4f} → {candidate.loss:.4f}" if _finite(active.loss) else \
+            f"pool loss {candidate.loss:.4f}"
+        if candidate.agreement is not None:
+            before = f"{active.agreement:.3f} → " if _finite(active.agreement) else ""
+            change += f", agreement {before}{candidate.agreement:.3f}"
+        change += f" on {pool} turns"
+        if loss_limit is not None and candidate.loss > loss_limit + 1e-12:  # the boundary is "not worse"
+            return GateDecision(False, f"{change}: the loss exceeds the limit {loss_limit:.4f}", metrics)
+        if agreement_floor is not None and candidate.agreement is not None and candidate.agreement < agreement_floor - 1e-12:
+            return GateDecision(False, f"{change}: the agreement is below the floor {agreement_floor:.3f}", metrics)
+        if loss_limit is None:
+            return GateDecision(True, f"{change}; no finite baseline to compare with", metrics)
+        return GateDecision(True, f"{change} (loss limit {loss_limit:.4f})", metrics)
 
 
 def _key(turn: Any) -> str:

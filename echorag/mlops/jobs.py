@@ -66,13 +66,14 @@ class TrainingJob:
     from_seq: int
     to_seq: int
     train: list[Chat]  # new turns minus the held-out ones, plus the replay sample
-    holdout: list[Chat]  # new turns only: what the gate judges on
+    holdout: list[Chat]  # the evaluation pool's newest turns: what the gate judges on (never trained)
     init_adapter: Path | None  # the active version's directory; None: a fresh LoRA on the base
     init_version: str  # "base" or "vN": the parent of the candidate
     output_dir: Path  # write the adapter here (peft save_pretrained) unless you return another dir
     config: TrainConfig = field(default_factory=TrainConfig)  # Settings + runtime settings
     new_turns: int = 0
     replay_turns: int = 0
+    corrected_turns: int = 0
 
     @property
     def name(self) -> str:
@@ -83,11 +84,26 @@ class TrainingJob:
 @dataclass
 class TrainingOutcome:
     adapter_dir: Path
-    candidate_loss: float | None  # held-out loss of the new adapter (None: not measured)
-    active_loss: float | None  # held-out loss of ``job.init_adapter`` (or of the base model)
+    candidate_loss: float | None  # pool loss of the new adapter (None: not measured)
+    active_loss: float | None  # pool loss of ``job.init_adapter`` (or of the base model)
+    candidate_agreement: float | None = None  # token F1 of its greedy answers with the pool's labels
+    active_agreement: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)  # training loss per step
+
+    @classmethod
+    def scored(cls, adapter_dir: Path, scores: dict[str, Any], **fields: Any) -> TrainingOutcome:
+        """From ``evaluation.evaluate_versions``' ``{"candidate": score, "active": score}``."""
+        candidate, active = scores.get("candidate"), scores.get("active")
+        return cls(
+            adapter_dir=adapter_dir,
+            candidate_loss=candidate.loss if candidate else None,
+            active_loss=active.loss if active else None,
+            candidate_agreement=candidate.agreement if candidate else None,
+            active_agreement=active.agreement if active else None,
+            **fields,
+        )
 
 
 TrainFn = Callable[[TrainingJob, Callable[[dict[str, Any]], None]], TrainingOutcome]
@@ -95,11 +111,13 @@ TrainFn = Callable[[TrainingJob, Callable[[dict[str, Any]], None]], TrainingOutc
 
 def local_train_fn(base_path: str | Path, device: str | None = None, **overrides: Any) -> TrainFn:
     """A ``train_fn`` that trains in this process with ``echorag.mlops.training``
-    (``train_lora`` + ``heldout_losses``). ``overrides`` are ``TrainConfig`` fields and win
-    over the run's config (e.g. ``max_length=128`` for a small machine)."""
+    (``train_lora``) and scores both versions on the pool (``evaluation.evaluate_versions``).
+    ``overrides`` are ``TrainConfig`` fields and win over the run's config (e.g.
+    ``max_length=128`` for a small machine)."""
 
     def train(job: TrainingJob, on_progress: Callable[[dict[str, Any]], None]) -> TrainingOutcome:
-        from echorag.mlops.training import heldout_losses, save_adapter, train_lora
+        from echorag.mlops.evaluation import evaluate_versions
+        from echorag.mlops.training import save_adapter, train_lora
 
         config = replace(job.config, **overrides)
         result = train_lora(
@@ -110,15 +128,13 @@ def local_train_fn(base_path: str | Path, device: str | None = None, **overrides
         train_loss = result.losses[-1] if result.losses else None
         del result.model
         started = time.perf_counter()
-        losses: dict[str, float] = {}
+        scores = {}
         if job.holdout:
-            losses = heldout_losses(
+            scores = evaluate_versions(
                 base_path, {"candidate": job.output_dir, "active": job.init_adapter}, job.holdout, config, device
             )
-        return TrainingOutcome(
-            adapter_dir=job.output_dir,
-            candidate_loss=losses.get("candidate"),
-            active_loss=losses.get("active"),
+        return TrainingOutcome.scored(
+            job.output_dir, scores,
             timings=result.timings | {"eval_s": time.perf_counter() - started},
             metrics={"train_loss": train_loss, "steps": result.steps, "examples": result.examples},
             losses=result.losses,
@@ -167,10 +183,15 @@ class RunProgress:
 
     def report_step(self, run_id: int, info: dict[str, Any]) -> None:
         """A trainer's step report (``step``, ``total_steps``, ``loss``, ``eta_s``, ...:
-        ``StepInfo.to_dict()``); epoch summaries (``kind="epoch"``) are ignored."""
-        if info.get("kind", "step") != "step" or not self.is_training(run_id):
-            return  # an epoch summary, or a late report of a run that already ended
+        ``StepInfo.to_dict()``) or a stage's ``message``; epoch summaries (``kind="epoch"``)
+        are ignored."""
+        if not self.is_training(run_id):
+            return  # a late report of a run that already ended
         progress = self.state
+        if isinstance(info.get("message"), str):
+            progress["message"] = info["message"]
+        if info.get("kind", "step") != "step":
+            return
         for key in ("step", "total_steps", "epoch"):
             if isinstance(info.get(key), int):
                 progress[key] = info[key]

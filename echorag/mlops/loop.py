@@ -11,8 +11,9 @@ starts (default: a ``threading.Timer``).
 One lock guards the policy and the progress; no lock is held while a model trains,
 an adapter is copied or a webhook is sent, so ``record`` stays fast during a run. This
 class decides and owns that state; the steps of a run are in ``echorag.mlops.runs``,
-read-only views in ``reports``, backups, cleanup and export in ``archive``, events and
-webhooks in ``announce``.
+which turns train and judge in ``dataset``, admins' reads, corrections and exports in
+``desk`` (a mixin), backups, cleanup and export in ``archive``, events and webhooks in
+``announce``.
 
 A failure leaves the watermark where it was (the data stays pending) and the policy
 schedules a retry with backoff until ``max_attempts``. On restart, runs that were still
@@ -34,11 +35,10 @@ import echorag.mlops.archive as archive
 import echorag.mlops.reports as reports
 import echorag.mlops.runs as runs
 from echorag.mlops.announce import Announcer, Observer
+from echorag.mlops.desk import DataDesk
 from echorag.mlops.api import (
-    SETTING_KEYS, AdapterChange, BackupsResponse, ClearConversationsResponse, CleanupResponse,
-    ConversationsResponse, EventsResponse, ExportResponse, FeedbackResponse, FinetuneResponse, ModelsResponse,
-    PerformanceMetrics, RestoreResponse, RuntimeSettings, SettingsUpdate, StatusResponse, TrainingHistory,
-    TrainingProgress, rating_value,
+    SETTING_KEYS, AdapterChange, ClearConversationsResponse, FeedbackResponse, FinetuneResponse, RestoreResponse,
+    RuntimeSettings, SettingsUpdate, StatusResponse, TrainingProgress, rating_value,
 )
 from echorag.mlops.events import Event, training_failed, training_started
 from echorag.mlops.gate import EvaluationGate
@@ -72,7 +72,7 @@ def _timer(delay_s: float, fn: Callable[[], None]) -> threading.Timer:
     return timer
 
 
-class LearningLoop:
+class LearningLoop(DataDesk):
     def __init__(
         self,
         settings: Settings,
@@ -122,7 +122,7 @@ class LearningLoop:
         self._timers: list[Any] = []
 
         self._runtime = RuntimeSettings.resolve(settings, self.store.runtime_settings())
-        self.gate = EvaluationGate(self._runtime.gate_tolerance)
+        self.gate = self._gate(self._runtime)
         for run in self.store.interrupt_running_runs(INTERRUPTED):
             self._event(runs.interrupted_event(run))
         self.policy = TrainingPolicy(
@@ -137,6 +137,10 @@ class LearningLoop:
         self._run_actions(actions)
 
     # -- setup helpers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _gate(rt: RuntimeSettings) -> EvaluationGate:
+        return EvaluationGate(rt.gate_tolerance, rt.gate_agreement_tolerance, rt.gate_min_examples)
 
     def _policy_config(self) -> PolicyConfig:
         rt = self._runtime
@@ -409,7 +413,7 @@ class LearningLoop:
             if changes:
                 self.store.set_settings(**{SETTING_KEYS[name]: value for name, value in changes.items()})
             self._runtime = merged
-            self.gate = EvaluationGate(merged.gate_tolerance)
+            self.gate = self._gate(merged)
             actions: list[Callable[[], None]] = []
             if changes:
                 self._event(Event(
@@ -432,10 +436,6 @@ class LearningLoop:
 
     # -- admin: data --------------------------------------------------------------------------
 
-    def conversations(self, limit: int = 50, offset: int = 0) -> ConversationsResponse:
-        """Newest first."""
-        return reports.conversations(self.store, limit, offset)
-
     def clear_conversations(self, backup: bool = False) -> ClearConversationsResponse:
         """Delete every conversation (after a SQLite backup when ``backup``). Deleted data
         is no longer pending: when no run is in progress the watermark moves past it."""
@@ -451,11 +451,6 @@ class LearningLoop:
             self._event(archive.cleared_event(deleted, path))
             self._changed.notify_all()
         return ClearConversationsResponse(deleted=deleted, backup_path=str(path) if path else None)
-
-    def backups(self) -> BackupsResponse:
-        """The conversation backups in ``backups/`` (what ``clear_conversations(backup=True)``
-        writes), newest first."""
-        return archive.list_backups(self.backups_dir)
 
     def restore(self, backup: str) -> RestoreResponse:
         """Bring back the conversations of a backup (a name from ``backups()``); turns a
@@ -482,34 +477,7 @@ class LearningLoop:
         self._run_actions(actions)
         return restored.response(info)
 
-    def cleanup(self, keep_days: float = 30.0) -> CleanupResponse:
-        response, event = archive.cleanup(self.store, keep_days)
-        self._event(event)
-        return response
-
-    def export(self, path: str | Path | None = None, inline: bool = False) -> ExportResponse:
-        """The training dataset (chat messages, 👎 excluded) as JSONL: written to ``path``
-        (default ``exports/training-<time>.jsonl``), or returned when ``inline``."""
-        response, event = archive.export(self.store, self.exports_dir, path, inline)
-        if event is not None:
-            self._event(event)
-        return response
-
     # -- reading --------------------------------------------------------------------------------
-
-    def events(self, event_type: str | None = None, limit: int = 100) -> EventsResponse:
-        """Newest first."""
-        return reports.events(self.store, event_type, limit)
-
-    def training_history(self, limit: int = 50) -> TrainingHistory:
-        """Every attempt of every run, newest first."""
-        return reports.training_history(self.store, limit)
-
-    def models(self) -> ModelsResponse:
-        return reports.models(self.registry, self.active_version())
-
-    def performance(self) -> PerformanceMetrics:
-        return reports.performance(self.store)
 
     def status(self) -> StatusResponse:
         """``GET /mlops/status``: ``collector_stats``, ``training_status``, ``models_info``,

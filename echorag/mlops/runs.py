@@ -6,11 +6,12 @@ A run, step by step:
 
 1. ``StartRun(from_seq, to_seq)`` from the policy → a ``runs`` row, ``training_started``.
 2. Optional backup of the active adapter (``backups/``).
-3. Data: trainable turns on ``(from_seq, to_seq]`` (👎 excluded), a deterministic held-out
-   split of them, plus a replay sample of earlier accepted turns on the training side.
-   No trainable turn: the run completes at once (``training_skipped``), no version.
-4. ``train_fn`` writes an adapter, continuing from the active version, and measures the
-   held-out loss of the candidate and of the active version.
+3. Data (``echorag.mlops.dataset``): the turns on ``(from_seq, to_seq]`` whose labels
+   ``train_on`` learns from; a share of them joins the evaluation pool by hash, the rest
+   train, with a replay sample of earlier non-pool turns. Nothing to train: the run
+   completes at once (``training_skipped``), no version.
+4. ``train_fn`` writes an adapter, continuing from the active version, and scores the
+   candidate and the active version on the pool's newest turns (loss, agreement).
 5. The gate decides; the adapter becomes an immutable ``vN`` (parent, watermark, sample
    count, metrics, timings) and is promoted or kept as ``rejected``.
 6. Events, a webhook (in the background), the run row, then the policy: the watermark
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from echorag.mlops.events import Event, adapter_promoted, training_rejected, training_succeeded
-from echorag.mlops.gate import EvaluationGate, GateDecision, split_holdout
+import echorag.mlops.dataset as dataset
+from echorag.mlops.gate import EvaluationGate, GateDecision, VersionScore
 from echorag.mlops.jobs import TrainingJob, TrainingOutcome, finite
 from echorag.mlops.registry import BASE, AdapterRegistry
 from echorag.mlops.store import ConversationStore, Run
@@ -60,7 +62,7 @@ class RunResult:
 
     @classmethod
     def empty(cls) -> RunResult:
-        return cls(None, False, "no trainable turns (all 👎 or deleted)", {"empty": True})
+        return cls(None, False, "no turns to train on: 👎, deleted, held in the evaluation pool, or labels train_on does not learn from", {"empty": True})
 
 
 # -- the data -----------------------------------------------------------------------------------
@@ -74,16 +76,13 @@ def prepare_job(
     active_version: Callable[[], str],
     work_dir: Path,
 ) -> TrainingJob | None:
-    """The job for ``ctx``'s slice of turns (None: nothing trainable in it), continuing
-    from the version ``active_version()`` serves, with a fresh output directory."""
+    """The job for ``ctx``'s slice of turns (None: nothing in it trains), continuing from
+    the version ``active_version()`` serves, with a fresh output directory. Which turns
+    train and which judge: ``echorag.mlops.dataset``."""
     run = ctx.run
-    new = store.trainable_turns(run.from_seq, run.to_seq)
-    if not new:
+    data = dataset.run_data(store, run.from_seq, run.to_seq, config)
+    if not data.train:
         return None
-    train, holdout = split_holdout(new, config.holdout_fraction, seed=config.seed)
-    if not train:  # a single turn with a large holdout fraction: train on it, no gate
-        train, holdout = new, []
-    replay = store.replay_sample(run.from_seq, config.replay_size(len(train)), seed=config.seed)
     init_version = active_version()
     init_adapter = None if init_version == BASE else registry.path(init_version)
     out = work_dir / f"run-{run.id}"
@@ -94,14 +93,15 @@ def prepare_job(
         attempt=ctx.attempt,
         from_seq=run.from_seq,
         to_seq=run.to_seq,
-        train=[t.messages() for t in train + replay],
-        holdout=[t.messages() for t in holdout],
+        train=data.train,
+        holdout=data.pool,
         init_adapter=init_adapter,
         init_version=init_version,
         output_dir=out / "adapter",
         config=config,
-        new_turns=len(new),
-        replay_turns=len(replay),
+        new_turns=data.new_turns,
+        replay_turns=data.replay_turns,
+        corrected_turns=data.corrected_turns,
     )
 
 
@@ -122,14 +122,14 @@ def judge(job: TrainingJob, outcome: TrainingOutcome, gate: EvaluationGate, now_
 
 
 def _gate_decision(job: TrainingJob, outcome: TrainingOutcome, gate: EvaluationGate) -> GateDecision:
+    if job.config.holdout_fraction == 0:
+        return GateDecision(True, "gate disabled (holdout_fraction = 0)")
     if outcome.candidate_loss is None:
-        if job.config.holdout_fraction == 0:
-            return GateDecision(True, "gate disabled (holdout_fraction = 0)")
-        return GateDecision(False, "no held-out turns to judge the candidate on; promote it by hand if wanted")
-    candidate = finite(outcome.candidate_loss)
-    if candidate is None:
-        return GateDecision(False, f"candidate loss is {outcome.candidate_loss}")
-    return gate.decide(candidate, finite(outcome.active_loss))
+        return GateDecision(False, "no evaluation-pool turns to judge the candidate on; promote it by hand if wanted",
+                            {"pool": len(job.holdout)})
+    candidate = VersionScore(finite(outcome.candidate_loss), finite(outcome.candidate_agreement))
+    active = VersionScore(finite(outcome.active_loss), finite(outcome.active_agreement))
+    return gate.decide(candidate, active, len(job.holdout))
 
 
 def outcome_metrics(job: TrainingJob, outcome: TrainingOutcome, decision: GateDecision) -> dict[str, Any]:
@@ -139,13 +139,16 @@ def outcome_metrics(job: TrainingJob, outcome: TrainingOutcome, decision: GateDe
         "attempt": job.attempt,
         "candidate_loss": finite(outcome.candidate_loss),
         "active_loss": finite(outcome.active_loss),
+        "candidate_agreement": finite(outcome.candidate_agreement),
+        "active_agreement": finite(outcome.active_agreement),
         "gate": dict(decision.metrics),
         "gate_reason": decision.reason,
         "promoted": decision.promote,
         "new_turns": job.new_turns,
         "replay_turns": job.replay_turns,
         "train_examples": len(job.train),
-        "holdout_examples": len(job.holdout),
+        "holdout_examples": len(job.holdout),  # the evaluation pool the gate judged on
+        "corrected_turns": job.corrected_turns,
         "config": job.config.to_dict(),
         **{k: v for k, v in outcome.metrics.items() if k != "losses"},
     }
@@ -226,16 +229,19 @@ def success_events(run: Run, result: RunResult) -> list[Event]:
     if result.version is None:
         return [Event(
             type="training_skipped",
-            message=f"⏭️ 학습할 대화 없음: seq {run.from_seq + 1}–{run.to_seq} 처리 완료 (👎 또는 삭제됨)",
+            message=f"⏭️ 학습할 대화 없음: seq {run.from_seq + 1}–{run.to_seq} 처리 완료 (👎, 삭제, 평가 풀, 또는 train_on이 배우지 않는 답)",
             data=where,
         )]
+    m = result.metrics
+    agreement, pool = (m.get("active_agreement"), m.get("candidate_agreement")), m.get("holdout_examples")
     if not result.promoted:
-        ended = training_rejected(result.version, result.active_loss, result.candidate_loss, result.reason)
+        ended = training_rejected(result.version, result.active_loss, result.candidate_loss, result.reason,
+                                  agreement, pool)
         return [_with(ended, where)]
     promoted = adapter_promoted(result.version, result.previous)
     ended = training_succeeded(
-        result.version, result.active_loss, result.candidate_loss, run_id=run.id,
-        samples=result.metrics.get("train_examples"), promoted=True,
+        result.version, result.active_loss, result.candidate_loss, agreement, pool, run_id=run.id,
+        samples=m.get("train_examples"), promoted=True,
     )
     return [_with(promoted, {"run_id": run.id, "trigger": "gate"}), _with(ended, where)]
 

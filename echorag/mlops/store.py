@@ -10,23 +10,21 @@ One connection guarded by a lock serves every thread of the process.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sqlite3
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import TYPE_CHECKING, Any
 
 import echorag.mlops.erasure as erasure
 from echorag.mlops.events import Event
-from echorag.mlops.filters import TurnFilter
+from echorag.mlops.filters import TurnFilter, scrub_pii
+from echorag.mlops.records import AddResult, Counts, Run, RunStatus, StoredTurn
 
 if TYPE_CHECKING:
     from echorag.types import Turn
@@ -81,75 +79,16 @@ CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 # Columns added after the first release, added in place to older databases (and read as
 # their defaults from older backups): the exact messages the answerer was served (JSON;
 # NULL for turns stored before, which train closed-book), which backend answered, and
-# where the answer comes from as a training label ("teacher", "self").
-_ADDED_COLUMNS = {"prompt": "TEXT", "backend": "TEXT NOT NULL DEFAULT ''", "label": "TEXT NOT NULL DEFAULT 'self'"}
+# where the answer comes from as a training label ("teacher", "self"), an admin's
+# correction kept beside the original answer, and membership of the evaluation pool.
+_ADDED_COLUMNS = {
+    "prompt": "TEXT", "backend": "TEXT NOT NULL DEFAULT ''", "label": "TEXT NOT NULL DEFAULT 'self'",
+    "corrected": "TEXT", "corrected_at": "REAL", "pool": "INTEGER NOT NULL DEFAULT 0",
+}
 _TURN_COLUMNS = (
     "seq, id, session_id, user_id, user, assistant, adapter_version, model,"
     " sources, created_at, feedback, fingerprint, " + ", ".join(_ADDED_COLUMNS)
 )
-LabelOrigin = Literal["teacher", "self", "corrected"]
-RunStatus = Literal["running", "succeeded", "failed"]
-
-
-class StoredTurn(BaseModel):
-    seq: int
-    id: str
-    session_id: str
-    user_id: str
-    user: str
-    assistant: str
-    adapter_version: str
-    model: str
-    sources: list[str] = Field(default_factory=list)
-    created_at: float
-    feedback: int = 0
-    prompt: list[dict[str, str]] | None = Field(
-        None, description="The messages the answerer was served (system prompt, memory, numbered passages, "
-        "question), PII scrubbed; null for a turn stored before prompts were kept (closed-book).",
-    )
-    backend: str = Field("", description="What answered: extractive, openai, tiny, kanana, hub, local.")
-    label: LabelOrigin = Field("self", description="Where the answer comes from as a training label.")
-
-    @property
-    def closed_book(self) -> bool:
-        return self.prompt is None
-
-    def messages(self) -> list[dict[str, str]]:
-        """The turn as the answerer saw it, with its answer: the served messages, or for
-        an old turn the question alone (chat-messages format, what the chat template takes)."""
-        prompt = self.prompt if self.prompt is not None else [{"role": "user", "content": self.user}]
-        return [*prompt, {"role": "assistant", "content": self.assistant}]
-
-
-class Run(BaseModel):
-    id: int
-    status: RunStatus
-    from_seq: int
-    to_seq: int
-    version: str | None = None
-    started_at: float
-    ended_at: float | None = None
-    attempts: int = 1
-    error: str | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict)
-
-
-class Counts(BaseModel):
-    total: int = Field(..., description="Stored turns.")
-    liked: int
-    disliked: int
-    max_seq: int = Field(..., description="Highest seq ever assigned (survives clear()).")
-    filtered: dict[str, int] = Field(default_factory=dict, description="Turns not stored, or scrubbed, by reason.")
-
-
-@dataclass(frozen=True)
-class AddResult:
-    stored: bool
-    reason: str | None = None  # "empty" | "too_short" | "duplicate" when not stored
-    seq: int | None = None
-    pii: list[str] = field(default_factory=list)
-
-
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
@@ -157,7 +96,7 @@ def _dumps(value: Any) -> str:
 def _turn(row: sqlite3.Row) -> StoredTurn:
     fields = {k: row[k] for k in row.keys() if k != "fingerprint"}
     prompt = json.loads(row["prompt"]) if row["prompt"] else None
-    return StoredTurn(**fields | {"sources": json.loads(row["sources"]), "prompt": prompt})
+    return StoredTurn(**fields | {"sources": json.loads(row["sources"]), "prompt": prompt, "pool": bool(row["pool"])})
 
 
 def _columns(db: sqlite3.Connection, schema: str = "main") -> set[str]:
@@ -320,38 +259,42 @@ class ConversationStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the deleted text leaves the WAL too
         return [_turn(r) for r in rows]
 
+    def select(self, where: str, params: Iterable[Any] = (), limit: int | None = None, newest_first: bool = False) -> list[StoredTurn]:
+        """Turns matching an SQL condition on ``conversations`` (``echorag.mlops.dataset``
+        builds them), in seq order; with ``limit`` the first (or newest) ones."""
+        order = "DESC" if newest_first else "ASC"
+        rows = self._query(
+            f"SELECT {_TURN_COLUMNS} FROM conversations WHERE {where} ORDER BY seq {order} LIMIT ?",
+            [*params, -1 if limit is None else limit],
+        )
+        turns = [_turn(r) for r in rows]
+        return turns[::-1] if newest_first else turns
+
     def trainable_turns(self, from_seq: int, to_seq: int) -> list[StoredTurn]:
-        """Training data of a run on ``(from_seq, to_seq]``: every turn but the 👎 ones."""
-        rows = self._query(
-            f"SELECT {_TURN_COLUMNS} FROM conversations WHERE seq > ? AND seq <= ? AND feedback >= 0 ORDER BY seq",
-            (from_seq, to_seq),
-        )
-        return [_turn(r) for r in rows]
+        """Every turn on ``(from_seq, to_seq]`` but the 👎 ones that nobody corrected."""
+        return self.select("seq > ? AND seq <= ? AND (feedback >= 0 OR corrected IS NOT NULL)", (from_seq, to_seq))
 
-    def replay_sample(self, before_seq: int, n: int, seed: int = 0) -> list[StoredTurn]:
-        """A deterministic sample of earlier accepted turns (``seq <= before_seq``), mixed
-        into a run so the adapter does not forget what it learned before."""
-        seqs = [r[0] for r in self._query(
-            "SELECT seq FROM conversations WHERE seq <= ? AND feedback >= 0 ORDER BY seq", (before_seq,)
-        )]
+    def sample(self, where: str, params: Iterable[Any], n: int, seed: int = 0) -> list[StoredTurn]:
+        """A deterministic sample of ``n`` turns matching ``where``, in seq order."""
+        seqs = [r[0] for r in self._query(f"SELECT seq FROM conversations WHERE {where} ORDER BY seq", list(params))]
         chosen = random.Random(seed).sample(seqs, min(n, len(seqs)))
-        rows = self._query(
-            f"SELECT {_TURN_COLUMNS} FROM conversations WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq",
-            (json.dumps(chosen),),
-        )
-        return [_turn(r) for r in rows]
+        return self.select("seq IN (SELECT value FROM json_each(?))", (json.dumps(chosen),))
 
-    def export_jsonl(self, path: str | Path, from_seq: int = 0, to_seq: int | None = None) -> int:
-        """Write the training dataset (chat-messages format, 👎 excluded); returns the line count."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        turns = self.trainable_turns(from_seq, self.max_seq() if to_seq is None else to_seq)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for t in turns:
-                f.write(_dumps({"messages": t.messages()}) + "\n")
-        os.replace(tmp, path)
-        return len(turns)
+    def add_to_pool(self, turn_ids: Iterable[str]) -> None:
+        """Put turns in the evaluation pool (for good: they judge, they never train)."""
+        with self._tx() as db:
+            db.execute("UPDATE conversations SET pool = 1 WHERE id IN (SELECT value FROM json_each(?))",
+                       (json.dumps(list(turn_ids)),))
+
+    def correct(self, turn_id: str, answer: str) -> StoredTurn | None:
+        """Store an admin's corrected answer beside the original (which is kept); None if
+        the turn is unknown. The correction is scrubbed of PII like every stored text."""
+        scrubbed, _ = scrub_pii(unicodedata.normalize("NFC", answer).strip())
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE conversations SET corrected = ?, corrected_at = ? WHERE id = ?", (scrubbed, time.time(), turn_id)
+            ).rowcount
+        return self.get_turn(turn_id) if changed else None
 
     # -- backup, restore, retention ---------------------------------------------------
 

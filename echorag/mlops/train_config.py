@@ -23,7 +23,11 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     seed: int = 0
     replay_fraction: float = 0.25  # earlier turns mixed in, as a share of the new turns
-    holdout_fraction: float = 0.2  # new turns kept out of training for the gate
+    holdout_fraction: float = 0.2  # share of each run's new turns that joins the evaluation pool
+    train_on: str = "teacher"  # which labels train (echorag.mlops.dataset): teacher, rated, corrected, all
+    correction_weight: int = 3  # a corrected turn trains this many times
+    pool_size: int = 64  # the gate judges on the newest this many pool turns
+    eval_max_new_tokens: int = 64  # length of the greedy answers the gate compares with the labels
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     dtype: str = "auto"  # "auto": bfloat16 on a GPU that supports it, else float32
@@ -42,6 +46,10 @@ class TrainConfig:
         "seed": "finetune_seed",
         "replay_fraction": "finetune_replay_fraction",
         "holdout_fraction": "finetune_holdout_fraction",
+        "train_on": "finetune_train_on",
+        "correction_weight": "finetune_correction_weight",
+        "pool_size": "finetune_gate_pool_size",
+        "eval_max_new_tokens": "max_new_tokens",
     }
 
     def __post_init__(self) -> None:
@@ -52,6 +60,8 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and grad_accum must be >= 1 and max_length >= 2")
         if not 0 <= self.holdout_fraction < 1 or self.replay_fraction < 0:
             raise ValueError("holdout_fraction must be in [0, 1) and replay_fraction >= 0")
+        if self.correction_weight < 1 or self.pool_size < 1 or self.eval_max_new_tokens < 1:
+            raise ValueError("correction_weight, pool_size and eval_max_new_tokens must be >= 1")
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> TrainConfig:

@@ -9,10 +9,10 @@ and reporting ``on_step`` / ``on_epoch_end`` to Ray.
 
 Typical use by the coordinator::
 
-    data = prepare_examples(store, from_seq, to_seq, config)      # train / holdout / replay
+    data = dataset.run_data(store, from_seq, to_seq, config)     # echorag.mlops.dataset
     result = train_lora(base, data.train, config, init_adapter=active_dir)
     save_adapter(result.model, out_dir)
-    losses = heldout_losses(base, {"candidate": out_dir, "active": active_dir}, data.holdout, config)
+    scores = evaluate_versions(base, {"candidate": out_dir, "active": active_dir}, data.pool, config)
 """
 
 from __future__ import annotations
@@ -26,18 +26,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from echorag.devices import pick_dtype, torch_device
-from echorag.mlops.gate import split_holdout
 from echorag.mlops.train_config import TrainConfig
-
-if TYPE_CHECKING:
-    from echorag.mlops.store import ConversationStore, StoredTurn
 
 logger = logging.getLogger(__name__)
 
@@ -53,32 +49,6 @@ class TrainingError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass
-class TrainingData:
-    """What one run trains and is judged on: the gate's holdout comes from new turns only."""
-
-    train: list[Chat]
-    holdout: list[Chat]
-    new_turns: int
-    replay_turns: int
-
-
-def prepare_examples(
-    store: ConversationStore, from_seq: int, to_seq: int, config: TrainConfig
-) -> TrainingData:
-    """New turns on ``(from_seq, to_seq]`` (👎 excluded) split into train / holdout, plus a
-    replay sample of earlier turns for the train side, so the adapter keeps what it knew."""
-    new = store.trainable_turns(from_seq, to_seq)
-    train, holdout = split_holdout(new, config.holdout_fraction, seed=config.seed)
-    replay: list[StoredTurn] = store.replay_sample(from_seq, config.replay_size(len(train)), seed=config.seed)
-    return TrainingData(
-        train=[t.messages() for t in train + replay],
-        holdout=[t.messages() for t in holdout],
-        new_turns=len(new),
-        replay_turns=len(replay),
-    )
 
 
 def read_chats_jsonl(path: str | Path) -> list[Chat]:
@@ -360,45 +330,3 @@ def _mean_loss(model: torch.nn.Module, examples: list[dict[str, list[int]]], pad
         ).item()
         count += int((targets != IGNORE).sum())
     return total / count
-
-
-def heldout_losses(
-    base_path: str | Path,
-    adapters: dict[str, Path | None],
-    examples: list[Chat],
-    config: TrainConfig,
-    device: str | torch.device | None = None,
-) -> dict[str, float]:
-    """Held-out loss of several versions with ONE base model load (``None``: the base model
-    itself). The gate compares the candidate with the active version this way."""
-    if not examples:
-        raise ValueError("no held-out examples")
-    device = torch_device(device)
-    tokenizer = load_tokenizer(base_path)
-    encoded = _encode_all(tokenizer, examples, config.max_length)
-    if not encoded:
-        raise ValueError("no held-out example has assistant tokens within max_length")
-    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=pick_dtype(config.dtype, device))
-    model.to(device).eval()
-
-    def loss(m: torch.nn.Module) -> float:
-        return _mean_loss(m, encoded, tokenizer.pad_token_id, config.batch_size, device)
-
-    results: dict[str, float] = {}
-    for name, path in adapters.items():
-        if path is None:
-            if isinstance(model, PeftModel):
-                with model.disable_adapter():
-                    results[name] = loss(model)
-            else:
-                results[name] = loss(model)
-            continue
-        adapter_name = f"eval{len(results)}"  # peft names must be unique; user names may clash
-        if isinstance(model, PeftModel):
-            model.load_adapter(str(path), adapter_name=adapter_name)
-        else:
-            model = PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name)
-        model.set_adapter(adapter_name)
-        model.to(device).eval()
-        results[name] = loss(model)
-    return results

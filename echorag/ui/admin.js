@@ -4,6 +4,7 @@
 
 import { ApiError, request } from "./api.js";
 import { lineChart } from "./charts.js";
+import { initCorrections } from "./corrections.js";
 import {
   $, confirmDialog, fmtClock, fmtDuration, fmtShort, fmtTime, h, showError, toast,
 } from "./dom.js";
@@ -22,7 +23,7 @@ const EVENT_LABEL = {
   training_interrupted: "학습 중단", adapter_promoted: "어댑터 적용", adapter_rolled_back: "롤백",
   adapter_backed_up: "어댑터 백업", activation_failed: "적용 실패", settings_updated: "설정 변경",
   conversations_cleared: "대화 삭제", dataset_exported: "데이터 내보내기", cleanup: "정리",
-  user_added: "사용자 추가", user_key_issued: "사용자 키 발급", user_revoked: "사용자 키 폐기", data_erased: "데이터 삭제",
+  turn_corrected: "답변 수정", user_added: "사용자 추가", user_key_issued: "사용자 키 발급", user_revoked: "사용자 키 폐기", data_erased: "데이터 삭제",
 };
 const FILTER_LABEL = {
   empty: "빈 대화", too_short: "너무 짧음", duplicate: "중복", pii_scrubbed: "개인정보 가림", erased: "삭제 요청",
@@ -51,6 +52,8 @@ export function initAdmin({ onVersionChange }) {
   function admin(path, options = {}) {
     return request(path, { ...options, token });
   }
+
+  const refreshTurns = initCorrections(admin);
 
   // -- open, close, token ------------------------------------------------------------------
 
@@ -147,6 +150,7 @@ export function initAdmin({ onVersionChange }) {
       if (versionChanged || runKey !== lastRunKey || every(4)) jobs.push(refreshModels());
       if (runKey !== lastRunKey || every(10)) jobs.push(refreshRuns());
       if (every(2)) jobs.push(refreshEvents());
+      if (every(4)) jobs.push(refreshTurns());
       if (!backfilled) jobs.push(backfillCollection(status.collector_stats.total_collected));
       await Promise.all(jobs);
       if (versionChanged && lastVersion !== null) onVersionChange();
@@ -316,8 +320,12 @@ export function initAdmin({ onVersionChange }) {
     const rows = models.versions.slice().reverse().map((v) => {
       const m = v.metrics || {};
       const loss = (x) => (typeof x === "number" ? x.toFixed(4) : "–");
-      const gate = m.candidate_loss !== undefined || m.active_loss !== undefined
+      const share = (x) => (typeof x === "number" ? x.toFixed(2) : "–");
+      let gate = m.candidate_loss !== undefined || m.active_loss !== undefined
         ? `${loss(m.active_loss)} → ${loss(m.candidate_loss)}` : "–";
+      if (typeof m.candidate_agreement === "number") {
+        gate += ` · ${share(m.active_agreement)} → ${share(m.candidate_agreement)}`;
+      }
       const action = v.active ? h("span", { class: "muted" }, "서빙 중")
         : h("button", {
           type: "button", class: "small-btn", "aria-label": `${v.version}(으)로 전환`,
@@ -326,7 +334,7 @@ export function initAdmin({ onVersionChange }) {
       return h("tr", { dataset: { version: v.version, status: v.status }, class: v.active ? "active-row" : "" },
         h("th", { scope: "row" }, v.version, v.active ? h("span", { class: "tag tag-active" }, "현재") : null),
         h("td", {}, VERSION_LABEL[v.status] || v.status),
-        h("td", { class: "num" }, gate),
+        h("td", { class: "num", title: m.gate_reason || "" }, gate),
         h("td", { class: "num" }, v.version === "base" ? "–" : String(v.samples)),
         h("td", { class: "col-created" }, v.created_at ? fmtShort(v.created_at) : "–"),
         h("td", {}, action));

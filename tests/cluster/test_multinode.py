@@ -34,7 +34,10 @@ def serve_config() -> dict:
     """serve_config.yaml, with two generator replicas on the serving nodes."""
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text(encoding="utf-8"))
     app = config["applications"][0]
-    app["args"] |= {"max_new_tokens": 24, "generator_model": "tiny"}  # a model that takes adapters
+    app["args"] |= {"max_new_tokens": 24, "generator_model": "tiny",  # a model that takes adapters
+                    # it answers and learns from its own answers, judged on one pool turn by loss
+                    "finetune_train_on": "all", "finetune_gate_min_examples": 1,
+                    "finetune_gate_agreement_tolerance": 1.0}
     generator = next(d for d in app["deployments"] if d["name"] == "Generator")
     generator.pop("autoscaling_config", None)
     generator |= {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5, "resources": {"echorag_serve": 1}}}

@@ -85,6 +85,11 @@ def app_settings(data_dir, webhook) -> dict:
     return {
         "data_dir": str(data_dir), "generator_model": "tiny", "max_new_tokens": 24, "temperature": 0.0,
         "admin_token": ADMIN_TOKEN, "finetune_webhook_url": webhook.url, "finetune_webhook_format": "slack",
+        # The tiny model answers here and is also the student: these tests opt in to its
+        # own answers as labels and let the gate judge on one pool turn by its loss alone
+        # (the agreement of word salad with word salad is noise), to see the whole loop in
+        # seconds. test_extractive runs the defaults: a teacher, a thin pool refused.
+        "finetune_train_on": "all", "finetune_gate_min_examples": 1, "finetune_gate_agreement_tolerance": 1.0,
     }
 
 

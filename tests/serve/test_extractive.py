@@ -6,6 +6,7 @@ and say NO_ANSWER to a question the documents do not answer; the web page says s
 import json
 import re
 import shutil
+import time
 
 import httpx
 import pytest
@@ -34,7 +35,8 @@ def extractive(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("extractive-app")
     shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")  # the student, as after a first start
     settings = {**app_settings, "data_dir": str(root), "generator_model": "auto",
-                "finetune_webhook_url": None, "finetune_auto_trigger": False}
+                "finetune_webhook_url": None, "finetune_auto_trigger": False,
+                "finetune_train_on": "teacher", "finetune_gate_min_examples": 20}  # the defaults
     serve.run(build_app(settings), name="extractive", route_prefix=PREFIX)
     with httpx.Client(base_url=f"{ray_cluster}{PREFIX}", timeout=180) as http:
         response = http.post("/documents", json={"documents": read_documents([sample_path()])}, headers=ADMIN)
@@ -145,3 +147,32 @@ def test_web_page_shows_the_extractive_banner(extractive, browser):
         page.screenshot(path=str(ARTIFACTS / "extractive.png"), full_page=True)
     finally:
         page.close()
+
+
+def test_the_extractive_teacher_trains_the_tiny_student_and_the_gate_refuses_a_thin_pool(extractive):
+    """Three chats answered by the teacher, batch size 3: a real Ray Train run of the tiny
+    student on exactly the served messages; with the default gate (20 pool turns) the
+    candidate is scored on the pool by loss and agreement and kept, not promoted."""
+    for question in ("훈민정음은 언제 반포되었나요?", "한라산의 높이는 얼마인가요?", "독도는 어디에 있나요?"):
+        assert extractive.post("/chat", json={"message": question}).status_code == 200
+    stored = extractive.get("/mlops/conversations", params={"limit": 3}, headers=ADMIN).json()["conversations"]
+    for turn in stored:
+        assert (turn["backend"], turn["label"]) == ("extractive", "teacher")
+        roles = [m["role"] for m in turn["prompt"]]
+        assert roles[0] == "system" and roles[-1] == "user" and turn["prompt"][-1]["content"].startswith("참고 문서:")
+    started = extractive.post("/mlops/settings", json={"batch_size": 3, "auto_trigger": True}, headers=ADMIN)
+    assert started.status_code == 200, started.text
+    deadline = time.time() + 900
+    while (progress := extractive.get("/mlops/training-progress").json())["status"] in ("idle", "training"):
+        assert time.time() < deadline, progress
+        time.sleep(2)
+    assert progress["status"] == "rejected", progress  # trained and judged, not promoted
+    versions = {v["version"]: v for v in extractive.get("/mlops/models").json()["versions"]}
+    candidate = versions["v1"]
+    assert candidate["status"] == "rejected" and not candidate["active"]
+    metrics = candidate["metrics"]
+    assert metrics["candidate_agreement"] is not None and metrics["candidate_loss"] is not None
+    assert "gate_min_examples" in metrics["gate_reason"]
+    events = extractive.get("/mlops/events", params={"event_type": "training_rejected"}, headers=ADMIN).json()["events"]
+    assert events and "평가 풀" in events[0]["message"] and "일치도" in events[0]["message"]
+    assert extractive.get("/health").json()["model_kind"] == "extractive"  # the teacher still answers

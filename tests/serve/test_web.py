@@ -306,6 +306,25 @@ def test_admin_mode_shows_status_trains_rolls_back_and_resets(page, client):
         status = eventually(lambda: panel_matches_status(page, client), timeout=20)
         assert status["collector_stats"]["new_data_count"] >= 2
 
+        # The stored turns are listed; 수정 stores a correction beside the original answer.
+        turn_id = r.json()["turn_id"]
+        item = page.locator(f'#turns-list li[data-turn-id="{turn_id}"]')
+        expect(item).to_be_visible(timeout=20_000)
+        item.get_by_role("button", name=re.compile("답변 수정")).click()
+        expect(page.locator("#correct-dialog")).to_be_visible()
+        original_answer = next(t for t in client.get("/mlops/conversations", headers=ADMIN).json()["conversations"]
+                               if t["id"] == turn_id)["assistant"]
+        expect(page.locator("#correct-original")).to_have_text(original_answer)
+        correction = "김치는 배추를 소금에 절이고 양념을 버무려 담급니다."
+        page.fill("#correct-answer", correction)
+        page.click("#correct-save")
+        expect(page.locator("#correct-dialog")).to_be_hidden()
+        expect(item).to_have_attribute("data-origin", "corrected", timeout=20_000)
+        expect(item.locator(".turn-answer")).to_have_text(correction)
+        stored = next(t for t in client.get("/mlops/conversations", headers=ADMIN).json()["conversations"]
+                      if t["id"] == turn_id)
+        assert stored["corrected"] == correction and stored["assistant"] == original_answer
+
         # A manual fine-tune (Chromium keeps Ctrl+T: Ctrl+Shift+F), watched until a new version.
         before = client.get("/mlops/models").json()
         known = {v["version"] for v in before["versions"]}

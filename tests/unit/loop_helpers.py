@@ -17,12 +17,15 @@ from tests.webhook_receiver import Receiver
 WAIT = 120  # seconds: generous upper bound for a run on the tiny model
 
 
-def turn(i: int) -> Turn:
+def turn(i: int, label: str = "teacher") -> Turn:
+    """A collected turn; by default answered by a teacher (the extractive answerer), so it
+    is a label the student learns from."""
     q, a = QA[i % len(QA)]
     if i >= len(QA):  # identical turns would be dropped as duplicates
         q, a = f"{q} ({i})", f"{a} ({i})"
+    backend = "extractive" if label == "teacher" else "tiny"
     return Turn(id=f"turn-{i}", session_id="s1", user_id="u1", user=q, assistant=a,
-                adapter_version="base", model="tiny")
+                adapter_version="base", model=backend, backend=backend, label=label)
 
 
 class Trainer:
@@ -57,11 +60,14 @@ def receiver():
 
 @pytest.fixture
 def make(tmp_path):
-    """``make(trainer, **settings)``: a LearningLoop on ``tmp_path/data``, closed afterwards."""
+    """``make(trainer, **settings)``: a LearningLoop on ``tmp_path/data``, closed afterwards.
+    The gate judges on as little as one pool turn here (``gate_min_examples``: 1): these
+    tests are about the loop's mechanics; the default's refusal has its own test."""
     loops: list[LearningLoop] = []
 
     def build(trainer, *, activated: list | None = None, loop_kwargs: dict | None = None, **settings):
-        values = {"data_dir": tmp_path / "data", "finetune_batch_size": 3, "finetune_epochs": 2} | settings
+        values = {"data_dir": tmp_path / "data", "finetune_batch_size": 3, "finetune_epochs": 2,
+                  "finetune_gate_min_examples": 1} | settings
         loop = LearningLoop(
             Settings(**values), trainer,
             warm_up=None if activated is None else activated.append,

@@ -22,7 +22,7 @@ from echorag.types import Turn
 def _turn(i: int, user_id: str, session_id: str, text: str = "") -> Turn:
     return Turn(id=f"t-{user_id}-{i}", session_id=session_id, user_id=user_id,
                 user=f"{text or user_id}의 질문 {i}번입니다", assistant=f"{text or user_id}에게 답변 {i}번입니다",
-                adapter_version="base", model="tiny")
+                adapter_version="base", model="extractive", backend="extractive", label="teacher")
 
 
 def _file_bytes(path) -> bytes:

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from echorag.mlops import EvaluationGate, split_holdout
+from echorag.mlops import EvaluationGate, VersionScore, split_holdout
 
 
 @pytest.mark.parametrize(
@@ -21,14 +21,39 @@ from echorag.mlops import EvaluationGate, split_holdout
     ],
 )
 def test_gate_tolerance_boundaries(tolerance, candidate, active, promote):
-    decision = EvaluationGate(tolerance).decide(candidate, active)
+    decision = EvaluationGate(tolerance).decide(VersionScore(candidate), VersionScore(active), pool=30)
     assert decision.promote is promote
     assert decision.metrics["candidate_loss"] is candidate and decision.reason
 
 
 def test_gate_reports_the_relative_change():
-    decision = EvaluationGate(0.02).decide(1.1, 1.0)
+    decision = EvaluationGate(0.02).decide(VersionScore(1.1), VersionScore(1.0), pool=30)
     assert not decision.promote and decision.metrics["relative_change"] == pytest.approx(0.1)
+
+
+def test_gate_refuses_on_a_thin_pool_whatever_the_scores():
+    gate = EvaluationGate(min_examples=20)
+    better = VersionScore(loss=0.1, agreement=0.9)
+    worse = VersionScore(loss=2.0, agreement=0.1)
+    decision = gate.decide(better, worse, pool=19)
+    assert not decision.promote and "19" in decision.reason and "gate_min_examples" in decision.reason
+    assert gate.decide(better, worse, pool=20).promote
+
+
+@pytest.mark.parametrize(
+    ("candidate", "active", "promote", "why"),
+    [
+        (VersionScore(0.9, 0.50), VersionScore(1.0, 0.50), True, "loss limit"),
+        (VersionScore(0.9, 0.485), VersionScore(1.0, 0.50), True, "loss limit"),  # within 0.02
+        (VersionScore(0.9, 0.47), VersionScore(1.0, 0.50), False, "agreement is below"),  # lower loss, worse answers
+        (VersionScore(1.1, 0.90), VersionScore(1.0, 0.50), False, "loss exceeds"),  # better answers, worse loss
+        (VersionScore(0.9, None), VersionScore(1.0, 0.50), True, "loss limit"),  # agreement not measured
+    ],
+)
+def test_gate_needs_both_the_loss_and_the_agreement(candidate, active, promote, why):
+    decision = EvaluationGate(0.0, agreement_tolerance=0.02).decide(candidate, active, pool=25)
+    assert decision.promote is promote and why in decision.reason
+    assert decision.metrics["candidate"]["agreement"] == candidate.agreement and decision.metrics["pool"] == 25
 
 
 def test_holdout_split_is_deterministic_and_order_independent():

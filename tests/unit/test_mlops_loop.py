@@ -1,5 +1,5 @@
 """The learning loop end to end, without Ray: real LoRA runs on the tiny model
-(``local_train_fn``: ``train_lora`` + ``heldout_losses``), runs on threads that
+(``local_train_fn``: ``train_lora`` + ``evaluate_versions``), runs on threads that
 ``wait_idle`` joins, webhooks to a receiver on 127.0.0.1, restarts on the same data dir."""
 
 
@@ -33,7 +33,7 @@ def test_a_batch_starts_a_run_and_the_gate_promotes_v1(make, tiny_model_path, tm
     assert infos[2].training_queued and infos[2].current_version == BASE
     assert loop.wait_idle(WAIT)
 
-    assert loop.active_version() == "v1" and activated == ["v1"]
+    assert loop.active_version() == "v1" and activated == ["v1"], loop.registry.info("v1").metrics["gate_reason"]
     (job,) = trainer.jobs
     assert (job.from_seq, job.to_seq, job.init_adapter, job.init_version) == (0, 3, None, BASE)
     assert (job.new_turns, len(job.holdout), len(job.train), job.replay_turns) == (3, 1, 2, 0)
@@ -74,11 +74,13 @@ def test_a_batch_starts_a_run_and_the_gate_promotes_v1(make, tiny_model_path, tm
     assert perf.collected_last_hour == 4 and perf.collection_rate_per_hour == pytest.approx(4 / 24)
     assert perf.success_rate == 1.0 and perf.average_training_time_s > 0 and perf.runs_promoted == 1
 
-    exported = loop.export(inline=True)
-    assert exported.count == 4 and exported.jsonl.count("\n") == 4
-    assert json.loads(exported.jsonl.splitlines()[0])["messages"][0] == {"role": "user", "content": QA[0][0]}
+    exported = loop.export(inline=True)  # 4 collected, the run's evaluation-pool turn apart
+    (pooled,) = loop.store.select("pool = 1")
+    assert exported.count == 3 and exported.jsonl.count("\n") == 3
+    questions = [json.loads(line)["messages"][0]["content"] for line in exported.jsonl.splitlines()]
+    assert pooled.user not in questions and set(questions) <= {q for q, _ in QA}
     written = loop.export(tmp_path / "out" / "train.jsonl")
-    assert written.count == 4 and Path(written.path).read_text(encoding="utf-8") == exported.jsonl
+    assert written.count == 3 and Path(written.path).read_text(encoding="utf-8") == exported.jsonl
     page = loop.conversations(limit=2, offset=1)
     assert page.total == 4 and [t.id for t in page.conversations] == ["turn-2", "turn-1"]
 
@@ -103,7 +105,8 @@ def test_turns_that_arrive_during_a_run_make_exactly_one_follow_up(make, tiny_mo
     assert (second.from_seq, second.to_seq, second.new_turns) == (3, 8, 5)
     assert second.init_version == "v1" and second.init_adapter == loop.registry.path("v1")
     assert second.replay_turns == 1  # round(4 train turns * 0.25) earlier turns mixed in
-    assert len(second.train) == 4 + 1 and len(second.holdout) == 1
+    assert len(second.train) == 4 + 1  # 1 of the 5 new turns joined the pool
+    assert len(second.holdout) == 2  # the pool grows: one turn of each batch
     runs = loop.training_history().runs
     assert [(r.from_seq, r.to_seq, r.status) for r in reversed(runs)] == [(0, 3, "succeeded"), (3, 8, "succeeded")]
     assert loop.registry.info("v2").parent == "v1"

@@ -124,8 +124,9 @@ def adapter_trainer(adapter: Path, jobs: list, release: threading.Event | None =
 
 
 def snapshot(loop: LearningLoop) -> dict[str, dict]:
-    """Every stored turn by id, without its seq (which a restore may change)."""
-    return {t.id: t.model_dump(exclude={"seq"}) for t in loop.store.recent_turns(10_000)}
+    """Every stored turn by id, without its seq (which a restore may change) and its pool
+    membership (which a run that starts meanwhile may set)."""
+    return {t.id: t.model_dump(exclude={"seq", "pool"}) for t in loop.store.recent_turns(10_000)}
 
 
 def test_restore_brings_back_a_cleared_backup_and_trains_each_turn_once(make, prebuilt_adapter):

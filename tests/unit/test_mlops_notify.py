@@ -19,11 +19,11 @@ def receiver_factory():
         r.close()
 
 
-EVENT = training_succeeded("v3", 1.23, 1.10)
+EVENT = training_succeeded("v3", 1.23, 1.10, (0.31, 0.42), 40)
 
 
 def test_korean_messages():
-    assert EVENT.message == "✅ 미세조정 완료: v3 (held-out loss 1.23 → 1.10)"
+    assert EVENT.message == "✅ 미세조정 완료: v3 (평가 풀 40건: loss 1.23 → 1.10, 일치도 0.31 → 0.42)"
     failed = training_failed("CUDA out of memory", attempt=1, max_attempts=3, retry_in=30)
     assert failed.message.startswith("❌ 미세조정 실패: CUDA out of memory") and "30초 후 재시도" in failed.message
 

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from echorag.mlops import ConversationStore, Event
+from echorag.mlops.dataset import export_jsonl
 from echorag.types import Turn
 
 
@@ -112,7 +113,7 @@ def test_thumbs_down_turns_are_excluded_from_training_and_export(store, tmp_path
     assert (counts.total, counts.liked, counts.disliked) == (4, 1, 1)
 
     out = tmp_path / "export" / "train.jsonl"
-    assert store.export_jsonl(out) == 3
+    assert export_jsonl(store, out, train_on="all") == 3  # these turns are the student's own answers
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert lines[0] == {
         "messages": [
@@ -123,14 +124,15 @@ def test_thumbs_down_turns_are_excluded_from_training_and_export(store, tmp_path
     assert all("질문 1번" not in m["content"] for line in lines for m in line["messages"])
 
 
-def test_replay_sample_is_deterministic_and_only_earlier_accepted_data(store):
+def test_a_sample_is_deterministic_and_only_of_matching_turns(store):
     for i in range(20):
         store.add_turn(turn(i))
     store.set_feedback("t3", -1)
-    sample = store.replay_sample(before_seq=10, n=5, seed=7)
-    assert sample == store.replay_sample(before_seq=10, n=5, seed=7)
+    where, params = "seq <= ? AND feedback >= 0", (10,)
+    sample = store.sample(where, params, n=5, seed=7)
+    assert sample == store.sample(where, params, n=5, seed=7)
     assert len(sample) == 5 and all(t.seq <= 10 and t.id != "t3" for t in sample)
-    assert len(store.replay_sample(before_seq=10, n=100)) == 9
+    assert len(store.sample(where, params, n=100)) == 9
 
 
 def test_backup_clear_restore_round_trip(store, tmp_path):

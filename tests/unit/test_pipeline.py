@@ -117,7 +117,8 @@ def test_the_evidence_gate_answers_no_answer_without_calling_the_model(tmp_path,
 def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp_path, tiny_model_path, one_torch_thread):
     """No train/serve skew: the stored turn keeps the served messages, and the prompt part
     of its training example is token for token what LocalGenerator encoded."""
-    from echorag.mlops.training import IGNORE, encode_chat, prepare_examples
+    from echorag.mlops.dataset import run_data
+    from echorag.mlops.training import IGNORE, encode_chat
     from echorag.mlops.train_config import TrainConfig
 
     settings, embedder, retriever = parts(tmp_path, tiny_model_path)
@@ -151,6 +152,6 @@ def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp
     assert example["input_ids"][:first_label] == served_ids
     assert generator.tokenizer.decode(example["input_ids"][first_label:], skip_special_tokens=True).strip() == \
         second.response
-    data = prepare_examples(loop.store, 0, loop.store.max_seq(), TrainConfig(holdout_fraction=0.0))
+    data = run_data(loop.store, 0, loop.store.max_seq(), TrainConfig(holdout_fraction=0.0, train_on="all"))
     assert stored.messages() in data.train
     loop.close()

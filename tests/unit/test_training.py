@@ -8,21 +8,18 @@ import pytest
 
 from echorag.config import Settings
 from echorag.generation import LocalGenerator
-from echorag.mlops import ConversationStore
+from echorag.mlops.evaluation import evaluate_versions
 from echorag.mlops.train_config import TrainConfig
 from echorag.mlops.training import (
     IGNORE,
     StepInfo,
     TrainingError,
     encode_chat,
-    heldout_losses,
-    prepare_examples,
     save_adapter,
     supports_assistant_mask,
     train_lora,
 )
 from echorag.tiny_model import CHAT_TEMPLATE, EOT
-from echorag.types import Turn
 from tests.korean_qa import QA
 
 CHATS = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]
@@ -102,14 +99,16 @@ def trained(tiny_model_path, tmp_path_factory):
     return result, steps, adapter
 
 
-def test_training_lowers_the_loss_and_beats_base_on_held_out_loss(tiny_model_path, trained):
+def test_training_lowers_the_loss_and_the_trained_version_answers_like_its_labels(tiny_model_path, trained):
     result, _, adapter = trained
     epochs = result.epoch_losses
     assert len(epochs) == FAST.epochs and epochs[-1] < 0.7 * epochs[0], epochs
-    losses = heldout_losses(tiny_model_path, {"base": None, "trained": adapter}, CHATS, FAST)
-    print(f"\nheld-out loss on the training chats: base {losses['base']:.3f}, trained {losses['trained']:.3f}"
-          f"; epoch losses {[round(x, 3) for x in epochs]}")
-    assert losses["trained"] < 0.7 * losses["base"], losses
+    scores = evaluate_versions(tiny_model_path, {"base": None, "trained": adapter}, CHATS, FAST)
+    base, trained_ = scores["base"], scores["trained"]
+    print(f"\non the training chats: loss base {base.loss:.3f} → trained {trained_.loss:.3f}, agreement "
+          f"{base.agreement:.3f} → {trained_.agreement:.3f}; epoch losses {[round(x, 3) for x in epochs]}")
+    assert trained_.loss < 0.7 * base.loss, scores
+    assert trained_.agreement > base.agreement + 0.1, scores  # greedy answers, served as LocalGenerator serves
 
 
 def test_on_step_reports_every_step_with_total_and_eta(trained):
@@ -171,20 +170,3 @@ def test_config_from_settings_reads_what_settings_has():
         TrainConfig(holdout_fraction=1.0)
 
 
-def test_prepare_examples_holds_out_new_turns_and_replays_old_ones(tmp_path):
-    def turn(i: int) -> Turn:
-        return Turn(id=f"t{i}", session_id="s", user_id="u", user=f"질문 {i}번: {QA[i % 12][0]}",
-                    assistant=f"{QA[i % 12][1]} ({i})", adapter_version="base", model="tiny")
-
-    with ConversationStore(tmp_path / "echorag.sqlite") as store:
-        for i in range(30):
-            store.add_turn(turn(i))
-        config = TrainConfig(holdout_fraction=0.2, replay_fraction=0.25)
-        data = prepare_examples(store, from_seq=20, to_seq=30, config=config)
-    assert (data.new_turns, len(data.holdout), data.replay_turns) == (10, 2, 2)
-    assert len(data.train) == 8 + 2
-    new_users = {f"질문 {i}번: {QA[i % 12][0]}" for i in range(20, 30)}
-    held = {chat[0]["content"] for chat in data.holdout}
-    trained_on = {chat[0]["content"] for chat in data.train}
-    assert held <= new_users and not held & trained_on  # held-out turns are never trained on
-    assert len(trained_on - new_users) == 2  # the replayed ones come from before the watermark

@@ -1,0 +1,70 @@
+"""What the gate measures: several versions of the student on the evaluation pool, with
+one model load, through the serving code (``LocalGenerator``: same chat template, same
+greedy decoding, same adapter routing) so that "agrees with the labels" means "answers
+like the labels when served".
+
+Per version: the mean loss per label token (``training._mean_loss``, loss on the answer
+only) and the mean agreement of its greedy answer with the label, as Kiwi
+content-morpheme token F1 (``echorag.answer_metrics``, what ``echorag eval-answers``
+reports).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+from peft import PeftModel
+
+from echorag.answer_metrics import token_f1
+from echorag.generation import LocalGenerator
+from echorag.mlops.gate import VersionScore
+from echorag.mlops.train_config import TrainConfig
+from echorag.mlops.training import Chat, _encode_all, _mean_loss
+from echorag.models import ResolvedModel
+
+
+def evaluate_versions(
+    base_path: str | Path,
+    adapters: dict[str, Path | None],
+    pool: list[Chat],
+    config: TrainConfig,
+    device: str | None = None,
+    on_answer: Callable[[str, int, int], None] | None = None,
+) -> dict[str, VersionScore]:
+    """``adapters``: name -> adapter directory (None: the base model). ``on_answer(name,
+    done, total)`` reports progress of the greedy answers."""
+    if not pool:
+        raise ValueError("the evaluation pool is empty")
+    path = Path(base_path)
+    generator = LocalGenerator(ResolvedModel(str(path), "local", path.name), device=device or "auto", dtype=config.dtype)
+    encoded = _encode_all(generator.tokenizer, pool, config.max_length)
+    if not encoded:
+        raise ValueError("no pool turn has answer tokens within max_length")
+    for name, adapter in adapters.items():
+        if adapter is not None:
+            generator.load_adapter(name, adapter)
+    prompts = [chat[:-1] for chat in pool]
+    labels = [chat[-1]["content"] for chat in pool]
+    scores: dict[str, VersionScore] = {}
+    for name, adapter in adapters.items():
+        model = generator.model
+        if adapter is None:
+            context = model.disable_adapter() if isinstance(model, PeftModel) else nullcontext()
+        else:
+            model.set_adapter(name)
+            context = nullcontext()
+        with context:
+            loss = _mean_loss(model, encoded, generator.tokenizer.pad_token_id, config.batch_size, generator.device)
+        answers: list[str] = []
+        for start in range(0, len(prompts), config.batch_size):
+            batch = prompts[start : start + config.batch_size]
+            rows = generator.generate(batch, [None if adapter is None else name] * len(batch),
+                                      config.eval_max_new_tokens, temperature=0.0)
+            answers.extend(row.text for row in rows)
+            if on_answer is not None:
+                on_answer(name, len(answers), len(prompts))
+        agreement = sum(token_f1(answer, label) for answer, label in zip(answers, labels)) / len(labels)
+        scores[name] = VersionScore(loss=loss, agreement=agreement)
+    return scores
