@@ -55,8 +55,7 @@ def quality(backends: dict[str, object], settings, shared: Path | None, shared_l
         bench = AnswerBench(corpus, settings)
         splits = ("dev", "test") if name == "sample_kb" else ("all",)
         cases = {split: bench.prepare(select_split(queries, split)) for split in splits}
-        for backend, make in backends.items():
-            generator = make(bench.embedder)
+        for backend, generator in backends.items():
             for split, split_cases in cases.items():
                 out = bench.run(split_cases, generator, settings.abstain_below)
                 out.pop("rows")
@@ -169,14 +168,10 @@ def main() -> None:
     tiny_model = build_tiny_model(work / "models" / "tiny-ko")
     settings = load_settings(data_dir=str(work), max_new_tokens=args.max_new_tokens, temperature=0.0)
     tiny = LocalGenerator(resolve_generator("tiny", settings.models_dir))
-    backends = {
-        "extractive": lambda embedder: ExtractiveGenerator.served(settings),  # as the service runs it
-        "tiny": lambda embedder: tiny,
-    }
+    backends = {"extractive": ExtractiveGenerator.served(settings), "tiny": tiny}  # extractive as the service runs it
     kanana = resolve_answerer(settings)
     if kanana.kind == "kanana":
-        model = LocalGenerator(kanana)
-        backends["kanana"] = lambda embedder: model
+        backends["kanana"] = LocalGenerator(kanana)
     out = RESULTS / "answers.json"
     report = json.loads(out.read_text()) if out.is_file() else {}
     report["command"] = "python bench/answers.py" + (f" --shared {args.shared}" if args.shared else "")

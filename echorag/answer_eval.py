@@ -10,7 +10,6 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -47,7 +46,7 @@ def select_split(queries: list[dict], split: str) -> list[dict]:
     return [q for q in queries if q.get("split", split) == split]
 
 
-def make_generator(backend: str, settings: Settings, model: str | None, embedder: Any):
+def make_generator(backend: str, settings: Settings, model: str | None):
     if backend == "extractive":
         return ExtractiveGenerator.served(settings)  # AnswerBench.run gates, as the pipeline does
     if backend == "local":

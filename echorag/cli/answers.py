@@ -18,7 +18,7 @@ def cmd_eval_answers(args) -> None:
     settings = load_settings(abstain_below=args.abstain_below, top_k=args.top_k)
     bench = AnswerBench(corpus, settings)
     try:
-        generator = make_generator(args.backend, settings, args.model, bench.embedder)
+        generator = make_generator(args.backend, settings, args.model)
         cases = bench.prepare(queries)
         report = bench.run(cases, generator, settings.abstain_below)
     finally:

@@ -28,6 +28,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 from echorag.mlops.gate import split_holdout
 from echorag.mlops.records import StoredTurn, TrainOn
@@ -35,7 +36,7 @@ from echorag.mlops.store import ConversationStore
 from echorag.mlops.train_config import TrainConfig
 from echorag.mlops.jobs import Chat
 
-TRAIN_ON: tuple[TrainOn, ...] = ("teacher", "rated", "corrected", "all")
+TRAIN_ON: tuple[TrainOn, ...] = get_args(TrainOn)
 
 _ACCEPTED = "(feedback >= 0 OR corrected IS NOT NULL)"
 _LABELS: dict[str, str] = {
@@ -82,7 +83,7 @@ def run_data(store: ConversationStore, from_seq: int, to_seq: int, config: Train
     the rest train, with a replay sample of earlier non-pool turns."""
     where = labelled(config.train_on)
     new = store.select(f"seq > ? AND seq <= ? AND {where}", (from_seq, to_seq))
-    train, held = split_holdout(new, config.holdout_fraction, seed=config.seed)
+    _, held = split_holdout(new, config.holdout_fraction, seed=config.seed)
     # A turn already in the pool (an earlier attempt of this run) stays there.
     held_ids = {t.id for t in held} | {t.id for t in new if t.pool}
     if held_ids:
@@ -92,8 +93,9 @@ def run_data(store: ConversationStore, from_seq: int, to_seq: int, config: Train
     new_ids = {t.id for t in new}
     train += [t for t in store.select(f"seq <= ? AND pool = 0 AND {_RECORRECTED} AND {where}", (from_seq,))
               if t.id not in new_ids]
+    training_ids = {t.id for t in train}
     replay = [t for t in store.sample(f"seq <= ? AND pool = 0 AND {where}", (from_seq,), config.replay_size(len(train)),
-                                      config.seed) if t.id not in {u.id for u in train}]
+                                      config.seed) if t.id not in training_ids]
     pool = store.select(f"seq <= ? AND pool = 1 AND {where}", (to_seq,), limit=config.pool_size, newest_first=True)
     return RunData(
         train=_chats(train + replay, config.correction_weight),

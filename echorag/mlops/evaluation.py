@@ -11,7 +11,6 @@ reports).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -31,10 +30,8 @@ def evaluate_versions(
     pool: list[Chat],
     config: TrainConfig,
     device: str | None = None,
-    on_answer: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, VersionScore]:
-    """``adapters``: name -> adapter directory (None: the base model). ``on_answer(name,
-    done, total)`` reports progress of the greedy answers."""
+    """``adapters``: name -> adapter directory (None: the base model)."""
     if not pool:
         raise ValueError("the evaluation pool is empty")
     path = Path(base_path)
@@ -63,8 +60,6 @@ def evaluate_versions(
             rows = generator.generate(batch, [None if adapter is None else name] * len(batch),
                                       config.eval_max_new_tokens, temperature=0.0)
             answers.extend(row.text for row in rows)
-            if on_answer is not None:
-                on_answer(name, len(answers), len(prompts))
         agreement = sum(token_f1(answer, label) for answer, label in zip(answers, labels)) / len(labels)
         scores[name] = VersionScore(loss=loss, agreement=agreement)
     return scores

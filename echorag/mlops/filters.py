@@ -122,13 +122,18 @@ def _pseudonym(value: str) -> str:
     return f"anon-{hashlib.sha256(value.encode()).hexdigest()[:16]}" if kinds else value
 
 
+def clean(text: str | None) -> tuple[str, list[str]]:
+    """Stored text as every stored text is: NFC, stripped, personal data scrubbed."""
+    return scrub_pii(unicodedata.normalize("NFC", text or "").strip())
+
+
 class TurnFilter:
     def __init__(self, min_chars: int = 2) -> None:
         self.min_chars = min_chars
 
     def screen(self, turn: TurnLike) -> Screened:
-        user, user_pii = scrub_pii(unicodedata.normalize("NFC", turn.user or "").strip())
-        assistant, assistant_pii = scrub_pii(unicodedata.normalize("NFC", turn.assistant or "").strip())
+        user, user_pii = clean(turn.user)
+        assistant, assistant_pii = clean(turn.assistant)
         if not user or not assistant:
             reason = "empty"
         elif min(len(user), len(assistant)) < self.min_chars:

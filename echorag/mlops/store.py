@@ -14,7 +14,6 @@ import random
 import sqlite3
 import threading
 import time
-import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import echorag.mlops.erasure as erasure
 from echorag.mlops.events import Event
-from echorag.mlops.filters import TurnFilter, scrub_pii
+from echorag.mlops.filters import TurnFilter, clean
 from echorag.mlops.records import AddResult, Counts, Run, RunStatus, StoredTurn
 
 if TYPE_CHECKING:
@@ -270,10 +269,6 @@ class ConversationStore:
         turns = [_turn(r) for r in rows]
         return turns[::-1] if newest_first else turns
 
-    def trainable_turns(self, from_seq: int, to_seq: int) -> list[StoredTurn]:
-        """Every turn on ``(from_seq, to_seq]`` but the 👎 ones that nobody corrected."""
-        return self.select("seq > ? AND seq <= ? AND (feedback >= 0 OR corrected IS NOT NULL)", (from_seq, to_seq))
-
     def sample(self, where: str, params: Iterable[Any], n: int, seed: int = 0) -> list[StoredTurn]:
         """A deterministic sample of ``n`` turns matching ``where``, in seq order."""
         seqs = [r[0] for r in self._query(f"SELECT seq FROM conversations WHERE {where} ORDER BY seq", list(params))]
@@ -289,7 +284,7 @@ class ConversationStore:
     def correct(self, turn_id: str, answer: str) -> StoredTurn | None:
         """Store an admin's corrected answer beside the original (which is kept); None if
         the turn is unknown. The correction is scrubbed of PII like every stored text."""
-        scrubbed, _ = scrub_pii(unicodedata.normalize("NFC", answer).strip())
+        scrubbed, _ = clean(answer)
         with self._tx() as db:
             changed = db.execute(
                 "UPDATE conversations SET corrected = ?, corrected_at = ? WHERE id = ?", (scrubbed, time.time(), turn_id)

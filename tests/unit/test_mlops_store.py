@@ -6,7 +6,7 @@ import time
 import pytest
 
 from echorag.mlops import ConversationStore, Event
-from echorag.mlops.dataset import export_jsonl
+from echorag.mlops.dataset import export_jsonl, labelled
 from echorag.types import Turn
 
 
@@ -107,8 +107,9 @@ def test_thumbs_down_turns_are_excluded_from_training_and_export(store, tmp_path
     with pytest.raises(ValueError):
         store.set_feedback("t0", 5)
 
-    assert [t.id for t in store.trainable_turns(0, 4)] == ["t0", "t2", "t3"]
-    assert [t.id for t in store.trainable_turns(2, 4)] == ["t2", "t3"]  # seqs (2, 4]
+    trainable = f"seq > ? AND seq <= ? AND {labelled('all')}"
+    assert [t.id for t in store.select(trainable, (0, 4))] == ["t0", "t2", "t3"]
+    assert [t.id for t in store.select(trainable, (2, 4))] == ["t2", "t3"]  # seqs (2, 4]
     counts = store.counts()
     assert (counts.total, counts.liked, counts.disliked) == (4, 1, 1)
 
