@@ -8,7 +8,6 @@ holds its lock around a restore, which must not race a run starting.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -187,7 +186,7 @@ def export(
     or returned when ``inline`` (no event)."""
     if inline:
         turns = dataset.training_turns(store, train_on)
-        text = "".join(json.dumps({"messages": t.messages()}, ensure_ascii=False) + "\n" for t in turns)
+        text = "".join(t.export_line() + "\n" for t in turns)
         return ExportResponse(count=len(turns), jsonl=text), None
     target = Path(path) if path else exports_dir / f"training-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     count = dataset.export_jsonl(store, target, train_on)

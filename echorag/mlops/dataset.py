@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -120,6 +119,6 @@ def export_jsonl(store: ConversationStore, path: str | Path, train_on: str) -> i
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for turn in turns:
-            f.write(json.dumps({"messages": turn.messages()}, ensure_ascii=False) + "\n")
+            f.write(turn.export_line() + "\n")
     os.replace(tmp, path)
     return len(turns)

@@ -13,7 +13,6 @@ calls them; nothing here imports the store.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import sqlite3
@@ -109,12 +108,6 @@ def purge(db: sqlite3.Connection) -> int:
             f"DELETE FROM conversations WHERE user_id IN ({marks}) OR session_id IN ({marks})", part + part
         ).rowcount
     return deleted
-
-
-def export_line(user: str, assistant: str) -> str:
-    """A turn as ``ConversationStore.export_jsonl`` writes it."""
-    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    return json.dumps({"messages": messages}, ensure_ascii=False)
 
 
 def scrub_backups(paths: Iterable[Path], kind: SubjectKind, subject: str) -> int:

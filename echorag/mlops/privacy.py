@@ -95,7 +95,8 @@ class PrivacyDesk:
         with self._lock:
             watermark, run_id = self.policy.watermark, self._current_run_id()
         backups = erasure.scrub_backups(sorted(self.backups_dir.glob(BACKUP_GLOB)), kind, subject)
-        lines = {erasure.export_line(t.user, t.assistant) for t in deleted}
+        # An export written before a correction holds the original answer.
+        lines = {t.export_line(answer) for t in deleted for answer in {t.assistant, t.answer}}
         exported = erasure.scrub_exports(sorted(self.exports_dir.glob("*.jsonl")), lines)
         report = ErasureReport(
             kind=kind, subject=subject, conversations=len(deleted),

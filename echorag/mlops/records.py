@@ -3,6 +3,7 @@ the counts, the outcome of storing a turn."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,11 +50,16 @@ class StoredTurn(BaseModel):
         """The label: the correction where there is one, else what was answered."""
         return self.corrected if self.corrected is not None else self.assistant
 
-    def messages(self) -> list[dict[str, str]]:
-        """The turn as the answerer saw it, with its label: the served messages, or for
-        an old turn the question alone (chat-messages format, what the chat template takes)."""
+    def messages(self, answer: str | None = None) -> list[dict[str, str]]:
+        """The turn as the answerer saw it, with its label (or ``answer``): the served
+        messages, or for an old turn the question alone (chat-messages format, what the
+        chat template takes)."""
         prompt = self.prompt if self.prompt is not None else [{"role": "user", "content": self.user}]
-        return [*prompt, {"role": "assistant", "content": self.answer}]
+        return [*prompt, {"role": "assistant", "content": self.answer if answer is None else answer}]
+
+    def export_line(self, answer: str | None = None) -> str:
+        """The turn as a line of an exported training set (and what erasure looks for there)."""
+        return json.dumps({"messages": self.messages(answer)}, ensure_ascii=False)
 
 
 class Run(BaseModel):

@@ -52,7 +52,7 @@ class TrainingError(RuntimeError):
 
 
 def read_chats_jsonl(path: str | Path) -> list[Chat]:
-    """Chats from a JSONL file of ``{"messages": [...]}`` lines (``ConversationStore.export_jsonl``)."""
+    """Chats from a JSONL file of ``{"messages": [...]}`` lines (``dataset.export_jsonl``)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line)["messages"] for line in f if line.strip()]
 

@@ -13,16 +13,17 @@ from echorag.identity import (
     SessionSigner, header_user, new_key, parse_key, parse_networks, secret_matches, session_owner, valid_user_id,
 )
 from echorag.mlops import Conflict, ConversationStore, LearningLoop, NotFound
-from echorag.mlops.erasure import export_line
 from echorag.mlops.privacy import PrivacyDesk
 from echorag.mlops.users import UserDirectory
 from echorag.types import Turn
 
 
 def _turn(i: int, user_id: str, session_id: str, text: str = "") -> Turn:
+    question = f"{text or user_id}의 질문 {i}번입니다"
     return Turn(id=f"t-{user_id}-{i}", session_id=session_id, user_id=user_id,
-                user=f"{text or user_id}의 질문 {i}번입니다", assistant=f"{text or user_id}에게 답변 {i}번입니다",
-                adapter_version="base", model="extractive", backend="extractive", label="teacher")
+                user=question, assistant=f"{text or user_id}에게 답변 {i}번입니다",
+                adapter_version="base", model="extractive", backend="extractive", label="teacher",
+                prompt=[{"role": "system", "content": "시스템"}, {"role": "user", "content": f"참고 문서: …\n\n질문: {question}"}])
 
 
 def _file_bytes(path) -> bytes:
@@ -211,8 +212,8 @@ def test_an_erased_user_is_in_no_later_run_export_or_backup(tmp_path):
 
         lines = open(exported.path, encoding="utf-8").read().splitlines()
         assert len(lines) == 4 and all("김철수당뇨" not in line for line in lines)
-        kept = _turn(0, bob, "sb", "밥")
-        assert export_line(kept.user, kept.assistant) in lines
+        kept = loop.store.get_turn(_turn(0, bob, "sb", "밥").id)
+        assert kept.export_line() in lines
         assert not loop.record(_turn(7, alice, "sa", "다시")).collected
         assert loop.subject_conversations("user", alice).count == 0
         assert loop.subject_conversations("user", bob).count == 4
