@@ -11,9 +11,9 @@ from ray.serve.handle import DeploymentHandle
 
 from echorag.config import Settings
 from echorag.retrieval import Retriever as HybridRetriever
-from echorag.schemas import DocumentsResponse, SearchResult
+from echorag.schemas import DocumentsResponse
 from echorag.store import VectorStore
-from echorag.types import Turn
+from echorag.types import ChatContext, Turn
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -23,8 +23,8 @@ class Retriever:
         self.embedder = embedder
         self._retriever: HybridRetriever | None = None
         self._opening = asyncio.Lock()
-        # Writes wait on the embedder from a thread; their own pool keeps searches,
-        # which run in the default one, from queueing behind memory indexing.
+        # Writes (documents wait on the embedder from a thread) have their own pool, so
+        # searches, which run in the default one, never queue behind them.
         self._writes = ThreadPoolExecutor(4, thread_name_prefix="retriever-writes")
 
     async def _write(self, fn, *args):
@@ -48,16 +48,10 @@ class Retriever:
                 self._retriever = await asyncio.to_thread(open_store)
         return self._retriever
 
-    async def chat_context(self, query: str, vector: np.ndarray, user_id: str) -> list[SearchResult]:
-        retriever, s = await self._ready(), self.settings
-        return await asyncio.to_thread(
-            retriever.chat_context, query, vector, user_id, s.top_k, s.memory_top_k
-        )
-
-    async def should_abstain(self, query: str, vector: np.ndarray, results: list[SearchResult]) -> bool:
-        """True when no retrieved sentence supports an answer (``Settings.abstain_below``)."""
+    async def chat_context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
+        """The documents and past turns for a question, and the evidence gate's verdict."""
         retriever = await self._ready()
-        return await asyncio.to_thread(retriever.should_abstain, query, vector, results, self.settings)
+        return await asyncio.to_thread(retriever.answer_context, query, vector, user_id, self.settings)
 
     async def add_documents(self, documents: list[dict]) -> DocumentsResponse:
         retriever, s = await self._ready(), self.settings
@@ -67,9 +61,9 @@ class Retriever:
         retriever = await self._ready()
         return await asyncio.to_thread(retriever.delete_documents, doc_ids)
 
-    async def remember(self, turn: Turn) -> None:
+    async def remember(self, turn: Turn, question_vector: np.ndarray) -> None:
         retriever = await self._ready()
-        await self._write(retriever.remember_turn, turn, self._embed_passages)
+        await self._write(retriever.remember_turn, turn, question_vector)
 
     async def forget(self, where: dict) -> int:
         """Delete remembered turns by metadata (``{"user_id": ...}``, ``{"session_id": ...}``)."""

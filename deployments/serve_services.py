@@ -18,8 +18,8 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.http_app import STORE_DOWN, ServiceUnavailable
 from echorag.mlops.registry import AdapterRegistry
-from echorag.schemas import MlopsInfo, SearchResult
-from echorag.types import Generation, Turn
+from echorag.schemas import MlopsInfo
+from echorag.types import ChatContext, Generation, Turn
 
 REPLICA_GONE = (RayActorError, ActorUnavailableError)
 RETRIES = 3
@@ -56,7 +56,7 @@ class ServeServices:
     async def embed_query(self, text: str) -> np.ndarray:
         return await retrying(self.embedder.embed_query.remote, text)
 
-    async def search(self, query: str, vector: np.ndarray, user_id: str) -> list[SearchResult]:
+    async def context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
         try:
             return await retrying(self.retriever.chat_context.remote, query, vector, user_id)
         except REPLICA_GONE:
@@ -66,9 +66,6 @@ class ServeServices:
             if not await self.store_ok():
                 raise ServiceUnavailable(STORE_DOWN) from exc
             raise
-
-    async def should_abstain(self, query: str, vector: np.ndarray, results: list[SearchResult]) -> bool:
-        return await retrying(self.retriever.should_abstain.remote, query, vector, results)
 
     async def store_ok(self) -> bool:
         try:
@@ -99,8 +96,8 @@ class ServeServices:
         # Ray retries this call across a collector restart; storing a turn id twice is a no-op.
         return await self.collector.record.remote(turn)
 
-    async def remember(self, turn: Turn) -> None:
-        await retrying(self.retriever.remember.remote, turn)
+    async def remember(self, turn: Turn, question_vector: np.ndarray) -> None:
+        await retrying(self.retriever.remember.remote, turn, question_vector)
 
     async def active_version(self) -> str:
         # The registry's pointer file is the truth; every replica reads it, so new and

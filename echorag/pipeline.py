@@ -36,7 +36,7 @@ from echorag.schemas import (
     TokenEvent,
     TokenUsage,
 )
-from echorag.types import Generation, Turn
+from echorag.types import ChatContext, Generation, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,7 @@ logger = logging.getLogger(__name__)
 class ChatServices(Protocol):
     async def embed_query(self, text: str) -> np.ndarray: ...
 
-    async def search(self, query: str, vector: np.ndarray, user_id: str) -> list[SearchResult]: ...
-
-    async def should_abstain(self, query: str, vector: np.ndarray, results: list[SearchResult]) -> bool: ...
+    async def context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext: ...
 
     async def generate(self, messages: list[dict], adapter: str) -> Generation: ...
 
@@ -56,7 +54,7 @@ class ChatServices(Protocol):
 
     async def record(self, turn: Turn) -> MlopsInfo: ...
 
-    async def remember(self, turn: Turn) -> None: ...
+    async def remember(self, turn: Turn, question_vector: np.ndarray) -> None: ...
 
     async def active_version(self) -> str: ...
 
@@ -67,6 +65,7 @@ class _Prepared:
     results: list[SearchResult]
     memory: list[dict[str, str]]
     adapter: str
+    vector: np.ndarray  # the question's: it retrieved, and it files the turn in memory
     timing: Timing
     started: float
     remember: bool  # False when the caller brought its own history (OpenAI-style)
@@ -88,10 +87,10 @@ class ChatPipeline:
 
     # -- long-term memory, off the answer's path
 
-    def _remember_later(self, turn: Turn) -> None:
-        """Embedding the turn for the ``memory`` collection costs about as much as the
-        rest of an answer on CPUs, so the user does not wait for it."""
-        task = asyncio.create_task(self.services.remember(turn))
+    def _remember_later(self, turn: Turn, question_vector: np.ndarray) -> None:
+        """Indexing the turn into the ``memory`` collection is a store write the user
+        need not wait for."""
+        task = asyncio.create_task(self.services.remember(turn, question_vector))
         pending = self._indexing.setdefault(turn.user_id, set())
         pending.add(task)
 
@@ -128,11 +127,11 @@ class ChatPipeline:
         timing.memory = lap()
         vector = await self.services.embed_query(request.message)
         timing.embedding = lap()
-        results = await self.services.search(request.message, vector, request.user_id)
-        abstain = await self.services.should_abstain(request.message, vector, results)
+        context = await self.services.context(request.message, vector, request.user_id)
         timing.retrieval = lap()
-        messages = build_messages(request.message, results, memory)
-        return _Prepared(messages, results, memory, adapter, timing, started, history is None, abstain)
+        messages = build_messages(request.message, context.results, memory)
+        return _Prepared(messages, context.results, memory, adapter, vector, timing, started, history is None,
+                         context.abstain)
 
     async def _finish(
         self, request: ChatRequest, prepared: _Prepared, answer: str, usage: TokenUsage
@@ -156,7 +155,7 @@ class ChatPipeline:
         clock = time.perf_counter()
         mlops_info = await self.services.record(turn)  # collected means committed: awaited
         timing.collection = time.perf_counter() - clock
-        self._remember_later(turn)
+        self._remember_later(turn, prepared.vector)
         timing.total = time.perf_counter() - prepared.started
         return ChatResponse(
             response=answer,

@@ -4,7 +4,7 @@ Documents are chunked on sentence boundaries before indexing; a chunk's id is
 ``<doc_id>#<n>`` and its metadata carries ``doc_id`` so callers can map chunks
 back to documents. Past turns go to the ``memory`` collection (dense only,
 filtered per user so one user never sees another's conversation). ``ingest``
-(documents) and ``remember_turn`` (turns) are the only write paths, in-process and
+(documents) and ``remember_turn`` (turns, under their question's vector) are the only write paths, in-process and
 in Serve alike.
 """
 
@@ -21,7 +21,7 @@ from echorag import evidence, passages
 from echorag.lexical import BM25Index, fuse
 from echorag.schemas import DocumentsResponse, SearchResult
 from echorag.store import Chunk, VectorStore
-from echorag.types import Turn
+from echorag.types import ChatContext, Turn
 
 Mode = Literal["bm25", "dense", "hybrid"]
 Embed = Callable[[list[str]], np.ndarray]
@@ -205,10 +205,11 @@ class Retriever:
         return results
 
     # -- memory of past turns --------------------------------------------------------
-    def remember_turn(self, turn: Turn, embed_passages: Embed) -> None:
-        """Embed and index one answered turn (blocking: run it in a worker thread)."""
-        text = turn.memory_text()
-        self.remember(turn.id, text, embed_passages([text])[0], turn.memory_metadata())
+    def remember_turn(self, turn: Turn, question_vector: np.ndarray) -> None:
+        """Index one answered turn under its question's query vector: the one retrieval
+        already computed, so remembering embeds nothing, and a later question recalls
+        the turns that asked something alike (query to query, as e5 was trained)."""
+        self.remember(turn.id, turn.memory_text(), np.asarray(question_vector, np.float32), turn.memory_metadata())
 
     def remember(self, turn_id: str, text: str, vector: np.ndarray, metadata: dict[str, Any]) -> None:
         self.store.upsert("memory", [turn_id], [text], vector.reshape(1, -1), [metadata])
@@ -233,6 +234,11 @@ class Retriever:
         if memory_k:
             results += self.recall(vector, memory_k, user_id)
         return results
+
+    def answer_context(self, query: str, vector: np.ndarray, user_id: str, settings: Any) -> ChatContext:
+        """``chat_context`` and the evidence gate on it in one call (one round trip in Serve)."""
+        results = self.chat_context(query, vector, user_id, settings.top_k, settings.memory_top_k)
+        return ChatContext(results, self.should_abstain(query, vector, results, settings))
 
     def counts(self) -> dict[str, int]:
         return {"documents": self.store.count("documents"), "memory": self.store.count("memory")}

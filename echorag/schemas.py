@@ -204,7 +204,7 @@ class InvertRequest(BaseModel):
         description="nearest: texts consulted; bag_of_tokens: beam width; "
         "bag_of_morphemes: morphemes considered; iterative: texts embedded",
     )
-    side: Side = Field("passage", description="how the vector was embedded (stored items: passage)")
+    side: Side = Field("passage", description="how the vector was embedded (documents: passage; remembered turns: query, their question)")
 
     @model_validator(mode="after")
     def _one_target(self) -> "InvertRequest":

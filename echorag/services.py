@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from echorag.config import Settings
-from echorag.types import BASE, Generation, Turn
+from echorag.types import BASE, ChatContext, Generation, Turn
 from echorag.retrieval import Retriever
-from echorag.schemas import DocumentsResponse, MlopsInfo, SearchResult
+from echorag.schemas import DocumentsResponse, MlopsInfo
 
 
 def adapter_arg(version: str) -> str | None:
@@ -35,14 +35,8 @@ class LocalServices:
     async def embed_query(self, text: str) -> np.ndarray:
         return (await asyncio.to_thread(self.embedder.embed_queries, [text]))[0]
 
-    async def search(self, query: str, vector: np.ndarray, user_id: str) -> list[SearchResult]:
-        s = self.settings
-        return await asyncio.to_thread(
-            self.retriever.chat_context, query, vector, user_id, s.top_k, s.memory_top_k
-        )
-
-    async def should_abstain(self, query: str, vector: np.ndarray, results: list[SearchResult]) -> bool:
-        return await asyncio.to_thread(self.retriever.should_abstain, query, vector, results, self.settings)
+    async def context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
+        return await asyncio.to_thread(self.retriever.answer_context, query, vector, user_id, self.settings)
 
     async def generate(self, messages: list[dict], adapter: str) -> Generation:
         s = self.settings
@@ -66,8 +60,8 @@ class LocalServices:
             return MlopsInfo(current_version=turn.adapter_version)
         return await asyncio.to_thread(self.loop.record, turn)
 
-    async def remember(self, turn: Turn) -> None:
-        await asyncio.to_thread(self.retriever.remember_turn, turn, self.embedder.embed_passages)
+    async def remember(self, turn: Turn, question_vector: np.ndarray) -> None:
+        await asyncio.to_thread(self.retriever.remember_turn, turn, question_vector)
 
     async def active_version(self) -> str:
         return self.loop.active_version() if self.loop is not None else BASE

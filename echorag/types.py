@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from echorag.schemas import SearchResult
 
 BASE = "base"  # the adapter version that means "no adapter": the bare base model
 
@@ -18,6 +21,15 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
+
+
+@dataclass
+class ChatContext:
+    """What retrieval gives an answer: the passages and past turns found, and whether
+    the evidence gate found the passages too weak to answer from (``NO_ANSWER``)."""
+
+    results: list[SearchResult]
+    abstain: bool
 
 
 @dataclass
@@ -41,7 +53,7 @@ class Turn:
     label: str = "self"
 
     def memory_text(self) -> str:
-        """How the turn is embedded into the ``memory`` collection."""
+        """What the ``memory`` collection keeps of the turn (its vector is the question's)."""
         return f"질문: {self.user}\n답변: {self.assistant}"
 
     def memory_metadata(self) -> dict[str, Any]:

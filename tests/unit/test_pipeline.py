@@ -28,9 +28,9 @@ class SlowMemoryServices(LocalServices):
 
     delay_s = 3.0
 
-    async def remember(self, turn) -> None:
+    async def remember(self, turn, question_vector) -> None:
         await asyncio.sleep(self.delay_s)
-        await super().remember(turn)
+        await super().remember(turn, question_vector)
 
 
 def parts(tmp_path, tiny_model_path):
