@@ -48,7 +48,7 @@ class Retriever:
                 self._retriever = await asyncio.to_thread(open_store)
         return self._retriever
 
-    async def chat_context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
+    async def answer_context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
         """The documents and past turns for a question, and the evidence gate's verdict."""
         retriever = await self._ready()
         return await asyncio.to_thread(retriever.answer_context, query, vector, user_id, self.settings)

@@ -58,7 +58,7 @@ class ServeServices:
 
     async def context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
         try:
-            return await retrying(self.retriever.chat_context.remote, query, vector, user_id)
+            return await retrying(self.retriever.answer_context.remote, query, vector, user_id)
         except REPLICA_GONE:
             raise
         except Exception as exc:

@@ -4,8 +4,8 @@ Documents are chunked on sentence boundaries before indexing; a chunk's id is
 ``<doc_id>#<n>`` and its metadata carries ``doc_id`` so callers can map chunks
 back to documents. Past turns go to the ``memory`` collection (dense only,
 filtered per user so one user never sees another's conversation). ``ingest``
-(documents) and ``remember_turn`` (turns, under their question's vector) are the only write paths, in-process and
-in Serve alike.
+(documents) and ``remember_turn`` (turns, under their question's vector) are the
+only write paths, in-process and in Serve alike.
 """
 
 from __future__ import annotations
