@@ -94,6 +94,7 @@ def settle(url: str) -> None:
 
 
 async def inprocess_chat(settings, qs: list[str], total: int, pause_s: float = 0.0) -> dict:
+    from echorag.canary import Answerer
     from echorag.embedding import make_embedder
     from echorag.generation import LocalGenerator
     from echorag.memory import SessionMemory
@@ -116,7 +117,7 @@ async def inprocess_chat(settings, qs: list[str], total: int, pause_s: float = 0
     loop = LearningLoop(settings, local_train_fn(resolved.path))
     services = LocalServices(settings, embedder, retriever, generator, loop)
     services.ingest(read_documents([sample_path()]))
-    pipeline = ChatPipeline(services, SessionMemory(settings.memory_turns), generator.name, generator.kind)
+    pipeline = ChatPipeline(services, SessionMemory(settings.memory_turns), Answerer(generator.name, generator.kind))
 
     async def call(i: int) -> None:
         await pipeline.chat(ChatRequest(message=qs[i % len(qs)], user_id=f"bench-{i}", session_id=f"bench-{i}"))

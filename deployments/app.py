@@ -2,7 +2,8 @@
 
 Resources: on a cluster with GPUs the generator (and a ``kanana`` embedder) get a
 GPU; on CPU-only machines every deployment asks for a fraction of a CPU so the
-whole graph schedules on a 2-core laptop. ``serve_config.yaml`` may override any
+whole graph schedules on a 2-core laptop. Where a teacher answers (extractive, openai),
+a ``Student`` deployment serves the fine-tuned versions to the canary's sessions. ``serve_config.yaml`` may override any
 of these options per deployment.
 """
 
@@ -16,6 +17,7 @@ from deployments.generator import Generator
 from deployments.ingress import EchoRAGIngress
 from deployments.retriever import Retriever
 from echorag.config import load_settings
+from echorag.models import has_teacher
 
 
 def cluster_gpus() -> float:
@@ -39,4 +41,9 @@ def build_app(args: dict | None = None) -> Application:
         else {"num_cpus": 0.25}
     ).bind(settings)
     retriever = Retriever.bind(settings, embedder)
-    return EchoRAGIngress.bind(settings, embedder, retriever, generator)
+    student = None
+    if has_teacher(settings):  # the student's versions answer the canary's share of sessions
+        student = Generator.options(
+            name="Student", ray_actor_options={"num_cpus": 1, "num_gpus": 1} if cluster_gpus() else {"num_cpus": 0.25}
+        ).bind(settings, student=True)
+    return EchoRAGIngress.bind(settings, embedder, retriever, generator, student)

@@ -1,6 +1,9 @@
 """Generator deployment: the base LLM plus LoRA adapters, one per version, or the
 extractive answerer where no language model loads (``models.resolve_answerer``).
 
+Where a teacher answers, a second deployment of this class (``Student``) serves the
+student's versions to the canary's share of sessions (echorag.canary).
+
 The adapter version is the Serve multiplexed model id (``base`` = no adapter):
 requests for the same version go to replicas that already hold it, and one
 batched ``generate`` call serves rows with different adapters (peft mixed batch).
@@ -20,7 +23,7 @@ from echorag.config import Settings
 from echorag.generation import LocalGenerator, OpenAIGenerator
 from echorag.types import BASE, Generation
 from echorag.mlops.registry import AdapterRegistry
-from echorag.models import resolve_answerer
+from echorag.models import resolve_answerer, resolve_student
 from echorag.services import adapter_arg, iterate_in_thread
 
 logger = logging.getLogger("ray.serve")
@@ -39,11 +42,16 @@ class LoadedAdapter:
 
 @serve.deployment(max_ongoing_requests=64)
 class Generator:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, student: bool = False) -> None:
+        """``student``: serve the local model the loop fine-tunes (``resolve_student``),
+        deployed as ``Student`` beside a teacher that answers the other sessions."""
         self.settings = s = settings
         metrics.set_enabled(s.monitoring_export_metrics)
         self.registry = AdapterRegistry(s.adapters_root)
-        if s.generator_backend == "openai":
+        if student:
+            self.resolved = resolve_student(s)
+            self.model = LocalGenerator(self.resolved, device=s.device)
+        elif s.generator_backend == "openai":
             self.model = OpenAIGenerator(api_key=s.openai_api_key, base_url=s.openai_base_url, model=s.openai_model)
             self.resolved = None
         elif (resolved := resolve_answerer(s)).kind == "extractive":

@@ -30,6 +30,7 @@ from deployments.routes.vectors import VectorRoutes  # isort: skip
 from deployments.routes.mlops import MlopsRoutes  # isort: skip
 from deployments.routes.users import UserRoutes  # isort: skip
 from deployments.serve_services import ServeServices
+from echorag.canary import Answerer
 from echorag.config import Settings
 from echorag.identity import Caller
 from echorag.memory import SessionMemory
@@ -55,14 +56,15 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRo
         embedder: DeploymentHandle,
         retriever: DeploymentHandle,
         generator: DeploymentHandle,
+        student: DeploymentHandle | None = None,
     ) -> None:
         self.settings = settings
-        self.retriever, self.generator, self.embedder = retriever, generator, embedder
+        self.retriever, self.generator, self.embedder, self.student = retriever, generator, embedder, student
         self.registry = AdapterRegistry(settings.adapters_root)
         metrics.set_enabled(settings.monitoring_export_metrics)
         self.collector = get_collector(settings, serve.get_replica_context().app_name)
         self.admin_token = ensure_admin_token(settings.data_dir, settings.admin_token)
-        self.services = ServeServices(embedder, retriever, generator, self.collector, self.registry)
+        self.services = ServeServices(embedder, retriever, generator, self.collector, self.registry, settings, student)
         self.memory = SessionMemory(settings.memory_turns)
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         RequestGuard.configure(settings.max_body_bytes, settings.cors_origins, self.admin_token)
@@ -77,9 +79,12 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRo
 
     async def _ready(self) -> ChatPipeline:
         if self._pipeline is None:
-            self._model_info = await self.generator.info.remote()
-            info = self._model_info
-            self._pipeline = ChatPipeline(self.services, self.memory, info["name"], info["kind"])
+            self._model_info = info = await self.generator.info.remote()
+            student = None
+            if self.student is not None:
+                student_info = await self.student.info.remote()
+                student = Answerer(student_info["name"], student_info["kind"])
+            self._pipeline = ChatPipeline(self.services, self.memory, Answerer(info["name"], info["kind"]), student)
         return self._pipeline
 
     async def _embedder(self) -> dict:

@@ -26,7 +26,7 @@ from deployments import metrics
 from echorag.config import Settings
 from echorag.mlops.loop import LearningLoop
 from echorag.mlops.privacy import PrivacyDesk
-from echorag.models import resolve_generator
+from echorag.models import has_teacher, resolve_student
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ class Collector(PrivacyDesk, LearningLoop):
 
         self.app_name = app_name
         self.started_at = time.time()
-        base = resolve_generator(settings.generator_model, settings.models_dir)
+        base = resolve_student(settings)
+        self._served_by = "Student" if has_teacher(settings) else "Generator"  # where versions serve
         self._progress_sink = _ProgressSink(ray.get_runtime_context().current_actor)
         metrics.set_enabled(settings.monitoring_export_metrics)
         super().__init__(
@@ -116,11 +117,11 @@ class Collector(PrivacyDesk, LearningLoop):
         pass
 
     def _warm_generator(self, version: str) -> None:
-        """Load the new adapter on a generator replica before requests ask for it."""
+        """Load the new adapter on a replica of the student before requests ask for it."""
         from ray import serve
 
         try:
-            handle = serve.get_deployment_handle("Generator", app_name=self.app_name)
+            handle = serve.get_deployment_handle(self._served_by, app_name=self.app_name)
             handle.options(multiplexed_model_id=version).warmup.remote().result(timeout_s=300)
         except Exception as exc:  # serving goes on; the first request loads it instead
             logger.warning("could not warm the generator with %s: %s", version, exc)

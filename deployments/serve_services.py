@@ -17,6 +17,8 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.http_app import STORE_DOWN, ServiceUnavailable
+from echorag.canary import Traffic
+from echorag.config import Settings
 from echorag.mlops.registry import AdapterRegistry
 from echorag.schemas import MlopsInfo
 from echorag.types import ChatContext, Generation, Turn
@@ -41,16 +43,19 @@ async def retrying(call, *args, **kwargs):
 
 class ServeServices:
     def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, generator: DeploymentHandle,
-                 collector, registry: AdapterRegistry) -> None:
-        self.embedder, self.retriever, self.generator = embedder, retriever, generator
-        self.collector, self.registry = collector, registry
-        self._versions: dict[tuple[str, bool], DeploymentHandle] = {}
+                 collector, registry: AdapterRegistry, settings: Settings,
+                 student: DeploymentHandle | None = None) -> None:
+        """``student``: the separate student deployment where a teacher answers (echorag.canary)."""
+        self.embedder, self.retriever, self.generator, self.student = embedder, retriever, generator, student
+        self.collector, self.registry, self.settings = collector, registry, settings
+        self._versions: dict[tuple[str, bool, bool], DeploymentHandle] = {}
 
-    def generator_for(self, adapter: str, stream: bool = False) -> DeploymentHandle:
-        """The generator handle that routes to replicas holding ``adapter``."""
-        key = (adapter, stream)
+    def generator_for(self, adapter: str, stream: bool = False, student: bool = False) -> DeploymentHandle:
+        """The generator (or student) handle that routes to replicas holding ``adapter``."""
+        key = (adapter, stream, student)
         if key not in self._versions:
-            self._versions[key] = self.generator.options(multiplexed_model_id=adapter, stream=stream)
+            handle = self.student if student else self.generator
+            self._versions[key] = handle.options(multiplexed_model_id=adapter, stream=stream)
         return self._versions[key]
 
     async def embed_query(self, text: str) -> np.ndarray:
@@ -73,14 +78,14 @@ class ServeServices:
         except Exception:
             return False
 
-    async def generate(self, messages: list[dict], adapter: str) -> Generation:
-        return await retrying(self.generator_for(adapter).generate.remote, messages)
+    async def generate(self, messages: list[dict], adapter: str, student: bool = False) -> Generation:
+        return await retrying(self.generator_for(adapter, student=student).generate.remote, messages)
 
-    async def stream(self, messages: list[dict], adapter: str) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict], adapter: str, student: bool = False) -> AsyncIterator[str]:
         for attempt in range(RETRIES):
             started = False
             try:
-                async for piece in self.generator_for(adapter, stream=True).stream.remote(messages):
+                async for piece in self.generator_for(adapter, True, student).stream.remote(messages):
                     started = True
                     yield piece
                 return
@@ -89,8 +94,8 @@ class ServeServices:
                     raise
                 await backoff(attempt)
 
-    async def usage(self, messages: list[dict], text: str) -> tuple[int, int]:
-        return await retrying(self.generator.usage.remote, messages, text)
+    async def usage(self, messages: list[dict], text: str, student: bool = False) -> tuple[int, int]:
+        return await retrying((self.student if student else self.generator).usage.remote, messages, text)
 
     async def record(self, turn: Turn) -> MlopsInfo:
         # Ray retries this call across a collector restart; storing a turn id twice is a no-op.
@@ -99,7 +104,7 @@ class ServeServices:
     async def remember(self, turn: Turn, question_vector: np.ndarray) -> None:
         await retrying(self.retriever.remember.remote, turn, question_vector)
 
-    async def active_version(self) -> str:
+    async def traffic(self) -> Traffic:
         # The registry's pointer file is the truth; every replica reads it, so new and
-        # restarted replicas serve the active version by themselves.
-        return self.registry.active
+        # restarted replicas serve the active version (and the canary's share) by themselves.
+        return self.registry.traffic(self.settings.canary_fraction)

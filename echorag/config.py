@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     finetune_gate_min_examples: int = Field(20, ge=1, validation_alias=_env("finetune_gate_min_examples"))
     finetune_gate_agreement_tolerance: float = Field(
         0.02, ge=0, le=1, validation_alias=_env("finetune_gate_agreement_tolerance"))
+    # Canary (echorag.canary), where a teacher answers: this share of sessions (sticky) goes
+    # to the student's newest promoted version until `POST /mlops/promote` moves it; a
+    # promoted version whose gate agreement reaches `canary_graduate_at` takes all traffic.
+    canary_fraction: float = Field(0.0, ge=0, le=1, validation_alias=_env("canary_fraction"))
+    canary_graduate_at: float | None = Field(None, ge=0, le=1, validation_alias=_env("canary_graduate_at"))
     finetune_max_attempts: int = Field(3, ge=1, le=20, validation_alias=_env("finetune_max_attempts"))
     finetune_retry_backoff_s: float = Field(30.0, ge=0, validation_alias=_env("finetune_retry_backoff_s"))
     finetune_seed: int = Field(0, ge=0, validation_alias=_env("finetune_seed"))

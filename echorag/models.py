@@ -75,6 +75,17 @@ def resolve_answerer(settings) -> ResolvedModel:
     return resolve_generator(settings.generator_model, settings.models_dir, offline="extractive")
 
 
+def resolve_student(settings) -> ResolvedModel:
+    """The local model the learning loop fine-tunes: ``generator_model`` (``auto``: KANANA
+    when it loads, else the tiny offline model)."""
+    return resolve_generator(settings.generator_model, settings.models_dir)
+
+
+def has_teacher(settings) -> bool:
+    """Whether what answers chat is a teacher other than the student (extractive, openai)."""
+    return settings.generator_backend == "openai" or resolve_answerer(settings).kind == "extractive"
+
+
 def _resolve_auto(models_dir: Path, offline: Fallback) -> ResolvedModel:
     if cached := _cached_snapshot(KANANA_ID):
         return ResolvedModel(str(cached), "kanana", KANANA_ID)

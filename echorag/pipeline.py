@@ -22,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from echorag.canary import Answerer, Route, Router, Traffic
 from echorag.memory import SessionMemory
 from echorag.prompts import NO_ANSWER, build_messages
 from echorag.schemas import (
@@ -46,17 +47,17 @@ class ChatServices(Protocol):
 
     async def context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext: ...
 
-    async def generate(self, messages: list[dict], adapter: str) -> Generation: ...
+    async def generate(self, messages: list[dict], adapter: str, student: bool = False) -> Generation: ...
 
-    def stream(self, messages: list[dict], adapter: str) -> AsyncIterator[str]: ...
+    def stream(self, messages: list[dict], adapter: str, student: bool = False) -> AsyncIterator[str]: ...
 
-    async def usage(self, messages: list[dict], text: str) -> tuple[int, int]: ...
+    async def usage(self, messages: list[dict], text: str, student: bool = False) -> tuple[int, int]: ...
 
     async def record(self, turn: Turn) -> MlopsInfo: ...
 
     async def remember(self, turn: Turn, question_vector: np.ndarray) -> None: ...
 
-    async def active_version(self) -> str: ...
+    async def traffic(self) -> Traffic: ...
 
 
 @dataclass
@@ -64,7 +65,7 @@ class _Prepared:
     messages: list[dict[str, str]]
     results: list[SearchResult]
     memory: list[dict[str, str]]
-    adapter: str
+    route: Route  # who answers, with which adapter version
     vector: np.ndarray  # the question's: it retrieved, and it files the turn in memory
     timing: Timing
     started: float
@@ -72,17 +73,14 @@ class _Prepared:
     abstain: bool  # the documents do not support an answer: NO_ANSWER, no generation
 
 
-# Backends that are a local language model: the student the learning loop fine-tunes,
-# so what they answer is its own output ("self"); any other answerer is a teacher.
-STUDENT_KINDS = frozenset({"tiny", "kanana", "hub", "local"})
-
-
 class ChatPipeline:
-    def __init__(self, services: ChatServices, memory: SessionMemory, model_name: str, backend: str = "") -> None:
+    def __init__(self, services: ChatServices, memory: SessionMemory, answerer: Answerer,
+                 student: Answerer | None = None) -> None:
+        """``answerer``: the generator (``Generator.info()``); ``student``: the separate
+        student deployment where a teacher answers (echorag.canary)."""
         self.services = services
         self.memory = memory
-        self.model_name = model_name
-        self.backend = backend  # the generator's kind (Generator.info()["kind"])
+        self.router = Router(answerer, student)
         self._indexing: dict[str, set[asyncio.Task]] = {}  # user id -> turns being remembered
 
     # -- long-term memory, off the answer's path
@@ -122,7 +120,7 @@ class ChatPipeline:
             return elapsed
 
         memory = self.memory.get(request.session_id) if history is None else history
-        adapter = request.adapter_version or await self.services.active_version()
+        route = self.router.route(request.session_id, await self.services.traffic(), request.adapter_version)
         await self.remembered(request.user_id)  # read your own writes: usually long done
         timing.memory = lap()
         vector = await self.services.embed_query(request.message)
@@ -130,25 +128,26 @@ class ChatPipeline:
         context = await self.services.context(request.message, vector, request.user_id)
         timing.retrieval = lap()
         messages = build_messages(request.message, context.results, memory)
-        return _Prepared(messages, context.results, memory, adapter, vector, timing, started, history is None,
+        return _Prepared(messages, context.results, memory, route, vector, timing, started, history is None,
                          context.abstain)
 
     async def _finish(
         self, request: ChatRequest, prepared: _Prepared, answer: str, usage: TokenUsage
     ) -> ChatResponse:
-        timing = prepared.timing
+        timing, route = prepared.timing, prepared.route
         turn = Turn(
             id=uuid.uuid4().hex,
             session_id=request.session_id,
             user_id=request.user_id,
             user=request.message,
             assistant=answer,
-            adapter_version=prepared.adapter,
-            model=self.model_name,
+            adapter_version=route.adapter,
+            model=route.answerer.name,
             sources=[r.id for r in prepared.results if r.collection == "documents"],
             prompt=prepared.messages,  # exactly what the answerer was (or would have been) served
-            backend=self.backend,
-            label="self" if self.backend in STUDENT_KINDS else "teacher",
+            backend=route.answerer.kind,
+            label=route.label,
+            latency_ms=(time.perf_counter() - prepared.started) * 1000,
         )
         if prepared.remember:
             self.memory.add(request.session_id, request.message, answer)
@@ -163,8 +162,8 @@ class ChatPipeline:
             memory_content=prepared.memory,
             timing=timing,
             mlops_info=mlops_info,
-            model=self.model_name,
-            adapter_version=prepared.adapter,
+            model=route.answerer.name,
+            adapter_version=route.adapter,
             session_id=request.session_id,
             turn_id=turn.id,
             usage=usage,
@@ -178,7 +177,8 @@ class ChatPipeline:
         if prepared.abstain:
             return await self._finish(request, prepared, NO_ANSWER, TokenUsage())
         clock = time.perf_counter()
-        generation = await self.services.generate(prepared.messages, prepared.adapter)
+        route = prepared.route
+        generation = await self.services.generate(prepared.messages, route.adapter, route.student)
         prepared.timing.generation = time.perf_counter() - clock
         usage = TokenUsage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens)
         return await self._finish(request, prepared, generation.text.strip(), usage)
@@ -188,18 +188,19 @@ class ChatPipeline:
     ) -> AsyncIterator[ChatEvent]:
         """Events: ``sources`` first, then ``token`` pieces, then ``done`` with the full response."""
         prepared = await self._prepare(request, history)
-        yield SourcesEvent(search_results=prepared.results, adapter_version=prepared.adapter, model=self.model_name)
+        route = prepared.route
+        yield SourcesEvent(search_results=prepared.results, adapter_version=route.adapter, model=route.answerer.name)
         if prepared.abstain:
             yield TokenEvent(text=NO_ANSWER)
             yield DoneEvent(response=await self._finish(request, prepared, NO_ANSWER, TokenUsage()))
             return
         clock, pieces = time.perf_counter(), []
-        async for piece in self.services.stream(prepared.messages, prepared.adapter):
+        async for piece in self.services.stream(prepared.messages, route.adapter, route.student):
             pieces.append(piece)
             yield TokenEvent(text=piece)
         prepared.timing.generation = time.perf_counter() - clock
         answer = "".join(pieces).strip()
-        prompt_tokens, completion_tokens = await self.services.usage(prepared.messages, answer)
+        prompt_tokens, completion_tokens = await self.services.usage(prepared.messages, answer, route.student)
         usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         response = await self._finish(request, prepared, answer, usage)
         yield DoneEvent(response=response)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
+from echorag.canary import Traffic
 from echorag.config import Settings
 from echorag.types import BASE, ChatContext, Generation, Turn
 from echorag.retrieval import Retriever
@@ -25,12 +26,17 @@ def adapter_arg(version: str) -> str | None:
 
 
 class LocalServices:
-    def __init__(self, settings: Settings, embedder, retriever: Retriever, generator, loop=None) -> None:
+    def __init__(self, settings: Settings, embedder, retriever: Retriever, generator, loop=None,
+                 student=None) -> None:
         self.settings = settings
         self.embedder = embedder
         self.retriever = retriever
         self.generator = generator
+        self.student = student  # the separate student generator where a teacher answers
         self.loop = loop  # an echorag.mlops.LearningLoop, or None: nothing is collected
+
+    def _generator(self, student: bool):
+        return self.student if student else self.generator
 
     async def embed_query(self, text: str) -> np.ndarray:
         return (await asyncio.to_thread(self.embedder.embed_queries, [text]))[0]
@@ -38,22 +44,22 @@ class LocalServices:
     async def context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
         return await asyncio.to_thread(self.retriever.answer_context, query, vector, user_id, self.settings)
 
-    async def generate(self, messages: list[dict], adapter: str) -> Generation:
+    async def generate(self, messages: list[dict], adapter: str, student: bool = False) -> Generation:
         s = self.settings
         out = await asyncio.to_thread(
-            self.generator.generate, [messages], [adapter_arg(adapter)], s.max_new_tokens, s.temperature
+            self._generator(student).generate, [messages], [adapter_arg(adapter)], s.max_new_tokens, s.temperature
         )
         return out[0]
 
-    async def stream(self, messages: list[dict], adapter: str) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict], adapter: str, student: bool = False) -> AsyncIterator[str]:
         s = self.settings
         async for piece in iterate_in_thread(
-            self.generator.stream, messages, adapter_arg(adapter), s.max_new_tokens, s.temperature
+            self._generator(student).stream, messages, adapter_arg(adapter), s.max_new_tokens, s.temperature
         ):
             yield piece
 
-    async def usage(self, messages: list[dict], text: str) -> tuple[int, int]:
-        return await asyncio.to_thread(self.generator.usage, messages, text)
+    async def usage(self, messages: list[dict], text: str, student: bool = False) -> tuple[int, int]:
+        return await asyncio.to_thread(self._generator(student).usage, messages, text)
 
     async def record(self, turn: Turn) -> MlopsInfo:
         if self.loop is None:
@@ -63,8 +69,10 @@ class LocalServices:
     async def remember(self, turn: Turn, question_vector: np.ndarray) -> None:
         await asyncio.to_thread(self.retriever.remember_turn, turn, question_vector)
 
-    async def active_version(self) -> str:
-        return self.loop.active_version() if self.loop is not None else BASE
+    async def traffic(self) -> Traffic:
+        if self.loop is None:
+            return Traffic(BASE, 0.0)
+        return self.loop.traffic()
 
     def ingest(self, documents: list[dict]) -> DocumentsResponse:
         s = self.settings

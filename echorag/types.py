@@ -51,6 +51,7 @@ class Turn:
     prompt: list[dict[str, str]] | None = None
     backend: str = ""
     label: str = "self"
+    latency_ms: float | None = None  # from the request to the answer, before collection
 
     def memory_text(self) -> str:
         """What the ``memory`` collection keeps of the turn (its vector is the question's)."""

@@ -96,7 +96,7 @@ class ChatRoutes:
             device=str(info["device"]),
             documents=counts["documents"],
             memory=counts["memory"],
-            adapter_version=await self.services.active_version(),
+            adapter_version=(await self.services.traffic()).version,
             uptime_s=time.time() - self.started,
             detail=detail,
         )

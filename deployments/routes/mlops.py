@@ -82,8 +82,9 @@ class MlopsRoutes:
         return await self.collector.rollback.remote(request.version)
 
     @app.post("/mlops/promote", response_model=mlops_api.AdapterChange, dependencies=[Admin])
-    async def promote(self, request: mlops_api.PromoteRequest):
-        return await self.collector.promote.remote(request.version)
+    async def promote(self, request: mlops_api.PromoteRequest | None = None):
+        request = request or mlops_api.PromoteRequest()
+        return await self.collector.promote.remote(request.version, request.student_share)
 
     @app.post("/mlops/export", response_model=mlops_api.ExportResponse, dependencies=[Admin])
     async def export(self, request: mlops_api.ExportRequest | None = None):

@@ -154,7 +154,13 @@ class RollbackRequest(_Request):
 
 
 class PromoteRequest(_Request):
-    version: str = Field(..., pattern=VERSION_PATTERN)
+    """``POST /mlops/promote``: serve ``version``; where a teacher answers, send
+    ``student_share`` of the sessions to the student. Neither given: all traffic to the student."""
+
+    version: str | None = Field(None, pattern=VERSION_PATTERN, description="'v3' or 'base'; default: the active one.")
+    student_share: float | None = Field(
+        None, ge=0, le=1, description="Share of sessions the student answers (echorag.canary); 1: all of them."
+    )
 
 
 Rating = Literal[1, -1, 0, "up", "down", "none", "👍", "👎"]
@@ -223,6 +229,7 @@ class FinetuneResponse(BaseModel):
 class AdapterChange(BaseModel):
     active: str
     previous: str
+    student_share: float | None = Field(None, description="Share of sessions the student answers, where a teacher answers the rest.")
 
 
 ProgressStatus = Literal["idle", "training", "succeeded", "failed", "rejected"]
@@ -296,6 +303,23 @@ class ModelsResponse(BaseModel):
     versions: list[ModelVersion]
 
 
+class AnswererPerformance(BaseModel):
+    """How one answerer and version did with users (echorag.canary)."""
+
+    backend: str = Field(..., description="extractive, openai, tiny, kanana, ...")
+    model: str
+    version: str = Field(..., description="The adapter version it answered with ('base': none).")
+    requests: int
+    liked: int
+    disliked: int
+    like_rate: float | None = Field(None, description="👍 / (👍 + 👎); null before any rating.")
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    agreement: float | None = Field(
+        None, description="The version's agreement (token F1) with the labels on the evaluation pool at its gate."
+    )
+
+
 class PerformanceMetrics(BaseModel):
     total_collected: int
     collected_last_hour: int
@@ -311,6 +335,10 @@ class PerformanceMetrics(BaseModel):
     promotion_rate: float | None = Field(None, description="Promoted / runs that trained.")
     average_training_time_s: float | None = Field(None, description="Over runs that trained.")
     last_training_at: float | None = None
+    student_share: float = Field(0.0, description="Share of sessions the student answers where a teacher answers the rest.")
+    answerers: list[AnswererPerformance] = Field(
+        default_factory=list, description="Per answerer and version, in order of first answer."
+    )
 
 
 class CollectorStats(BaseModel):

@@ -24,6 +24,7 @@ from echorag.mlops.records import StoredTurn
 if TYPE_CHECKING:
     import threading
 
+    from echorag.canary import Traffic
     from echorag.mlops.api import RuntimeSettings
     from echorag.mlops.registry import AdapterRegistry
     from echorag.mlops.store import ConversationStore
@@ -40,6 +41,8 @@ class DataDesk:
     def _event(self, event: Event) -> Event: ...  # LearningLoop's
 
     def active_version(self) -> str: ...  # LearningLoop's
+
+    def traffic(self) -> Traffic: ...  # LearningLoop's
 
     def conversations(self, limit: int = 50, offset: int = 0) -> ConversationsResponse:
         """Newest first."""
@@ -91,4 +94,4 @@ class DataDesk:
         return reports.models(self.registry, self.active_version())
 
     def performance(self) -> PerformanceMetrics:
-        return reports.performance(self.store)
+        return reports.performance(self.store, self.registry, self.traffic().student_share)

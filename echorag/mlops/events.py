@@ -90,6 +90,16 @@ def adapter_promoted(version: str, previous: str) -> Event:
     )
 
 
+def traffic_shifted(version: str, share: float, previous: float, trigger: str) -> Event:
+    """The student's share of sessions changed (by an admin, or graduation)."""
+    why = "졸업: 게이트 일치도가 기준에 도달" if trigger == "graduation" else "관리자"
+    return Event(
+        type="traffic_shifted",
+        message=f"🔀 학생 모델 트래픽: {previous:.0%} → {share:.0%} ({version}, {why})",
+        data={"version": version, "student_share": share, "previous_share": previous, "trigger": trigger},
+    )
+
+
 def adapter_rolled_back(from_version: str, to_version: str) -> Event:
     return Event(
         type="adapter_rolled_back",

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import echorag.mlops.archive as archive
 import echorag.mlops.reports as reports
 import echorag.mlops.runs as runs
+from echorag.canary import Traffic
 from echorag.mlops.announce import Announcer, Observer
 from echorag.mlops.desk import DataDesk
 from echorag.mlops.api import (
@@ -112,7 +113,8 @@ class LearningLoop(DataDesk):
             webhook_url if webhook_url is not None else getattr(settings, "finetune_webhook_url", None),
             webhook_flavor, webhook_attempts, webhook_backoff_s,
         )
-        self._versions = VersionSwitch(self.registry, self._announcer, warm_up)
+        self._versions = VersionSwitch(self.registry, self._announcer, warm_up,
+                                       getattr(settings, "canary_fraction", 0.0))
 
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -285,6 +287,9 @@ class LearningLoop(DataDesk):
             self._fail(ctx, exc)
             return
         shutil.rmtree(self.work_dir / f"run-{run.id}", ignore_errors=True)
+        if result.promoted:
+            self._versions.graduate(result.version, result.metrics.get("candidate_agreement"),
+                                    getattr(self.settings, "canary_graduate_at", None))
         with self._lock:
             self._run_progress.end(
                 run.id, result.losses, version=result.version,
@@ -430,9 +435,14 @@ class LearningLoop(DataDesk):
         """Point serving at ``version`` (``"vN"`` or ``"base"``; default: the previous one)."""
         return self._versions.rollback(version)
 
-    def promote(self, version: str) -> AdapterChange:
-        """Serve ``version`` (a rejected or archived one too): the gate is a default, not a veto."""
-        return self._versions.promote(version)
+    def promote(self, version: str | None = None, student_share: float | None = None) -> AdapterChange:
+        """Serve ``version`` (a rejected or archived one too): the gate is a default, not a
+        veto; ``student_share``: the student's share of sessions (neither: all of them)."""
+        return self._versions.promote(version, student_share)
+
+    def traffic(self) -> Traffic:
+        """Which version the student serves, to which share of sessions (echorag.canary)."""
+        return self._versions.traffic()
 
     # -- admin: data --------------------------------------------------------------------------
 
@@ -490,7 +500,9 @@ class LearningLoop(DataDesk):
                 self.policy, self._run_progress.state, self._current_run_id(), self._retry_at, runs[0] if runs else None
             )
             settings = self._runtime.model_copy()
-        return reports.status(self.store, self.registry, collector, training, settings, self.active_version())
+        traffic = self.traffic()
+        return reports.status(self.store, self.registry, collector, training, settings, traffic.version,
+                              traffic.student_share)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

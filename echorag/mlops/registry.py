@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from echorag.canary import Traffic
 from echorag.types import BASE
 
 log = logging.getLogger(__name__)
@@ -333,6 +334,13 @@ class AdapterRegistry:
         """The version that serves, or ``"base"``."""
         return self._pointer().get("version", BASE)
 
+    def traffic(self, default_share: float = 0.0) -> Traffic:
+        """The active version and the share of sessions the student answers where a teacher
+        answers the rest (echorag.canary; ``default_share`` until one is set), in one read."""
+        pointer = self._pointer()
+        share = pointer.get("student_share")
+        return Traffic(pointer.get("version", BASE), default_share if share is None else float(share))
+
     def _pointer(self) -> dict[str, Any]:
         try:
             pointer = json.loads(self.storage.read_text(POINTER_FILE))
@@ -381,10 +389,11 @@ class AdapterRegistry:
     def promote(self, version: str) -> AdapterInfo | None:
         """Make ``version`` (or ``"base"``) the one that serves; returns its info."""
         with self._lock:
-            previous = self.active
+            pointer = self._pointer()
+            previous = pointer.get("version", BASE)
             if version != BASE:
                 self.path(version)  # refuse a missing or corrupted version before moving anything
-            self.storage.write_json(POINTER_FILE, {"version": version, "previous": previous, "updated_at": time.time()})
+            self._write_pointer(pointer | {"version": version, "previous": previous})
             if previous not in (BASE, version):
                 try:
                     self._set_status(previous, "archived")
@@ -394,6 +403,16 @@ class AdapterRegistry:
                 return None
             self._set_status(version, "active")
             return self.info(version)
+
+    def set_student_share(self, share: float) -> None:
+        """Send ``share`` of the sessions to the student's active version (0 ≤ share ≤ 1)."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"student_share must be between 0 and 1, not {share}")
+        with self._lock:
+            self._write_pointer(self._pointer() | {"student_share": share})
+
+    def _write_pointer(self, pointer: dict[str, Any]) -> None:
+        self.storage.write_json(POINTER_FILE, pointer | {"updated_at": time.time()})
 
     def rollback(self, to: str | None = None) -> str:
         """Point back to ``to`` (a version or ``"base"``); by default the previous active

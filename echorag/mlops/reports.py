@@ -14,6 +14,7 @@ from typing import Any
 
 from echorag.mlops.api import (
     CONVERSATIONS_LIMIT_MAX,
+    AnswererPerformance,
     EVENTS_LIMIT_MAX,
     CollectorStats,
     ConversationsResponse,
@@ -111,7 +112,33 @@ def models(registry: AdapterRegistry, active: str) -> ModelsResponse:
     return ModelsResponse(active=active, versions=versions)
 
 
-def performance(store: ConversationStore) -> PerformanceMetrics:
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 1)
+
+
+def answerers(store: ConversationStore, registry: AdapterRegistry) -> list[AnswererPerformance]:
+    """Requests, 👍/👎, latency per answerer and version; agreement from its gate."""
+    agreement = {}
+    for info in registry.history():
+        agreement[info.version] = info.metrics.get("candidate_agreement")
+    rows = []
+    for row in store.answerer_counts():
+        latencies = [float(x) for x in (row["latencies"] or "").split(",") if x]
+        rated = row["liked"] + row["disliked"]
+        rows.append(AnswererPerformance(
+            backend=row["backend"] or "unknown", model=row["model"], version=row["adapter_version"],
+            requests=row["requests"], liked=row["liked"], disliked=row["disliked"],
+            like_rate=row["liked"] / rated if rated else None,
+            latency_p50_ms=_percentile(latencies, 50), latency_p95_ms=_percentile(latencies, 95),
+            agreement=agreement.get(row["adapter_version"]),
+        ))
+    return rows
+
+
+def performance(store: ConversationStore, registry: AdapterRegistry, student_share: float = 0.0) -> PerformanceMetrics:
     now = time.time()
     counts = store.counts()
     recent = [t.created_at for t in store.recent_turns(5000) if t.created_at >= now - 86400]
@@ -137,6 +164,8 @@ def performance(store: ConversationStore) -> PerformanceMetrics:
         promotion_rate=len(promoted) / len(trained) if trained else None,
         average_training_time_s=sum(durations) / len(durations) if durations else None,
         last_training_at=max((r.ended_at or 0 for r in trained), default=None),
+        student_share=student_share,
+        answerers=answerers(store, registry),
     )
 
 
@@ -175,6 +204,7 @@ def status(
     training: TrainingStatus,
     settings: RuntimeSettings,
     active_version: str,
+    student_share: float = 0.0,
 ) -> StatusResponse:
     """``GET /mlops/status``: the loop's parts (``collector``, ``training``, ``settings``)
     with the models, the recent events and the performance read here."""
@@ -197,6 +227,6 @@ def status(
             latest=recent[:5],
             last_error=errors[0].message if errors else None,
         ),
-        performance_metrics=performance(store),
+        performance_metrics=performance(store, registry, student_share),
         settings=settings,
     )

@@ -79,10 +79,12 @@ CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 # their defaults from older backups): the exact messages the answerer was served (JSON;
 # NULL for turns stored before, which train closed-book), which backend answered, and
 # where the answer comes from as a training label ("teacher", "self"), an admin's
-# correction kept beside the original answer, and membership of the evaluation pool.
+# correction kept beside the original answer, membership of the evaluation pool, and how
+# long the answer took.
 _ADDED_COLUMNS = {
     "prompt": "TEXT", "backend": "TEXT NOT NULL DEFAULT ''", "label": "TEXT NOT NULL DEFAULT 'self'",
     "corrected": "TEXT", "corrected_at": "REAL", "pool": "INTEGER NOT NULL DEFAULT 0",
+    "latency_ms": "REAL",
 }
 _TURN_COLUMNS = (
     "seq, id, session_id, user_id, user, assistant, adapter_version, model,"
@@ -181,12 +183,13 @@ class ConversationStore:
                 return AddResult(False, "duplicate")
             cursor = db.execute(
                 "INSERT INTO conversations (id, session_id, user_id, user, assistant, adapter_version, model,"
-                " sources, created_at, fingerprint, prompt, backend, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " sources, created_at, fingerprint, prompt, backend, label, latency_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     turn.id, screened.session_id, screened.user_id, screened.user, screened.assistant,
                     turn.adapter_version, turn.model, _dumps(list(turn.sources)), turn.created_at,
                     screened.fingerprint, None if screened.prompt is None else _dumps(screened.prompt),
-                    turn.backend, turn.label,
+                    turn.backend, turn.label, turn.latency_ms,
                 ),
             )
             if screened.pii:
@@ -229,6 +232,16 @@ class ConversationStore:
         )[0]
         filtered = {r["reason"]: r["count"] for r in self._query("SELECT reason, count FROM filter_counts")}
         return Counts(**dict(row), max_seq=self.max_seq(), filtered=filtered)
+
+    def answerer_counts(self) -> list[sqlite3.Row]:
+        """Per (backend, model, adapter version) that answered: turns, 👍, 👎, and their
+        latencies (``latencies``: comma-joined milliseconds, for percentiles)."""
+        return self._query(
+            "SELECT backend, model, adapter_version, COUNT(*) AS requests,"
+            " COALESCE(SUM(feedback = 1), 0) AS liked, COALESCE(SUM(feedback = -1), 0) AS disliked,"
+            " GROUP_CONCAT(latency_ms) AS latencies FROM conversations"
+            " GROUP BY backend, model, adapter_version ORDER BY MIN(seq)"
+        )
 
     def turns_after(self, seq: int, limit: int | None = None) -> list[StoredTurn]:
         rows = self._query(

@@ -11,7 +11,8 @@ from typing import Any
 
 from echorag.mlops.announce import Announcer
 from echorag.mlops.api import AdapterChange, PromoteRequest, RollbackRequest
-from echorag.mlops.events import Event, adapter_promoted, adapter_refused, adapter_rolled_back
+from echorag.canary import Traffic
+from echorag.mlops.events import Event, adapter_promoted, adapter_refused, adapter_rolled_back, traffic_shifted
 from echorag.mlops.jobs import NotFound
 from echorag.mlops.registry import BASE, AdapterRegistry, InvalidAdapterError
 
@@ -20,12 +21,15 @@ log = logging.getLogger(__name__)
 
 class VersionSwitch:
     def __init__(
-        self, registry: AdapterRegistry, announcer: Announcer, warm_up: Callable[[str], Any] | None = None
+        self, registry: AdapterRegistry, announcer: Announcer, warm_up: Callable[[str], Any] | None = None,
+        canary_fraction: float = 0.0,
     ) -> None:
-        """``warm_up(version)`` loads a version on the serving side before it is switched to."""
+        """``warm_up(version)`` loads a version on the serving side before it is switched to;
+        ``canary_fraction``: the student's share of sessions until one is set (echorag.canary)."""
         self.registry = registry
         self.announcer = announcer
         self._warm_up = warm_up
+        self.canary_fraction = canary_fraction
 
     def active(self) -> str:
         """The version that serves (``"base"`` if the pointer is unreadable, logged)."""
@@ -34,6 +38,30 @@ class VersionSwitch:
         except InvalidAdapterError:
             log.exception("the active adapter pointer is unreadable; serving the base model")
             return BASE
+
+    def traffic(self) -> Traffic:
+        """The student's active version and share of sessions (base, 0 if unreadable)."""
+        try:
+            return self.registry.traffic(self.canary_fraction)
+        except InvalidAdapterError:
+            log.exception("the active adapter pointer is unreadable; serving the base model")
+            return Traffic(BASE, 0.0)
+
+    def shift(self, share: float, trigger: str = "manual") -> float:
+        """Send ``share`` of the sessions to the student; returns the share before."""
+        before = self.traffic()
+        self.registry.set_student_share(share)
+        self.announcer.record(traffic_shifted(before.version, share, before.student_share, trigger))
+        return before.student_share
+
+    def graduate(self, version: str, agreement: float | None, threshold: float | None) -> bool:
+        """After the gate promoted ``version``: all traffic to the student when its
+        agreement with the labels reached ``threshold`` (``canary_graduate_at``)."""
+        if threshold is None or agreement is None or agreement < threshold:
+            return False
+        if self.traffic().student_share < 1.0:
+            self.shift(1.0, trigger="graduation")
+        return True
 
     def warm_up(self, version: str) -> None:
         if self._warm_up is None:
@@ -59,12 +87,19 @@ class VersionSwitch:
             raise NotFound(str(exc), {"version": version}) from exc
         self.announcer.record(adapter_rolled_back(previous, target))
         self.warm_up(target)  # usually still loaded: old versions stay in the replicas' cache
-        return AdapterChange(active=target, previous=previous)
+        return AdapterChange(active=target, previous=previous, student_share=self.traffic().student_share)
 
-    def promote(self, version: str) -> AdapterChange:
-        """Serve ``version`` (a rejected or archived one too): the gate is a default, not a veto."""
-        version = PromoteRequest(version=version).version
+    def promote(self, version: str | None = None, student_share: float | None = None) -> AdapterChange:
+        """Serve ``version`` (a rejected or archived one too): the gate is a default, not a
+        veto. ``student_share``: the student's share of sessions where a teacher answers;
+        neither given: all of them (the canary graduates by hand)."""
+        request = PromoteRequest(version=version, student_share=student_share)
         previous = self.active()
+        if request.version is None:
+            share = 1.0 if request.student_share is None else request.student_share
+            self.shift(share)
+            return AdapterChange(active=previous, previous=previous, student_share=share)
+        version = request.version
         try:
             if version != BASE:
                 self.registry.path(version)  # exists and is valid, before anything loads it
@@ -74,4 +109,6 @@ class VersionSwitch:
             self.announcer.record(adapter_refused(version, str(exc)))
             raise NotFound(str(exc), {"version": version}) from exc
         self.announcer.record(adapter_promoted(version, previous), trigger="manual")
-        return AdapterChange(active=version, previous=previous)
+        if request.student_share is not None:
+            self.shift(request.student_share)
+        return AdapterChange(active=version, previous=previous, student_share=self.traffic().student_share)

@@ -63,7 +63,7 @@ def test_api_models_reject_nonsense():
     for model, body in (
         (FinetuneRequest, {"forse": True}), (FeedbackRequest, {"turn_id": "t", "rating": 2}),
         (FeedbackRequest, {"turn_id": "", "rating": 1}), (RollbackRequest, {"version": "v0"}),
-        (RollbackRequest, {"version": "latest"}), (PromoteRequest, {}), (CleanupRequest, {"keep_days": -1}),
+        (RollbackRequest, {"version": "latest"}), (PromoteRequest, {"student_share": 1.5}), (CleanupRequest, {"keep_days": -1}),
     ):
         with pytest.raises(ValidationError):
             model.model_validate(body)

@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 
+from echorag.canary import Answerer
 from echorag.config import load_settings
 from echorag.embedding import E5Embedder
 from echorag.generation import LocalGenerator
@@ -49,7 +50,7 @@ def pipeline(tmp_path, tiny_model_path, one_torch_thread):
     loop = LearningLoop(settings, local_train_fn(tiny_model_path))
     services = SlowMemoryServices(settings, embedder, retriever, generator, loop)
     services.ingest(DOCS)
-    return ChatPipeline(services, SessionMemory(settings.memory_turns), generator.name), retriever
+    return ChatPipeline(services, SessionMemory(settings.memory_turns), Answerer(generator.name, generator.kind)), retriever
 
 
 def test_the_answer_does_not_wait_for_memory_but_a_follow_up_finds_the_turn(pipeline):
@@ -80,13 +81,13 @@ class CountingServices(LocalServices):
 
     generated = 0
 
-    async def generate(self, messages, adapter):
+    async def generate(self, messages, adapter, student=False):
         self.generated += 1
-        return await super().generate(messages, adapter)
+        return await super().generate(messages, adapter, student)
 
-    async def stream(self, messages, adapter):
+    async def stream(self, messages, adapter, student=False):
         self.generated += 1
-        async for piece in super().stream(messages, adapter):
+        async for piece in super().stream(messages, adapter, student):
             yield piece
 
 
@@ -97,7 +98,7 @@ def test_the_evidence_gate_answers_no_answer_without_calling_the_model(tmp_path,
     settings, embedder, retriever = parts(tmp_path, tiny_model_path)
     services = CountingServices(settings, embedder, retriever, LocalGenerator(str(tiny_model_path)))
     services.ingest(DOCS)
-    chat = ChatPipeline(services, SessionMemory(settings.memory_turns), "tiny")
+    chat = ChatPipeline(services, SessionMemory(settings.memory_turns), Answerer("tiny", "tiny"))
 
     async def scenario():
         off_topic = await chat.chat(ChatRequest(message="화성의 수도는 어디인가요?", session_id="s1"))
@@ -127,13 +128,13 @@ def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp
     served = []
 
     class Recording(LocalServices):
-        async def generate(self, messages, adapter):
+        async def generate(self, messages, adapter, student=False):
             served.append(messages)
-            return await super().generate(messages, adapter)
+            return await super().generate(messages, adapter, student)
 
     services = Recording(settings, embedder, retriever, generator, loop)
     services.ingest(DOCS)
-    chat = ChatPipeline(services, SessionMemory(settings.memory_turns), generator.name, generator.kind)
+    chat = ChatPipeline(services, SessionMemory(settings.memory_turns), Answerer(generator.name, generator.kind))
 
     async def scenario():
         first = await chat.chat(ChatRequest(message="제주도에는 어떤 산이 있나요?", session_id="s1"))
