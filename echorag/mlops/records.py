@@ -35,7 +35,6 @@ class StoredTurn(BaseModel):
     corrected: str | None = Field(None, description="An admin's corrected answer; the original stays in `assistant`.")
     corrected_at: float | None = None
     pool: bool = Field(False, description="In the evaluation pool: judges candidates, never trained on.")
-    latency_ms: float | None = Field(None, description="From the request to the answer (null for older turns).")
 
     @property
     def closed_book(self) -> bool:

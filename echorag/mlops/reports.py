@@ -129,11 +129,11 @@ def answerers(store: ConversationStore, registry: AdapterRegistry) -> list[Answe
         latencies = [float(x) for x in (row["latencies"] or "").split(",") if x]
         rated = row["liked"] + row["disliked"]
         rows.append(AnswererPerformance(
-            backend=row["backend"] or "unknown", model=row["model"], version=row["adapter_version"],
+            backend=row["backend"] or "unknown", model=row["model"], version=row["version"],
             requests=row["requests"], liked=row["liked"], disliked=row["disliked"],
             like_rate=row["liked"] / rated if rated else None,
             latency_p50_ms=_percentile(latencies, 50), latency_p95_ms=_percentile(latencies, 95),
-            agreement=agreement.get(row["adapter_version"]),
+            agreement=agreement.get(row["version"]),
         ))
     return rows
 

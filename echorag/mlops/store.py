@@ -73,18 +73,26 @@ CREATE TABLE IF NOT EXISTS events (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
+CREATE TABLE IF NOT EXISTS answers (
+    turn_id    TEXT PRIMARY KEY,
+    backend    TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    latency_ms REAL,
+    created_at REAL NOT NULL
+);
 """
+# `answers`: one row per answered request, stored or not (a duplicate or filtered turn was
+# still served): what answered and how fast, for /mlops/performance. No user data.
 
 # Columns added after the first release, added in place to older databases (and read as
 # their defaults from older backups): the exact messages the answerer was served (JSON;
 # NULL for turns stored before, which train closed-book), which backend answered, and
 # where the answer comes from as a training label ("teacher", "self"), an admin's
-# correction kept beside the original answer, membership of the evaluation pool, and how
-# long the answer took.
+# correction kept beside the original answer, and membership of the evaluation pool.
 _ADDED_COLUMNS = {
     "prompt": "TEXT", "backend": "TEXT NOT NULL DEFAULT ''", "label": "TEXT NOT NULL DEFAULT 'self'",
     "corrected": "TEXT", "corrected_at": "REAL", "pool": "INTEGER NOT NULL DEFAULT 0",
-    "latency_ms": "REAL",
 }
 _TURN_COLUMNS = (
     "seq, id, session_id, user_id, user, assistant, adapter_version, model,"
@@ -169,6 +177,11 @@ class ConversationStore:
         that reports the first result (callers may retry)."""
         screened = self.filter.screen(turn)
         with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO answers (turn_id, backend, model, version, latency_ms, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (turn.id, turn.backend, turn.model, turn.adapter_version, turn.latency_ms, turn.created_at),
+            )
             if erasure.is_erased(db, turn.user_id, turn.session_id):  # their data was deleted: never again
                 self._count(db, "erased")
                 return AddResult(False, "erased")
@@ -183,13 +196,12 @@ class ConversationStore:
                 return AddResult(False, "duplicate")
             cursor = db.execute(
                 "INSERT INTO conversations (id, session_id, user_id, user, assistant, adapter_version, model,"
-                " sources, created_at, fingerprint, prompt, backend, label, latency_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " sources, created_at, fingerprint, prompt, backend, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     turn.id, screened.session_id, screened.user_id, screened.user, screened.assistant,
                     turn.adapter_version, turn.model, _dumps(list(turn.sources)), turn.created_at,
                     screened.fingerprint, None if screened.prompt is None else _dumps(screened.prompt),
-                    turn.backend, turn.label, turn.latency_ms,
+                    turn.backend, turn.label,
                 ),
             )
             if screened.pii:
@@ -234,13 +246,17 @@ class ConversationStore:
         return Counts(**dict(row), max_seq=self.max_seq(), filtered=filtered)
 
     def answerer_counts(self) -> list[sqlite3.Row]:
-        """Per (backend, model, adapter version) that answered: turns, 👍, 👎, and their
-        latencies (``latencies``: comma-joined milliseconds, for percentiles)."""
+        """Per (backend, model, version) that answered: requests and their latencies
+        (``latencies``: comma-joined milliseconds), 👍 and 👎 of its stored turns."""
         return self._query(
-            "SELECT backend, model, adapter_version, COUNT(*) AS requests,"
-            " COALESCE(SUM(feedback = 1), 0) AS liked, COALESCE(SUM(feedback = -1), 0) AS disliked,"
-            " GROUP_CONCAT(latency_ms) AS latencies FROM conversations"
-            " GROUP BY backend, model, adapter_version ORDER BY MIN(seq)"
+            "SELECT a.backend, a.model, a.version, a.requests, a.latencies,"
+            " COALESCE(c.liked, 0) AS liked, COALESCE(c.disliked, 0) AS disliked FROM"
+            " (SELECT backend, model, version, COUNT(*) AS requests, GROUP_CONCAT(latency_ms) AS latencies,"
+            "  MIN(created_at) AS first FROM answers GROUP BY backend, model, version) AS a"
+            " LEFT JOIN (SELECT backend, model, adapter_version, SUM(feedback = 1) AS liked,"
+            "  SUM(feedback = -1) AS disliked FROM conversations GROUP BY backend, model, adapter_version) AS c"
+            " ON c.backend = a.backend AND c.model = a.model AND c.adapter_version = a.version"
+            " ORDER BY a.first"
         )
 
     def turns_after(self, seq: int, limit: int | None = None) -> list[StoredTurn]:
@@ -374,11 +390,12 @@ class ConversationStore:
         return deleted, saved
 
     def cleanup(self, keep_days: float) -> dict[str, int]:
-        """Delete conversations and events older than ``keep_days``."""
+        """Delete conversations, events and answer records older than ``keep_days``."""
         cutoff = time.time() - keep_days * 86400
         with self._tx() as db:
             conversations = db.execute("DELETE FROM conversations WHERE created_at < ?", (cutoff,)).rowcount
             events = db.execute("DELETE FROM events WHERE created_at < ?", (cutoff,)).rowcount
+            db.execute("DELETE FROM answers WHERE created_at < ?", (cutoff,))
         return {"conversations": conversations, "events": events}
 
     # -- runtime settings ---------------------------------------------------------------

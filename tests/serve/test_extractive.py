@@ -4,6 +4,7 @@ sample knowledge base verbatim with ``[n]`` markers that point at the right pass
 and say NO_ANSWER to a question the documents do not answer; the web page says so."""
 
 import json
+import math
 import re
 import shutil
 import time
@@ -36,7 +37,8 @@ def extractive(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
     shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")  # the student, as after a first start
     settings = {**app_settings, "data_dir": str(root), "generator_model": "auto",
                 "finetune_webhook_url": None, "finetune_auto_trigger": False,
-                "finetune_train_on": "teacher", "finetune_gate_min_examples": 20}  # the defaults
+                "finetune_train_on": "teacher", "finetune_gate_min_examples": 20,  # the defaults
+                "rate_limit_per_minute": 0}  # the canary test opens 40 sessions from one address
     serve.run(build_app(settings), name="extractive", route_prefix=PREFIX)
     with httpx.Client(base_url=f"{ray_cluster}{PREFIX}", timeout=180) as http:
         response = http.post("/documents", json={"documents": read_documents([sample_path()])}, headers=ADMIN)
@@ -176,3 +178,41 @@ def test_the_extractive_teacher_trains_the_tiny_student_and_the_gate_refuses_a_t
     events = extractive.get("/mlops/events", params={"event_type": "training_rejected"}, headers=ADMIN).json()["events"]
     assert events and "평가 풀" in events[0]["message"] and "일치도" in events[0]["message"]
     assert extractive.get("/health").json()["model_kind"] == "extractive"  # the teacher still answers
+
+
+def test_a_canary_sends_about_half_the_sessions_to_the_student_then_promote_and_rollback(extractive):
+    """The admin serves the student's v1 (kept by the gate above) to half the sessions:
+    about half of 40 new sessions get the student, each session keeps its answerer, and
+    /mlops/performance counts both; promote moves every session, rollback none."""
+    changed = extractive.post("/mlops/promote", json={"version": "v1", "student_share": 0.5}, headers=ADMIN)
+    assert changed.status_code == 200 and changed.json()["student_share"] == 0.5, changed.text
+    answerers = {}
+    for i in range(40):
+        first = extractive.post("/chat", json={"message": "한라산의 높이는 얼마인가요?"}).json()
+        again = extractive.post("/chat", json={"message": "제주도에는 어떤 산이 있나요?",
+                                               "session_id": first["session_id"]}).json()
+        assert (again["model"], again["adapter_version"]) == (first["model"], first["adapter_version"])
+        answerers[first["session_id"]] = (first["model"], first["adapter_version"])
+    student = [a for a in answerers.values() if a[1] == "v1"]
+    assert all(a == student[0] for a in student) and student[0][0] != "extractive"
+    bound = 4 * math.sqrt(40 * 0.25)  # four standard deviations of Binomial(40, 0.5)
+    assert abs(len(student) - 20) < bound, answerers
+    assert set(answerers.values()) == {("extractive", "base"), student[0]}
+
+    performance = extractive.get("/mlops/performance").json()
+    rows = {(r["backend"], r["version"]): r for r in performance["answerers"]}
+    assert performance["student_share"] == 0.5
+    assert rows[("tiny", "v1")]["requests"] == 2 * len(student)
+    assert rows[("tiny", "v1")]["latency_p50_ms"] > 0 and rows[("tiny", "v1")]["agreement"] is not None
+    assert rows[("extractive", "base")]["requests"] >= 2 * (40 - len(student))
+
+    everyone = extractive.post("/mlops/promote", headers=ADMIN).json()
+    assert everyone["student_share"] == 1.0 and everyone["active"] == "v1"
+    for _ in range(3):
+        assert extractive.post("/chat", json={"message": "독도는 어디에 있나요?"}).json()["adapter_version"] == "v1"
+    back = extractive.post("/mlops/rollback", json={"version": "base"}, headers=ADMIN).json()
+    assert back["active"] == "base"
+    for _ in range(3):  # no student version: the teacher answers every session again
+        assert extractive.post("/chat", json={"message": "독도는 어디에 있나요?"}).json()["model"] == "extractive"
+    events = extractive.get("/mlops/events", params={"event_type": "traffic_shifted"}, headers=ADMIN).json()["events"]
+    assert [e["data"]["student_share"] for e in reversed(events)] == [0.5, 1.0]

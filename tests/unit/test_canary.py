@@ -85,17 +85,22 @@ def test_promote_moves_all_traffic_and_the_gate_graduates_a_student_that_agrees(
 
 def test_performance_is_reported_per_answerer_and_version(make, tiny_model_path):
     loop = make(Trainer(tiny_model_path), finetune_auto_trigger=False)
+    served = {}
     for i, (backend, version, latency) in enumerate(
         [("extractive", BASE, 10.0), ("extractive", BASE, 30.0), ("tiny", "v1", 200.0)]
     ):
         answered = turn(i)
-        loop.record(Turn(**{**answered.__dict__, "id": f"p{i}", "backend": backend, "model": backend,
-                            "adapter_version": version, "latency_ms": latency,
-                            "label": "teacher" if backend == "extractive" else "self"}))
+        served[f"p{i}"] = {**answered.__dict__, "id": f"p{i}", "backend": backend, "model": backend,
+                           "adapter_version": version, "latency_ms": latency,
+                           "label": "teacher" if backend == "extractive" else "self"}
+        loop.record(Turn(**served[f"p{i}"]))
+    # Served again word for word: dropped from training as a duplicate, still a request.
+    loop.record(Turn(**{**served["p0"], "id": "p3", "latency_ms": 20.0}))
     loop.feedback("p0", 1)
     loop.feedback("p2", -1)
     rows = {(r.backend, r.version): r for r in loop.performance().answerers}
     teacher, student = rows[("extractive", BASE)], rows[("tiny", "v1")]
-    assert (teacher.requests, teacher.liked, teacher.disliked, teacher.like_rate) == (2, 1, 0, 1.0)
-    assert teacher.latency_p95_ms == 30.0 and teacher.latency_p50_ms in (10.0, 30.0)
+    assert (teacher.requests, teacher.liked, teacher.disliked, teacher.like_rate) == (3, 1, 0, 1.0)
+    assert (teacher.latency_p50_ms, teacher.latency_p95_ms) == (20.0, 30.0)
+    assert loop.store.counts().total == 3
     assert (student.requests, student.disliked, student.like_rate, student.latency_p50_ms) == (1, 1, 0.0, 200.0)
