@@ -107,9 +107,12 @@ def parse_prompt(messages: Sequence[dict]) -> tuple[str, list[Passage]]:
     content = user.get("content") or ""
     if not content.startswith(_CONTEXT_PREFIX) or _QUESTION_SEPARATOR not in content:
         return content.strip(), []
-    # The question comes last; a passage may itself contain the separator, the question
-    # (one stripped message) practically never does.
-    split = content.rfind(_QUESTION_SEPARATOR)
+    # The question comes last: a passage may itself contain the separator (an FAQ's
+    # "질문: …"), so the last one splits, unless the question is another EchoRAG's whole
+    # prompt (this service as its OpenAI-compatible teacher): then the first one before it.
+    split = content.find(_QUESTION_SEPARATOR + _CONTEXT_PREFIX)
+    if split == -1:
+        split = content.rfind(_QUESTION_SEPARATOR)
     context = content[len(_CONTEXT_PREFIX):split]
     return content[split + len(_QUESTION_SEPARATOR):], parse_context(context)
 

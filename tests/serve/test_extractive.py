@@ -216,3 +216,4 @@ def test_a_canary_sends_about_half_the_sessions_to_the_student_then_promote_and_
         assert extractive.post("/chat", json={"message": "독도는 어디에 있나요?"}).json()["model"] == "extractive"
     events = extractive.get("/mlops/events", params={"event_type": "traffic_shifted"}, headers=ADMIN).json()["events"]
     assert [e["data"]["student_share"] for e in reversed(events)] == [0.5, 1.0]
+

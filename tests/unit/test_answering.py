@@ -82,6 +82,17 @@ def test_parse_prompt_round_trips_build_messages():
     assert [p.title for p in passages] == ["제목 · 가운뎃점", None, None]
 
 
+def test_parse_prompt_finds_the_question_after_an_faq_passage_and_inside_a_nested_prompt():
+    faq = SearchResult(id="f#0", text="자주 묻는 질문\n\n질문: 환불은 언제까지 되나요?\n답변: 7일 이내입니다.",
+                       score=1.0, collection="documents", metadata={"doc_id": "f"})
+    question, passages = parse_prompt(messages("배송은 얼마나 걸리나요?", [faq]))
+    assert question == "배송은 얼마나 걸리나요?" and passages[0].text == faq.text
+    # Another EchoRAG sends its whole prompt as the question (this one is its teacher).
+    inner = messages("한라산은 얼마나 높나요?", [faq])[-1]["content"]
+    question, passages = parse_prompt(messages(inner, [faq]))
+    assert question == inner and [p.text for p in passages] == [faq.text]
+
+
 def test_parse_prompt_without_passages():
     question, passages = parse_prompt(messages("아무 문서도 없나요?", []))
     assert question == "아무 문서도 없나요?" and passages == []
