@@ -94,4 +94,4 @@ class DataDesk:
         return reports.models(self.registry, self.active_version())
 
     def performance(self) -> PerformanceMetrics:
-        return reports.performance(self.store, self.registry, self.traffic().student_share)
+        return reports.performance(self.store, self.registry.history(), self.traffic().student_share)

@@ -288,7 +288,7 @@ class LearningLoop(DataDesk):
             return
         shutil.rmtree(self.work_dir / f"run-{run.id}", ignore_errors=True)
         if result.promoted:
-            self._versions.graduate(result.version, result.metrics.get("candidate_agreement"),
+            self._versions.graduate(result.metrics.get("candidate_agreement"),
                                     getattr(self.settings, "canary_graduate_at", None))
         with self._lock:
             self._run_progress.end(

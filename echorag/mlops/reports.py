@@ -33,7 +33,7 @@ from echorag.mlops.api import (
 )
 from echorag.mlops.jobs import finite
 from echorag.mlops.policy import TrainingPolicy
-from echorag.mlops.registry import BASE, AdapterRegistry
+from echorag.mlops.registry import BASE, AdapterInfo, AdapterRegistry
 from echorag.mlops.store import ConversationStore, Counts, Run
 
 ERROR_EVENTS = ("training_failed", "training_interrupted", "activation_failed")
@@ -119,11 +119,9 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 1)
 
 
-def answerers(store: ConversationStore, registry: AdapterRegistry) -> list[AnswererPerformance]:
+def answerers(store: ConversationStore, history: list[AdapterInfo]) -> list[AnswererPerformance]:
     """Requests, 👍/👎, latency per answerer and version; agreement from its gate."""
-    agreement = {}
-    for info in registry.history():
-        agreement[info.version] = info.metrics.get("candidate_agreement")
+    agreement = {info.version: info.metrics.get("candidate_agreement") for info in history}
     rows = []
     for row in store.answerer_counts():
         latencies = [float(x) for x in (row["latencies"] or "").split(",") if x]
@@ -138,7 +136,8 @@ def answerers(store: ConversationStore, registry: AdapterRegistry) -> list[Answe
     return rows
 
 
-def performance(store: ConversationStore, registry: AdapterRegistry, student_share: float = 0.0) -> PerformanceMetrics:
+def performance(store: ConversationStore, history: list[AdapterInfo], student_share: float = 0.0) -> PerformanceMetrics:
+    """``history``: the registry's versions (``registry.history()``), for their gate agreement."""
     now = time.time()
     counts = store.counts()
     recent = [t.created_at for t in store.recent_turns(5000) if t.created_at >= now - 86400]
@@ -165,7 +164,7 @@ def performance(store: ConversationStore, registry: AdapterRegistry, student_sha
         average_training_time_s=sum(durations) / len(durations) if durations else None,
         last_training_at=max((r.ended_at or 0 for r in trained), default=None),
         student_share=student_share,
-        answerers=answerers(store, registry),
+        answerers=answerers(store, history),
     )
 
 
@@ -227,6 +226,6 @@ def status(
             latest=recent[:5],
             last_error=errors[0].message if errors else None,
         ),
-        performance_metrics=performance(store, registry, student_share),
+        performance_metrics=performance(store, history, student_share),
         settings=settings,
     )

@@ -33,11 +33,7 @@ class VersionSwitch:
 
     def active(self) -> str:
         """The version that serves (``"base"`` if the pointer is unreadable, logged)."""
-        try:
-            return self.registry.active
-        except InvalidAdapterError:
-            log.exception("the active adapter pointer is unreadable; serving the base model")
-            return BASE
+        return self.traffic().version
 
     def traffic(self) -> Traffic:
         """The student's active version and share of sessions (base, 0 if unreadable)."""
@@ -47,21 +43,18 @@ class VersionSwitch:
             log.exception("the active adapter pointer is unreadable; serving the base model")
             return Traffic(BASE, 0.0)
 
-    def shift(self, share: float, trigger: str = "manual") -> float:
-        """Send ``share`` of the sessions to the student; returns the share before."""
+    def shift(self, share: float, trigger: str = "manual") -> None:
+        """Send ``share`` of the sessions to the student."""
         before = self.traffic()
         self.registry.set_student_share(share)
         self.announcer.record(traffic_shifted(before.version, share, before.student_share, trigger))
-        return before.student_share
 
-    def graduate(self, version: str, agreement: float | None, threshold: float | None) -> bool:
-        """After the gate promoted ``version``: all traffic to the student when its
-        agreement with the labels reached ``threshold`` (``canary_graduate_at``)."""
-        if threshold is None or agreement is None or agreement < threshold:
-            return False
-        if self.traffic().student_share < 1.0:
-            self.shift(1.0, trigger="graduation")
-        return True
+    def graduate(self, agreement: float | None, threshold: float | None) -> None:
+        """After the gate promoted a version: all traffic to the student when its agreement
+        with the labels reached ``threshold`` (``canary_graduate_at``)."""
+        if threshold is not None and agreement is not None and agreement >= threshold:
+            if self.traffic().student_share < 1.0:
+                self.shift(1.0, trigger="graduation")
 
     def warm_up(self, version: str) -> None:
         if self._warm_up is None:
