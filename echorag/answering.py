@@ -34,6 +34,7 @@ from echorag.evidence import (
 )
 from echorag.korean import get_kiwi, morphemes_many, normalize
 from echorag.prompts import NO_ANSWER, NO_CONTEXT
+from echorag.short_answers import short_answer
 from echorag.types import Generation
 
 _CONTEXT_PREFIX = "참고 문서:\n"
@@ -142,6 +143,9 @@ class ExtractiveConfig:
     min_relative: float = 0.9
     trim_chars: int = 40  # sentences longer than this are cut to the clauses that matter
     clause_cuts: str = "comma"  # where a sentence may be cut: "comma" or "connective" (see _clauses)
+    # Answer "몇 년에…?" with the amount the best sentence states ("1444년"), not the
+    # sentence, where it is unambiguous (echorag.short_answers).
+    short_answers: bool = True
     selection: SelectionWeights = field(default_factory=SelectionWeights)
     # True where the pipeline's evidence gate (echorag.evidence, on the retriever's stored
     # sentence vectors) has already decided to answer: the best sentence is quoted
@@ -261,7 +265,10 @@ def select(analysis: Analysis, config: ExtractiveConfig) -> list[Quote]:
             continue
         chosen.append(unit)
         covered |= unit.terms
-    return [Quote(unit, trim(unit.text, analysis, config.trim_chars, config.clause_cuts)) for unit in chosen]
+    quotes = [Quote(unit, trim(unit.text, analysis, config.trim_chars, config.clause_cuts)) for unit in chosen]
+    if config.short_answers and (short := short_answer(analysis.question, quotes[0].text)):
+        return [Quote(quotes[0].unit, short)]
+    return quotes
 
 
 def format_answer(quotes: list[Quote]) -> str:

@@ -51,13 +51,13 @@ _UNIT_ALIASES = {
 }
 # "얼마" about a fee, a price or a tax asks for money: a number of 원.
 _MONEY_SUFFIXES = ("료", "비", "금", "값", "비용", "가격", "요금", "세", "돈")
-_NUMBER = (
+NUMBER_PATTERN = (
     r"(?:\d[\d,.]*(?:\s*[~∼-]\s*\d[\d,.]*)?\s*(?:만|천|백|억)?\s*"
     r"|(?:한|두|세|네|다섯|여섯|일곱|여덟|아홉|열|스물|서른|마흔|쉰|백|천|만)\s*)"
 )
 _DIGIT = re.compile(r"\d")
 # What answers "언제": a date or time of some kind.
-_WHEN = re.compile(
+WHEN_PATTERN = re.compile(
     r"\d[\d,.]*\s*(?:년|월|일|세기|시|주|개월)|(?:봄|여름|가을|겨울|새벽|아침|저녁|오전|오후|시대|초기|중기|말기|무렵)"
     r"|(?:고려|조선|삼국|통일 신라|신라|백제|고구려)\s*(?:초|말|중기|후기|전기)"
 )
@@ -79,11 +79,11 @@ def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
     if any_number and any(t.endswith(_MONEY_SUFFIXES) for t in question_terms(question)):
         units.append("원")
     patterns = tuple(
-        re.compile(_NUMBER + "(?:" + "|".join(re.escape(a) for a in _UNIT_ALIASES.get(u, (u,))) + ")")
+        re.compile(NUMBER_PATTERN + "(?:" + "|".join(re.escape(a) for a in _UNIT_ALIASES.get(u, (u,))) + ")")
         for u in dict.fromkeys(units)
     )
     if not patterns and any(token.form == "언제" for token in tokens):
-        patterns = (_WHEN,)
+        patterns = (WHEN_PATTERN,)
     return patterns, any_number
 
 

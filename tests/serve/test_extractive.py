@@ -217,3 +217,54 @@ def test_a_canary_sends_about_half_the_sessions_to_the_student_then_promote_and_
     events = extractive.get("/mlops/events", params={"event_type": "traffic_shifted"}, headers=ADMIN).json()["events"]
     assert [e["data"]["student_share"] for e in reversed(events)] == [0.5, 1.0]
 
+
+
+@pytest.fixture(scope="module")
+def openai_taught(extractive, ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
+    """A second EchoRAG whose answers come from an OpenAI-compatible teacher over HTTP:
+    the extractive application's own /v1 in the same cluster. Its student is the tiny model."""
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+    from deployments.mlops import NAMESPACE, collector_name
+
+    root = tmp_path_factory.mktemp("openai-taught-app")
+    shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")
+    settings = {**app_settings, "data_dir": str(root), "generator_backend": "openai",
+                "openai_base_url": f"{ray_cluster}{PREFIX}/v1", "openai_model": "echorag",
+                "openai_api_key": "unused", "finetune_webhook_url": None, "finetune_auto_trigger": False,
+                "finetune_train_on": "teacher", "rate_limit_per_minute": 0}
+    serve.run(build_app(settings), name="openai-taught", route_prefix="/openai-taught")
+    with httpx.Client(base_url=f"{ray_cluster}/openai-taught", timeout=180) as http:
+        response = http.post("/documents", json={"documents": read_documents([sample_path()])}, headers=ADMIN)
+        assert response.status_code == 200, response.text
+        yield http
+    serve.delete("openai-taught")
+    ray.kill(ray.get_actor(collector_name("openai-taught"), namespace=NAMESPACE))
+
+
+def test_an_openai_compatible_teacher_over_http_labels_the_turns_that_train_the_student(openai_taught):
+    """Chats answered by a real OpenAI-compatible server are stored as teacher labels with
+    the exact prompt sent to it, and a batch of them trains the student in a real run."""
+    questions = ("훈민정음은 언제 반포되었나요?", "한라산의 높이는 얼마인가요?", "독도는 어디에 있나요?")
+    answers = []
+    for question in questions:
+        body = openai_taught.post("/chat", json={"message": question}).json()
+        assert body["model"] == "echorag" and body["abstained"] is False, body
+        answers.append(body["response"])
+    assert sum(bool(MARKER.search(a)) for a in answers) >= 2, answers  # the teacher quotes and cites
+    stored = openai_taught.get("/mlops/conversations", params={"limit": 3}, headers=ADMIN).json()["conversations"]
+    assert sorted(t["assistant"] for t in stored) == sorted(answers)
+    for turn in stored:
+        assert (turn["backend"], turn["model"], turn["label"]) == ("openai", "echorag", "teacher"), turn
+        assert turn["prompt"][-1]["content"].startswith("참고 문서:")
+    started = openai_taught.post("/mlops/settings", json={"batch_size": 3, "auto_trigger": True}, headers=ADMIN)
+    assert started.status_code == 200, started.text
+    deadline = time.time() + 900
+    while (progress := openai_taught.get("/mlops/training-progress").json())["status"] in ("idle", "training"):
+        assert time.time() < deadline, progress
+        time.sleep(2)
+    assert progress["status"] == "rejected", progress  # the default gate: a pool this thin promotes nothing
+    (candidate,) = openai_taught.get("/mlops/models").json()["versions"]
+    assert candidate["samples"] >= 1 and candidate["metrics"]["candidate_agreement"] is not None, candidate

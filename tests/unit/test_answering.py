@@ -13,6 +13,7 @@ from echorag.prompts import NO_ANSWER, build_messages
 from echorag.korean import split_sentences
 from echorag.retrieval import chunk_documents
 from echorag.schemas import SearchResult
+from echorag.short_answers import short_answer
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +142,47 @@ def test_memory_turns_are_never_quoted_and_numbering_is_kept(kb, generator):
     assert cited_numbers(text) == [2]
 
 
-def test_a_long_sentence_is_trimmed_at_a_clause_boundary(kb, generator):
+def test_a_long_sentence_is_trimmed_at_a_clause_boundary(kb, e5):
     passage = doc(kb, "kb-hunminjeongeum")
     sentence = next(s for s in passage.text.split(". ") if s.startswith("세종은 1443년")) + "."
-    text = ask(generator, "훈민정음을 세상에 널리 알린 해는 몇 년인가?", [passage])
+    quoting = ExtractiveGenerator(e5, ExtractiveConfig(short_answers=False))  # the sentence, not "1446년"
+    text = ask(quoting, "훈민정음을 세상에 널리 알린 해는 몇 년인가?", [passage])
     quote, number = quoted_sentences(text)[0]
     assert number == 1 and "1446년" in quote
     assert len(quote) < len(sentence) and quote in sentence
     # It starts after a comma that closes a clause ("…완성했고, "), not mid-phrase.
     assert sentence[: sentence.index(quote)].endswith(", ")
+
+
+def test_an_amount_question_is_answered_by_the_amount_with_its_citation(kb, generator):
+    results = [doc(kb, "kb-joseon-founding"), doc(kb, "kb-hunminjeongeum")]
+    assert ask(generator, "최만리 반대 상소는 몇 년에 올라왔나?", results) == "1444년 [2]"
+    assert ask(generator, "한라산 높이는 몇 m인가?", [doc(kb, "kb-jeju-island")]) == "1,947m [1]"
+    # A question that asks more than an amount gets the sentence.
+    text = ask(generator, "훈민정음은 누가 언제 만들었나?", [doc(kb, "kb-hunminjeongeum")])
+    assert "세종" in text and len(quoted_sentences(text)[0][0]) > 10
+
+
+@pytest.mark.parametrize(("question", "sentence", "expected"), [
+    ("부산국제영화제는 몇 년에 시작되었나?", "1996년 시작된 부산국제영화제는 아시아를 대표하는 영화제로 자리 잡았다.", "1996년"),
+    ("6·25 전쟁은 언제 시작되었나요?", "1950년 6월 25일 새벽 북한군이 남침하면서 전쟁이 시작되었다.", "1950년 6월 25일"),
+    ("금융통화위원회는 몇 명이며 1년에 몇 번 결정하나?", "총재를 포함한 7명의 위원이 1년에 8번 회의를 열어 결정한다.", "7명, 8번"),
+    ("대장암 검진은 몇 살부터 받아?", "대장암은 만 50세 이상이 1년마다 검사합니다.", "만 50세 이상"),
+    ("백구는 얼마 만에 돌아왔나?", "1993년 대전으로 팔려 간 백구가 7개월 만에 진도로 돌아왔다.", "7개월 만에"),
+    ("지리산 반달곰 지금 몇 마리쯤 있어?", "복원 사업으로 지금은 80마리 안팎이 산다.", "80마리 안팎"),
+    ("운전면허 학과시험 합격 점수는 1종과 2종이 각각 몇 점인가?", "1종은 70점, 2종은 60점 이상이면 합격입니다.", None),
+    ("알파고랑 이세돌 바둑 몇 대 몇이었지?", "알파고는 이세돌 9단과의 대국에서 4승 1패로 이겼다.", "4승 1패"),
+    ("BTS 「Dynamite」가 빌보드 핫 100 1위에 오른 해는?", "2013년 데뷔한 방탄소년단(BTS)은 2020년 「Dynamite」로 한국 가수 최초로 빌보드 핫 100 1위에 올랐다.", "2020년"),
+    ("불황인데 물가가 오르는 상황을 가리키는 용어는?", "경기가 침체하는데 물가까지 오르는 상황은 스태그플레이션이라고 불러요.", "스태그플레이션"),
+    # Given in the question, not asked: 2017년. A date does not say how strong: none.
+    ("2017년 지진으로 시험이 며칠 늦춰졌나?", "2017년 11월 15일 지진으로 수능이 7일 미뤄졌다.", "7일"),
+    ("경주 지진 규모 얼마였어?", "2016년 9월 12일 경주에서 규모 5.8의 지진이 일어났다.", None),
+    # More candidates than asked and none clearly nearest; a name the question says itself.
+    ("10년짜리 여권 얼마야?", "58면은 5만 원, 26면은 4만 7천 원이다.", None),
+    ("나그네새는 뭐라고 해?", "잠시 들러 쉬어 가는 새는 나그네새라고 한다.", None),
+])
+def test_short_answers_only_where_the_sentence_is_unambiguous(question, sentence, expected):
+    assert short_answer(question, sentence) == expected
 
 
 def test_stream_and_usage_match_generate(kb, generator):
