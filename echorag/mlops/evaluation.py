@@ -61,5 +61,5 @@ def evaluate_versions(
                                       config.eval_max_new_tokens, temperature=0.0)
             answers.extend(row.text for row in rows)
         agreement = sum(token_f1(answer, label) for answer, label in zip(answers, labels)) / len(labels)
-        scores[name] = VersionScore(loss=loss, agreement=agreement)
+        scores[name] = VersionScore(loss=loss, agreement=agreement, answers=tuple(answers))
     return scores

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -17,10 +17,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class VersionScore:
-    """One version on the pool: mean loss per label token, mean agreement F1 (0–1)."""
+    """One version on the pool: mean loss per label token, mean agreement F1 (0–1), and
+    its greedy answers (pool order) where they were generated."""
 
     loss: float | None
     agreement: float | None = None
+    answers: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ class EvaluationGate:
         agreement_floor = active.agreement - self.agreement_tolerance if _finite(active.agreement) else None
         metrics = {
             "pool": pool, "min_examples": self.min_examples,
-            "candidate": asdict(candidate), "active": asdict(active),
+            "candidate": {"loss": candidate.loss, "agreement": candidate.agreement},
+            "active": {"loss": active.loss, "agreement": active.agreement},
             "candidate_loss": candidate.loss, "active_loss": active.loss, "limit": loss_limit,
             "tolerance": self.tolerance, "agreement_tolerance": self.agreement_tolerance,
             "relative_change": (candidate.loss - active.loss) / active.loss

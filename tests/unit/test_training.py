@@ -109,6 +109,8 @@ def test_training_lowers_the_loss_and_the_trained_version_answers_like_its_label
           f"{base.agreement:.3f} → {trained_.agreement:.3f}; epoch losses {[round(x, 3) for x in epochs]}")
     assert trained_.loss < 0.7 * base.loss, scores
     assert trained_.agreement > base.agreement + 0.1, scores  # greedy answers, served as LocalGenerator serves
+    # The answers it scored are returned, one per pool chat, for reports beyond agreement.
+    assert len(trained_.answers) == len(CHATS) and all(isinstance(a, str) for a in trained_.answers)
 
 
 def test_on_step_reports_every_step_with_total_and_eta(trained):
