@@ -251,9 +251,11 @@ def test_an_openai_compatible_teacher_over_http_labels_the_turns_that_train_the_
     answers = []
     for question in questions:
         body = openai_taught.post("/chat", json={"message": question}).json()
-        assert body["model"] == "echorag" and body["abstained"] is False, body
+        assert body["model"] == "echorag", body  # the teacher's model name, as its /v1 reports it
         answers.append(body["response"])
-    assert sum(bool(MARKER.search(a)) for a in answers) >= 2, answers  # the teacher quotes and cites
+    # The teacher retrieves for the whole prompt it is sent (this service's, passages and
+    # all), so its own evidence gate may decline one; most it answers with citations.
+    assert sum(bool(MARKER.search(a)) for a in answers) >= 2, answers
     stored = openai_taught.get("/mlops/conversations", params={"limit": 3}, headers=ADMIN).json()["conversations"]
     assert sorted(t["assistant"] for t in stored) == sorted(answers)
     for turn in stored:
@@ -266,5 +268,6 @@ def test_an_openai_compatible_teacher_over_http_labels_the_turns_that_train_the_
         assert time.time() < deadline, progress
         time.sleep(2)
     assert progress["status"] == "rejected", progress  # the default gate: a pool this thin promotes nothing
-    (candidate,) = openai_taught.get("/mlops/models").json()["versions"]
-    assert candidate["samples"] >= 1 and candidate["metrics"]["candidate_agreement"] is not None, candidate
+    versions = openai_taught.get("/mlops/models").json()["versions"]
+    candidate = next(v for v in versions if v["version"] == "v1")
+    assert candidate["samples"] >= 1 and candidate["metrics"]["candidate_agreement"] is not None, versions
