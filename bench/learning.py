@@ -151,7 +151,10 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=4)
     parser.add_argument("--batch", type=int, default=60, help="collected turns per run (finetune_batch_size)")
     parser.add_argument("--holdout", type=float, default=0.2, help="share of the questions held out")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=3e-3,
+                        help="the tiny student learns at 3e-3 (the service's default, 1e-4, is KANANA's)")
+    parser.add_argument("--gate-min-examples", type=int, default=20, help="finetune_gate_min_examples")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -160,7 +163,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="echorag-learning-") as tmp:
         settings = Settings(data_dir=Path(tmp) / "data", generator_model="tiny", finetune_batch_size=args.batch,
                             finetune_epochs=args.epochs, finetune_max_length=args.max_length,
-                            finetune_webhook_url=None)
+                            finetune_learning_rate=args.learning_rate,
+                            finetune_gate_min_examples=args.gate_min_examples, finetune_webhook_url=None)
         base = ensure_tiny_model(settings.models_dir)
         cases = labelled_cases(settings, args.shared, args.shared_limit)
         heldout = [c for c in cases if held_out(c["query"], args.holdout)]
@@ -179,12 +183,13 @@ def main() -> None:
         card = json.loads((base / TINY_MARKER).read_text())
 
     report = {
-        "command": "python bench/learning.py" + (f" --shared {args.shared}" if args.shared else ""),
+        "command": " ".join(["python bench/learning.py", *sys.argv[1:]]),
         "student": {"name": "echorag-tiny-ko", "params": card.get("params", 0), "path": "built offline"},
         "teacher": "extractive",
         "questions": {"labelled": len(cases), "streamed": len(streamed), "held_out": len(heldout),
                       "by_set": {s: sum(c["set"] == s for c in cases) for s in {c["set"] for c in cases}}},
-        "batch": args.batch, "epochs": args.epochs,
+        "batch": args.batch, "epochs": args.epochs, "learning_rate": args.learning_rate,
+        "gate_min_examples": args.gate_min_examples,
         "status": {name: info.status for name, info in infos.items()},
         "gate": {name: info.metrics.get("gate_reason") for name, info in infos.items()},
         "parents": {name: info.parent for name, info in infos.items()},
