@@ -8,6 +8,7 @@ import math
 import re
 import shutil
 import time
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -24,28 +25,36 @@ MARKER = re.compile(r"\s*\[(\d+)\]")
 OFF_TOPIC = "화성의 수도는 어디인가요?"
 
 
-@pytest.fixture(scope="module")
-def extractive(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
-    """EchoRAG as a fresh offline install serves it (``auto``, the hub offline), at /extractive."""
+@contextmanager
+def deployed(name: str, ray_cluster: str, settings: dict, tiny_model_path, tmp_path_factory):
+    """An EchoRAG application of its own (data dir, collector) at /``name``, the sample
+    knowledge base ingested and the tiny student in place, as after a first start."""
     import ray
     from ray import serve
 
     from deployments.app import build_app
     from deployments.mlops import NAMESPACE, collector_name
 
-    root = tmp_path_factory.mktemp("extractive-app")
-    shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")  # the student, as after a first start
-    settings = {**app_settings, "data_dir": str(root), "generator_model": "auto",
-                "finetune_webhook_url": None, "finetune_auto_trigger": False,
-                "finetune_train_on": "teacher", "finetune_gate_min_examples": 20,  # the defaults
-                "rate_limit_per_minute": 0}  # the canary test opens 40 sessions from one address
-    serve.run(build_app(settings), name="extractive", route_prefix=PREFIX)
-    with httpx.Client(base_url=f"{ray_cluster}{PREFIX}", timeout=180) as http:
+    root = tmp_path_factory.mktemp(f"{name}-app")
+    shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")
+    serve.run(build_app({**settings, "data_dir": str(root)}), name=name, route_prefix=f"/{name}")
+    with httpx.Client(base_url=f"{ray_cluster}/{name}", timeout=180) as http:
         response = http.post("/documents", json={"documents": read_documents([sample_path()])}, headers=ADMIN)
         assert response.status_code == 200, response.text
         yield http
-    serve.delete("extractive")
-    ray.kill(ray.get_actor(collector_name("extractive"), namespace=NAMESPACE))
+    serve.delete(name)
+    ray.kill(ray.get_actor(collector_name(name), namespace=NAMESPACE))
+
+
+@pytest.fixture(scope="module")
+def extractive(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
+    """EchoRAG as a fresh offline install serves it (``auto``, the hub offline), at /extractive."""
+    settings = {**app_settings, "generator_model": "auto",
+                "finetune_webhook_url": None, "finetune_auto_trigger": False,
+                "finetune_train_on": "teacher", "finetune_gate_min_examples": 20,  # the defaults
+                "rate_limit_per_minute": 0}  # the canary test opens 40 sessions from one address
+    with deployed(PREFIX.strip("/"), ray_cluster, settings, tiny_model_path, tmp_path_factory) as http:
+        yield http
 
 
 def quotes(answer: str) -> list[tuple[str, int]]:
@@ -223,25 +232,12 @@ def test_a_canary_sends_about_half_the_sessions_to_the_student_then_promote_and_
 def openai_taught(extractive, ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
     """A second EchoRAG whose answers come from an OpenAI-compatible teacher over HTTP:
     the extractive application's own /v1 in the same cluster. Its student is the tiny model."""
-    import ray
-    from ray import serve
-
-    from deployments.app import build_app
-    from deployments.mlops import NAMESPACE, collector_name
-
-    root = tmp_path_factory.mktemp("openai-taught-app")
-    shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")
-    settings = {**app_settings, "data_dir": str(root), "generator_backend": "openai",
+    settings = {**app_settings, "generator_backend": "openai",
                 "openai_base_url": f"{ray_cluster}{PREFIX}/v1", "openai_model": "echorag",
                 "openai_api_key": "unused", "finetune_webhook_url": None, "finetune_auto_trigger": False,
                 "finetune_train_on": "teacher", "rate_limit_per_minute": 0}
-    serve.run(build_app(settings), name="openai-taught", route_prefix="/openai-taught")
-    with httpx.Client(base_url=f"{ray_cluster}/openai-taught", timeout=180) as http:
-        response = http.post("/documents", json={"documents": read_documents([sample_path()])}, headers=ADMIN)
-        assert response.status_code == 200, response.text
+    with deployed("openai-taught", ray_cluster, settings, tiny_model_path, tmp_path_factory) as http:
         yield http
-    serve.delete("openai-taught")
-    ray.kill(ray.get_actor(collector_name("openai-taught"), namespace=NAMESPACE))
 
 
 def test_an_openai_compatible_teacher_over_http_labels_the_turns_that_train_the_student(openai_taught):
