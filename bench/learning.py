@@ -88,7 +88,7 @@ def labelled_cases(settings: Settings, shared: Path | None, shared_limit: int) -
 
 def stream(loop: LearningLoop, cases: list[dict], versions: int, batch: int) -> list[dict]:
     """Record the cases as collected turns, batch after batch; after each batch wait for
-    the run the policy starts. Returns one row per run: version, status, gate reason."""
+    the run the policy starts. Returns the loop's training progress after each run."""
     runs = []
     for k in range(versions):
         chunk = cases[k * batch : (k + 1) * batch]
@@ -132,8 +132,9 @@ def plot(report: dict, path: Path) -> None:
     for ax, key, title in zip(axes, ("loss", "agreement", "gold_f1"),
                               ("loss on held-out teacher labels", "agreement F1 with the teacher", "token F1 with gold")):
         values = [report["versions"][n][key] or 0.0 for n in names]
-        colors = ["#999999" if n == "base" else ("#2b7bba" if report["status"].get(n) == "active" or
-                                                  report["status"].get(n) == "archived" else "#e08a2c") for n in names]
+        promoted = ("active", "archived")
+        colors = ["#999999" if n == "base" else "#2b7bba" if report["status"].get(n) in promoted else "#e08a2c"
+                  for n in names]
         ax.bar(names, values, color=colors)
         ax.set_title(title, fontsize=10)
         for x, v in enumerate(values):
@@ -167,8 +168,9 @@ def main() -> None:
                             finetune_gate_min_examples=args.gate_min_examples, finetune_webhook_url=None)
         base = ensure_tiny_model(settings.models_dir)
         cases = labelled_cases(settings, args.shared, args.shared_limit)
-        heldout = [c for c in cases if held_out(c["query"], args.holdout)]
-        streamed = [c for c in cases if not held_out(c["query"], args.holdout)]
+        kept_back = [held_out(c["query"], args.holdout) for c in cases]
+        heldout = [c for c, held in zip(cases, kept_back) if held]
+        streamed = [c for c, held in zip(cases, kept_back) if not held]
         prepared_s = time.perf_counter() - started
 
         loop = LearningLoop(settings, local_train_fn(base))

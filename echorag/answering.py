@@ -34,7 +34,7 @@ from echorag.evidence import (
 )
 from echorag.korean import get_kiwi, morphemes_many, normalize
 from echorag.prompts import NO_ANSWER, NO_CONTEXT
-from echorag.short_answers import short_answer
+from echorag.short_answers import NAMING_VERB, short_answer
 from echorag.types import Generation
 
 _CONTEXT_PREFIX = "참고 문서:\n"
@@ -205,7 +205,7 @@ def _clauses(sentence: str, cuts: str = "comma") -> tuple[str, ...]:
     return tuple(sentence[a:b] for a, b in zip(bounds, bounds[1:]) if sentence[a:b].strip())
 
 
-_NAMING = re.compile(r"(?:이)?라(?:고)?\s*(?:한다|합니다|해요|하며|하고|부른다|부릅니다|불러요|불린다|불립니다)")
+_NAMING = re.compile(NAMING_VERB)
 
 
 @lru_cache(maxsize=4096)

@@ -22,7 +22,6 @@ _ANY_AMOUNT = re.compile(
     NUMBER_PATTERN + r"(?:[A-Za-z%]+|(?:배|원|명|개|건|번|회|점|세|살|년|일|시간|분|초|주|개월|달|퍼센트|미터|킬로미터)"
     + _WORD_ENDS + ")"
 )
-_YEAR = re.compile(NUMBER_PATTERN + "년")
 # "얼마 만에 돌아왔나" asks how long it took: "7개월 만에".
 _TOOK = re.compile(NUMBER_PATTERN + r"(?:년|개월|달|주|일|시간|분)\s*만에?")
 # Words around a number that belong to the amount: "만 50세", "약 140GB", "80마리 안팎".
@@ -39,10 +38,8 @@ _ASKING_MORE = ("무엇", "뭐", "뭘", "누구", "누가", "어디", "어떤", 
 _YEAR_WORDS = ("연도", "년도")
 # "…을 무엇이라 하나?", "…을 가리키는 용어는?": the name the sentence gives it.
 _ASKS_NAME = re.compile(r"무엇이라|뭐라고|뭐라 |용어는|이름은|명칭은")
-_NAMED = re.compile(
-    r"(?:'([^']+)'|‘([^’]+)’|「([^」]+)」|([^\s,'‘’「」]+?))(?:이)?라(?:고)?\s*"
-    r"(?:한다|합니다|해요|하며|하고|부른다|부릅니다|불러요|불린다|불립니다)"
-)
+NAMING_VERB = r"(?:이)?라(?:고)?\s*(?:한다|합니다|해요|하며|하고|부른다|부릅니다|불러요|불린다|불립니다)"
+_NAMED = re.compile(r"(?:'([^']+)'|‘([^’]+)’|「([^」]+)」|([^\s,'‘’「」]+?))" + NAMING_VERB)
 
 
 def _asks_year(question: str) -> bool:
@@ -105,9 +102,7 @@ def short_answer(question: str, sentence: str) -> str | None:
         spans = _nearest(question, sentence, spans, asked)
     if len(spans) != asked:
         return None
-    spans = _adjacent_joined(sentence, spans)
-    found = list(dict.fromkeys(sentence[a:b].strip() for a, b in spans))
-    return ", ".join(found) if found else None
+    return ", ".join(sentence[a:b].strip() for a, b in _adjacent_joined(sentence, spans))
 
 
 def _nearest(question: str, sentence: str, spans: list[tuple[int, int]], asked: int) -> list[tuple[int, int]]:
