@@ -11,8 +11,10 @@ the question in two ways:
 
 Both are absolute (unlike the retriever's fused scores, min-max normalised per query),
 so one threshold works across questions. A question that asks for an amount ("몇 명",
-"며칠", "수수료는 얼마") needs a sentence that states one of that kind; a sentence that
-does not has its evidence scaled by ``1 - amount_penalty``. ``evidence`` is the best
+"며칠", "수수료는 얼마", "몸무게는 얼마나", "몇 년을 수련") needs a sentence that states one
+of that kind, and one that asks which institution, team or place ("어느 기관", "구단은
+어디") a sentence naming one the question does not; a sentence that does not has its
+evidence scaled by ``1 - amount_penalty``. ``evidence`` is the best
 sentence's ``lexical_weight * coverage + (1 - lexical_weight) * cosine`` (so scaled);
 without an embedder it is the best coverage alone. Defaults: ``python
 bench/answers_tune.py`` (bench/results/answers_tuning.json).
@@ -63,32 +65,82 @@ WHEN_PATTERN = re.compile(
 )
 
 
+# "몸무게는 얼마나" asks for a weight: a number of kg, not any number.
+_MEASURES = {
+    ("몸무게", "무게", "체중", "중량"): ("kg", "g", "t", "킬로그램", "그램", "톤", "근"),
+    ("키", "길이", "높이", "거리", "너비", "폭", "깊이"): ("m", "cm", "km", "mm", "미터", "킬로미터", "센티미터", "리"),
+    ("넓이", "면적"): ("㎡", "㎢", "m2", "km2", "제곱", "평", "헥타르", "ha"),
+}
+# "몇 년을 수련", "몇 년 동안", "몇 년마다" ask for a length of time; "몇 년에" for a year.
+_DURATION_AFTER_YEAR = frozenset({"을", "를", "동안", "간", "마다", "이나", "씩", "째", "정도", "쯤", "가량"})
+_DURATION = re.compile(r"(?<![\d,.])\d{1,2}\s*년|(?:한|두|세|네|다섯|여섯|일곱|여덟|아홉|열|수십|몇)\s*(?:년|해)")
+# "어느 기관", "구단은 어디": a name is asked for, which the answer must state beyond the
+# names the question already has.
+_NAMED_THINGS = frozenset({
+    "기관", "구단", "팀", "회사", "기업", "대학", "학교", "나라", "국가", "도시", "단체", "정당",
+    "방송사", "출판사", "박물관", "도서관", "지역", "곳",
+})
+_NAME_TAGS = ("NNP", "SL")
+
+
 @lru_cache(maxsize=4096)
 def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
     """(patterns one of which an answer must contain, whether any number will do)."""
     tokens = get_kiwi().tokenize(normalize(question))
     units: list[str] = []
+    patterns: list[re.Pattern] = []
     any_number = False
     for i, token in enumerate(tokens):
         if token.form == "몇" and i + 1 < len(tokens):
-            units.append(tokens[i + 1].form.lower())
+            unit = tokens[i + 1].form.lower()
+            after = tokens[i + 2].form if i + 2 < len(tokens) else ""
+            if unit == "년" and after in _DURATION_AFTER_YEAR:
+                patterns.append(_DURATION)
+            else:
+                units.append(unit)
         elif token.form == "며칠":
             units.append("며칠")
         elif token.form in ("얼마", "얼마나"):
             any_number = True
-    if any_number and any(t.endswith(_MONEY_SUFFIXES) for t in question_terms(question)):
+    terms = question_terms(question)
+    if any_number and any(t.endswith(_MONEY_SUFFIXES) for t in terms):
         units.append("원")
-    patterns = tuple(
+    measures = [units for nouns, units in _MEASURES.items() if any(t in nouns for t in terms)]
+    if any_number and measures:
+        patterns.append(re.compile(NUMBER_PATTERN + "(?:" + "|".join(re.escape(u) for u in measures[0]) + ")", re.I))
+    patterns += [
         re.compile(NUMBER_PATTERN + "(?:" + "|".join(re.escape(a) for a in _UNIT_ALIASES.get(u, (u,))) + ")")
         for u in dict.fromkeys(units)
-    )
+    ]
     if not patterns and any(token.form == "언제" for token in tokens):
-        patterns = (WHEN_PATTERN,)
-    return patterns, any_number
+        patterns = [WHEN_PATTERN]
+    return tuple(patterns), any_number
+
+
+@lru_cache(maxsize=4096)
+def asked_name(question: str) -> frozenset[str] | None:
+    """The names the question already has when it asks for another one ("어느 기관이
+    소장", "구단은 어디"), else None."""
+    tokens = get_kiwi().tokenize(normalize(question))
+    forms = [t.form for t in tokens]
+    which = any(f == "어느" and i + 1 < len(forms) and forms[i + 1] in _NAMED_THINGS for i, f in enumerate(forms))
+    where = "어디" in forms and any(f in _NAMED_THINGS for f in forms)
+    if not (which or where):
+        return None
+    return frozenset(t.form.lower() for t in tokens if t.tag in _NAME_TAGS)
+
+
+@lru_cache(maxsize=16384)
+def _names(text: str) -> frozenset[str]:
+    return frozenset(t.form.lower() for t in get_kiwi().tokenize(text) if t.tag in _NAME_TAGS)
 
 
 def answers_amount(question: str, text: str) -> bool:
-    """False when the question asks for an amount and the text states none of that kind."""
+    """False when the question asks for an amount and the text states none of that kind,
+    or asks which institution, team or place and the text names none it does not."""
+    known = asked_name(question)
+    if known is not None and not _names(text) - known:
+        return False
     patterns, any_number = asked_amount(question)
     text = text.lower()
     if patterns:

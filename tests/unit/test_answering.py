@@ -7,7 +7,7 @@ from echorag.answer_metrics import abstained, citation_precision, cited_numbers,
 from echorag.answering import ExtractiveConfig, ExtractiveGenerator, parse_prompt
 from echorag.config import Settings
 from echorag.documents import read_jsonl, sample_path
-from echorag.evidence import VectorCache, evidence, evidence_sentences, sentence_vectors_from_rows, should_abstain
+from echorag.evidence import VectorCache, answers_amount, evidence, evidence_sentences, sentence_vectors_from_rows, should_abstain
 from echorag.lexical import BM25Index
 from echorag.prompts import NO_ANSWER, build_messages
 from echorag.korean import split_sentences
@@ -183,6 +183,24 @@ def test_an_amount_question_is_answered_by_the_amount_with_its_citation(kb, gene
 ])
 def test_short_answers_only_where_the_sentence_is_unambiguous(question, sentence, expected):
     assert short_answer(question, sentence) == expected
+
+
+@pytest.mark.parametrize(("question", "sentence", "states_it"), [
+    # "어느 기관", "구단은 어디": a name the question does not already have.
+    ("훈민정음 해례본은 지금 어느 기관이 소장하고 있나?", "『훈민정음』 해례본에는 글자를 만든 원리가 적혀 있다.", False),
+    ("훈민정음 해례본은 지금 어느 기관이 소장하고 있나?", "해례본은 간송미술관이 소장하고 있다.", True),
+    ("KBO 리그에서 관중이 가장 많았던 구단은 어디인가?", "KBO 리그는 처음으로 한 시즌 관중 1,000만 명을 넘어섰다.", False),
+    ("국내 프로 야구가 열 팀 체제가 된 것은 어느 구단이 들어오면서인가?", "2015년 kt wiz가 열 번째 구단으로 합류했다.", True),
+    # A weight asked with "얼마나" needs a weight, not any number.
+    ("다 자란 반달가슴곰의 몸무게는 보통 얼마나 나가나?", "12월부터 이듬해 3월 무렵까지 겨울잠을 잔다.", False),
+    ("다 자란 반달가슴곰의 몸무게는 보통 얼마나 나가나?", "다 자란 수컷은 100~150kg이다.", True),
+    # "몇 년을 수련" asks for a length of time; "몇 년에" for a year.
+    ("태권도 검은띠를 따려면 보통 몇 년을 수련해야 해?", "1972년 서울에 국기원이 세워졌다.", False),
+    ("태권도 검은띠를 따려면 보통 몇 년을 수련해야 해?", "보통 2년 안팎을 수련하면 1단 심사를 받는다.", True),
+    ("최만리 반대 상소는 몇 년에 올라왔나?", "1444년 최만리 등이 반대 상소를 올렸다.", True),
+])
+def test_a_sentence_must_state_the_kind_of_answer_asked_for(question, sentence, states_it):
+    assert answers_amount(question, sentence) is states_it
 
 
 def test_stream_and_usage_match_generate(kb, generator):
