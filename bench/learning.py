@@ -157,6 +157,8 @@ def main() -> None:
                         help="the tiny student learns at 3e-3 (the service's default, 1e-4, is KANANA's)")
     parser.add_argument("--gate-min-examples", type=int, default=20, help="finetune_gate_min_examples")
     parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--target-modules", nargs="+", help="LoRA target modules (finetune_target_modules; "
+                        "default: the service's, the attention projections)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -165,7 +167,8 @@ def main() -> None:
         settings = Settings(data_dir=Path(tmp) / "data", generator_model="tiny", finetune_batch_size=args.batch,
                             finetune_epochs=args.epochs, finetune_max_length=args.max_length,
                             finetune_learning_rate=args.learning_rate,
-                            finetune_gate_min_examples=args.gate_min_examples, finetune_webhook_url=None)
+                            finetune_gate_min_examples=args.gate_min_examples, finetune_webhook_url=None,
+                            **({"finetune_target_modules": tuple(args.target_modules)} if args.target_modules else {}))
         base = ensure_tiny_model(settings.models_dir)
         cases = labelled_cases(settings, args.shared, args.shared_limit)
         kept_back = [held_out(c["query"], args.holdout) for c in cases]
@@ -191,7 +194,7 @@ def main() -> None:
         "questions": {"labelled": len(cases), "streamed": len(streamed), "held_out": len(heldout),
                       "by_set": {s: sum(c["set"] == s for c in cases) for s in {c["set"] for c in cases}}},
         "batch": args.batch, "epochs": args.epochs, "learning_rate": args.learning_rate,
-        "gate_min_examples": args.gate_min_examples,
+        "gate_min_examples": args.gate_min_examples, "target_modules": list(settings.finetune_target_modules),
         "status": {name: info.status for name, info in infos.items()},
         "gate": {name: info.metrics.get("gate_reason") for name, info in infos.items()},
         "parents": {name: info.parent for name, info in infos.items()},
