@@ -157,6 +157,7 @@ def main() -> None:
                         help="the tiny student learns at 3e-3 (the service's default, 1e-4, is KANANA's)")
     parser.add_argument("--gate-min-examples", type=int, default=20, help="finetune_gate_min_examples")
     parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--student", type=Path, help="a student model directory (default: the tiny model, built)")
     parser.add_argument("--target-modules", nargs="+", help="LoRA target modules (finetune_target_modules; "
                         "default: the service's, the attention projections)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -169,7 +170,7 @@ def main() -> None:
                             finetune_learning_rate=args.learning_rate,
                             finetune_gate_min_examples=args.gate_min_examples, finetune_webhook_url=None,
                             **({"finetune_target_modules": tuple(args.target_modules)} if args.target_modules else {}))
-        base = ensure_tiny_model(settings.models_dir)
+        base = args.student or ensure_tiny_model(settings.models_dir)
         cases = labelled_cases(settings, args.shared, args.shared_limit)
         kept_back = [held_out(c["query"], args.holdout) for c in cases]
         heldout = [c for c, held in zip(cases, kept_back) if held]
@@ -189,7 +190,8 @@ def main() -> None:
 
     report = {
         "command": " ".join(["python bench/learning.py", *sys.argv[1:]]),
-        "student": {"name": "echorag-tiny-ko", "params": card.get("params", 0), "path": "built offline"},
+        "student": {"name": card.get("name", "echorag-tiny-ko"), "params": card.get("params", 0),
+                    "path": str(args.student) if args.student else "the tiny model, built offline"},
         "teacher": "extractive",
         "questions": {"labelled": len(cases), "streamed": len(streamed), "held_out": len(heldout),
                       "by_set": {s: sum(c["set"] == s for c in cases) for s in {c["set"] for c in cases}}},
