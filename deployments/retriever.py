@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,6 +15,9 @@ from echorag.retrieval import Retriever as HybridRetriever
 from echorag.schemas import DocumentsResponse
 from echorag.store import VectorStore
 from echorag.types import ChatContext, Turn
+
+logger = logging.getLogger("ray.serve")
+SYNC_EVERY_S = 5.0  # how soon a replica's BM25 has documents written through another one
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -46,7 +50,17 @@ class Retriever:
                     return HybridRetriever.from_settings(store, s, self._embed_passages)
 
                 self._retriever = await asyncio.to_thread(open_store)
+                self._syncing = asyncio.get_running_loop().create_task(self._sync_forever(self._retriever))
         return self._retriever
+
+    async def _sync_forever(self, retriever: HybridRetriever) -> None:
+        while True:
+            await asyncio.sleep(SYNC_EVERY_S)
+            try:
+                if await asyncio.to_thread(retriever.sync):
+                    logger.info("BM25 reloaded: documents were written since this replica last loaded them")
+            except Exception:  # Chroma away for a while: the next round tries again
+                logger.warning("BM25 sync failed", exc_info=True)
 
     async def answer_context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
         """The documents and past turns for a question, and the evidence gate's verdict."""

@@ -129,6 +129,11 @@ class Rows:
                 if old is not None:
                     self.used -= self._size(*old)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.used = 0
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -77,23 +77,39 @@ class Retriever:
         self.candidates = candidates
         self.embed_passages = embed_passages
         self.sentence_weight = sentence_weight
-        self.bm25 = BM25Index()
         self._rows = passages.Rows(int(cache_mb * 2**20))  # rows searches fetched, bounded
         # BM25 from the terms stored with each chunk; chunks indexed before terms were
         # stored (or without an embedder's sentences) are completed once, and stored.
-        ids, terms, incomplete = [], [], []
-        for chunk_id, metadata in passages.stored_metadata(store):
-            if passages.TERMS not in metadata or (self._sentences_wanted and passages.SENTENCES not in metadata):
-                incomplete.append(chunk_id)
-            else:
-                ids.append(chunk_id)
-                terms.append(passages.unpack_terms(metadata[passages.TERMS]))
-        self.bm25.add_terms(ids, terms)
+        self.bm25, incomplete = self._load_bm25()
         for start in range(0, len(incomplete), 500):
             got = store.collection("documents").get(
                 ids=incomplete[start : start + 500], include=["documents", "metadatas", "embeddings"])
             stored = [Chunk(i, t, dict(m or {})) for i, t, m in zip(got["ids"], got["documents"], got["metadatas"])]
             self._index(stored, np.asarray(got["embeddings"], np.float32))
+
+    def _load_bm25(self) -> tuple[BM25Index, list[str]]:
+        """A BM25 index of the stored terms, and the ids of chunks stored without them."""
+        # Read before the terms: a write while they load changes it, and sync() loads again.
+        self._generation = self.store.generation()
+        index, ids, terms, incomplete = BM25Index(), [], [], []
+        for chunk_id, metadata in passages.stored_metadata(self.store):
+            if passages.TERMS not in metadata or (self._sentences_wanted and passages.SENTENCES not in metadata):
+                incomplete.append(chunk_id)
+            else:
+                ids.append(chunk_id)
+                terms.append(passages.unpack_terms(metadata[passages.TERMS]))
+        index.add_terms(ids, terms)
+        return index, incomplete
+
+    def sync(self) -> bool:
+        """Reload BM25 (and drop the cached rows) when documents were written since the last
+        load, through any replica, this one included: each replica's BM25 is its own, and
+        Chroma tells nobody. True when it reloaded. Blocking; searches go on meanwhile."""
+        if self.store.generation() == self._generation:
+            return False
+        self.bm25, _ = self._load_bm25()
+        self._rows.clear()
+        return True
 
     @classmethod
     def from_settings(

@@ -10,6 +10,7 @@ hit is never converted on its way out; what is stored, unscored, is a ``Chunk``.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,9 @@ from echorag.schemas import SearchResult  # noqa: E402
 # by id, never searched: its HNSW graph is built as cheaply as Chroma allows.
 COLLECTIONS = ("documents", "sentences", "memory")
 _INDEX = {"sentences": {"hnsw:M": 4, "hnsw:construction_ef": 8}}
+# Chroma has no change feed: every write of documents renews a token in this collection,
+# so a retriever replica can tell that another one (or the CLI) wrote (``generation``).
+META_COLLECTION = "echorag_meta"
 
 
 def collection_metadata(name: str, embedder_id: str, dim: int) -> dict[str, Any]:
@@ -63,6 +67,7 @@ class VectorStore:
         self.embedder_id = embedder_id
         self.dim = dim
         self._collections = {name: self._open(name, check) for name in COLLECTIONS}
+        self._meta = client.get_or_create_collection(META_COLLECTION, embedding_function=None)
 
     @classmethod
     def from_settings(cls, settings, embedder_id: str, dim: int) -> "VectorStore":
@@ -88,6 +93,15 @@ class VectorStore:
     def collection(self, name: str):
         return self._collections[name]
 
+    def generation(self, name: str = "documents") -> str | None:
+        """A token that changes with every write of this collection (None before the first)."""
+        got = self._meta.get(ids=[name], include=["metadatas"])
+        return (got["metadatas"][0] or {}).get("generation") if got["ids"] else None
+
+    def _changed(self, name: str) -> None:
+        if name == "documents":
+            self._meta.upsert(ids=[name], embeddings=[[1.0]], metadatas=[{"generation": uuid.uuid4().hex}])
+
     def count(self, name: str) -> int:
         return self._collections[name].count()
 
@@ -110,6 +124,7 @@ class VectorStore:
             # Chroma rejects empty metadata dicts.
             metadatas=[m or None for m in metadatas],
         )
+        self._changed(name)
 
     def query(
         self, name: str, vector: np.ndarray, k: int, where: dict[str, Any] | None = None
@@ -150,8 +165,9 @@ class VectorStore:
         if ids is None and where is None:
             self.client.delete_collection(name)
             self._collections[name] = self._open(name, check=False)
-            return
-        self._collections[name].delete(ids=ids, where=where)
+        else:
+            self._collections[name].delete(ids=ids, where=where)
+        self._changed(name)
 
     def ping(self) -> bool:
         try:
@@ -193,4 +209,5 @@ def reindex(client, embedder, batch: int = 64, progress=None) -> dict[str, int]:
         client.delete_collection(name)
         target.modify(name=name)
         counts[name] = len(items)
+        old._changed(name)
     return counts

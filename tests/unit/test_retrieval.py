@@ -183,3 +183,20 @@ def test_chunks_stored_before_terms_and_sentences_are_completed_once(client, emb
     assert embedded == []
     first.delete_documents(["jeju"])
     assert not store.collection("sentences").get(where={"doc_id": "jeju"}, include=[])["ids"]
+
+
+def test_a_replica_s_bm25_follows_documents_written_through_another(client, embedder):
+    """Each replica has its own BM25; sync() reloads it once documents changed anywhere."""
+    writer = _index(client, embedder)
+    reader = Retriever(VectorStore(client, embedder.id, embedder.dim))
+    assert reader.sync() is False  # nothing written since it loaded
+    extra = [{"id": "birds", "text": "가창오리 떼는 겨울 저녁 금강 하구에서 군무를 펼친다."}]
+    chunks = chunk_documents(extra, 200, 50)
+    writer.add_chunks(chunks, embedder.embed_passages([c.text for c in chunks]))
+    assert reader.search("가창오리 군무", None, 1, mode="bm25") == []  # not yet: its own index
+    assert reader.sync() is True
+    assert reader.search("가창오리 군무", None, 1, mode="bm25")[0].metadata["doc_id"] == "birds"
+    writer.delete_documents(["seoul"])
+    assert reader.sync() is True
+    assert all(hit.metadata["doc_id"] != "seoul" for hit in reader.search("한국의 수도 한강", None, 4, mode="bm25"))
+    assert reader.sync() is False and writer.sync() is True  # the writer reloads once too
