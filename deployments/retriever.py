@@ -50,6 +50,7 @@ class Retriever:
                     return HybridRetriever.from_settings(store, s, self._embed_passages)
 
                 self._retriever = await asyncio.to_thread(open_store)
+                # Kept: the event loop holds tasks only weakly.
                 self._syncing = asyncio.get_running_loop().create_task(self._sync_forever(self._retriever))
         return self._retriever
 

@@ -84,9 +84,20 @@ _NAME_TAGS = ("NNP", "SL")
 
 
 @lru_cache(maxsize=4096)
+def question_tokens(question: str) -> tuple:
+    """Kiwi's tokens of a question: what it asks is read from them several times."""
+    return tuple(get_kiwi().tokenize(normalize(question)))
+
+
+def _amount_pattern(units: Sequence[str], flags: int = 0) -> re.Pattern:
+    """A number followed by one of these units."""
+    return re.compile(NUMBER_PATTERN + "(?:" + "|".join(re.escape(u) for u in units) + ")", flags)
+
+
+@lru_cache(maxsize=4096)
 def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
     """(patterns one of which an answer must contain, whether any number will do)."""
-    tokens = get_kiwi().tokenize(normalize(question))
+    tokens = question_tokens(question)
     units: list[str] = []
     patterns: list[re.Pattern] = []
     any_number = False
@@ -105,13 +116,10 @@ def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
     terms = question_terms(question)
     if any_number and any(t.endswith(_MONEY_SUFFIXES) for t in terms):
         units.append("원")
-    measures = [units for nouns, units in _MEASURES.items() if any(t in nouns for t in terms)]
-    if any_number and measures:
-        patterns.append(re.compile(NUMBER_PATTERN + "(?:" + "|".join(re.escape(u) for u in measures[0]) + ")", re.I))
-    patterns += [
-        re.compile(NUMBER_PATTERN + "(?:" + "|".join(re.escape(a) for a in _UNIT_ALIASES.get(u, (u,))) + ")")
-        for u in dict.fromkeys(units)
-    ]
+    measure = next((measured for nouns, measured in _MEASURES.items() if any(t in nouns for t in terms)), None)
+    if any_number and measure:
+        patterns.append(_amount_pattern(measure, re.I))
+    patterns += [_amount_pattern(_UNIT_ALIASES.get(u, (u,))) for u in dict.fromkeys(units)]
     if not patterns and any(token.form == "언제" for token in tokens):
         patterns = [WHEN_PATTERN]
     return tuple(patterns), any_number
@@ -121,7 +129,7 @@ def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
 def asked_name(question: str) -> frozenset[str] | None:
     """The names the question already has when it asks for another one ("어느 기관이
     소장", "구단은 어디"), else None."""
-    tokens = get_kiwi().tokenize(normalize(question))
+    tokens = question_tokens(question)
     forms = [t.form for t in tokens]
     which = any(f == "어느" and i + 1 < len(forms) and forms[i + 1] in _NAMED_THINGS for i, f in enumerate(forms))
     where = "어디" in forms and any(f in _NAMED_THINGS for f in forms)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from echorag.evidence import NUMBER_PATTERN, WHEN_PATTERN, asked_amount, question_terms
-from echorag.korean import get_kiwi, normalize
+from echorag.evidence import NUMBER_PATTERN, WHEN_PATTERN, asked_amount, question_terms, question_tokens
+from echorag.korean import normalize
 
 # A unit ends its word, or a particle follows it: "원이다", not "원리".
 _WORD_ENDS = r"(?=$|[^가-힣]|[이가은는을를에의도로씩쯤만까부]|으로|정도|가량|안팎)"
@@ -64,7 +64,7 @@ def _patterns(question: str) -> tuple[re.Pattern, ...]:
 def _asked_count(question: str) -> int:
     """How many amounts are asked ("몇 명이며 … 몇 번" asks two); 0 when the question
     asks for something else as well ("무엇이며 얼마나…")."""
-    forms = [t.form for t in get_kiwi().tokenize(normalize(question))]
+    forms = [t.form for t in question_tokens(question)]
     if any(f in _ASKING_MORE or f == "각각" for f in forms):  # "1종과 2종이 각각 몇 점": a sentence
         return 0
     return max(1, sum(1 for f in forms if f in _ASKING))
