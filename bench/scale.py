@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -197,10 +198,7 @@ def node_kill(cluster: LocalCluster, client: httpx.Client, clients: Clients, n: 
     for a, b, s, _ in records:
         slot = per_second.setdefault(int(b - started), {"ok": 0, "failed": 0})
         slot["ok" if s == "200" else "failed"] += 1
-    failures: dict[str, int] = {}
-    for _, _, s, _ in records:
-        if s != "200":
-            failures[s] = failures.get(s, 0) + 1
+    failures = dict(Counter(s for _, _, s, _ in records if s != "200"))
     return {"clients": n, "killed_node": victim, "replicas_on_it": lost_replicas,
             "killed_at_s": round(killed - started, 1), "marked_dead_after_s": round(dead_s, 1),
             "requests": len(records), "failed": sum(failures.values()), "failures": failures,
