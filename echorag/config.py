@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     # A retriever replica holds BM25 and a bounded cache of the chunk and sentence vectors its
     # searches read from Chroma (bench/corpus_scale.py); the corpus never has to fit in it.
     retriever_cache_mb: float = Field(256.0, ge=0, validation_alias=_env("retriever_cache_mb"))
+    bm25_snapshots_dir: Path | None = Field(
+        None, validation_alias=_env("bm25_snapshots_dir"),
+        description="Where retriever replicas leave the BM25 index they built, so the next one on this "
+        "node (or on any node, on a shared mount) loads it instead of rebuilding; default: data_dir/bm25",
+    )
 
     # Answers. Below `abstain_below` evidence (echorag.evidence: the best retrieved sentence's
     # IDF-weighted morpheme coverage of the question and e5 cosine, comparable across
@@ -226,6 +231,10 @@ class Settings(BaseSettings):
     @cached_property
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
+
+    @cached_property
+    def bm25_snapshots_root(self) -> Path:
+        return self.bm25_snapshots_dir or self.data_dir / "bm25"
 
     @cached_property
     def adapters_root(self) -> str | Path:

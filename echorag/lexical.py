@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Literal
 
 import bm25s
@@ -41,6 +43,10 @@ class BM25Index:
         self._lock = threading.Lock()
         # The built index and the ids of its rows; None when stale.
         self._built: tuple[bm25s.BM25, list[str], dict[str, int]] | None = None
+
+    @property
+    def params(self) -> dict:
+        return {"k1": self.k1, "b": self.b, "method": self.method}
 
     def terms(self, texts: list[str]) -> list[list[str]]:
         """Index terms of each text (what ``add_terms`` takes)."""
@@ -116,6 +122,39 @@ class BM25Index:
         # An id indexed after this build is not in row_of yet; it scores 0 until the rebuild.
         ranking += [(d, float(scores[row_of[d]]) if d in row_of else 0.0) for d in include if d not in ranked]
         return ranking
+
+    def save(self, directory: Path) -> None:
+        """Write the built index and every document's term ids under ``directory``
+        (``load`` maps them back in; bm25s' own files for the scores and vocabulary)."""
+        with self._lock:
+            if self._built is None and self._docs:
+                self._built = self._build()
+            built, docs = self._built, dict(self._docs)
+        if built is None:
+            raise ValueError("an empty index is not saved")
+        retriever, ids, _ = built
+        directory.mkdir(parents=True)
+        retriever.save(str(directory), show_progress=False)
+        lengths = np.fromiter((len(docs[i]) for i in ids), np.int64, len(ids))
+        np.save(directory / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+        np.save(directory / "terms.npy", np.concatenate([docs[i] for i in ids]).astype(np.int32))
+        (directory / "ids.json").write_text(json.dumps(ids, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path, **kwargs) -> "BM25Index":
+        """An index saved by ``save``, its arrays memory-mapped (read-only, shared by the page
+        cache between replicas); ready to search, and to take more documents."""
+        retriever = bm25s.BM25.load(str(directory), mmap=True)
+        index = cls(k1=retriever.k1, b=retriever.b, method=retriever.method, **kwargs)
+        ids = json.loads((directory / "ids.json").read_text(encoding="utf-8"))
+        offsets = np.load(directory / "offsets.npy")
+        terms = np.load(directory / "terms.npy", mmap_mode="r").view(np.ndarray)  # plain slices: fast
+        if len(offsets) != len(ids) + 1 or offsets[-1] != len(terms):
+            raise ValueError(f"{directory}: ids, offsets and terms disagree")
+        index._vocab = dict(retriever.vocab_dict)
+        index._docs = {doc_id: terms[offsets[n] : offsets[n + 1]] for n, doc_id in enumerate(ids)}
+        index._built = (retriever, ids, {doc_id: row for row, doc_id in enumerate(ids)})
+        return index
 
     def _build(self) -> tuple[bm25s.BM25, list[str], dict[str, int]]:
         ids = list(self._docs)

@@ -18,6 +18,7 @@ import numpy as np
 
 from echorag.korean import chunk_text, normalize, split_sentences
 from echorag import evidence, passages
+from echorag.bm25_snapshots import BM25Snapshots
 from echorag.lexical import BM25Index, fuse
 from echorag.schemas import DocumentsResponse, SearchResult
 from echorag.store import Chunk, VectorStore
@@ -57,7 +58,9 @@ class Retriever:
     A replica holds only the BM25 index (term ids, ``echorag.lexical``). Everything
     else is in the store (``echorag.passages``): texts, chunk vectors, sentence vectors
     (embedded once, at indexing) and each chunk's BM25 terms (tokenised once), so a new
-    replica starts by reading terms, and a search fetches its candidates' rows.
+    replica starts by loading the BM25 snapshot of the current documents (``snapshots``,
+    ``echorag.bm25_snapshots``) or, when there is none, by reading terms and building it,
+    and a search fetches its candidates' rows.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class Retriever:
         embed_passages: Embed | None = None,
         sentence_weight: float = 0.5,
         cache_mb: float = 256,
+        snapshots: BM25Snapshots | None = None,
     ) -> None:
         self.store = store
         self.fusion = fusion
@@ -78,6 +82,7 @@ class Retriever:
         self.embed_passages = embed_passages
         self.sentence_weight = sentence_weight
         self._rows = passages.Rows(int(cache_mb * 2**20))  # rows searches fetched, bounded
+        self.snapshots = snapshots
         # BM25 from the terms stored with each chunk; chunks indexed before terms were
         # stored (or without an embedder's sentences) are completed once, and stored.
         self.bm25, incomplete = self._load_bm25()
@@ -88,9 +93,23 @@ class Retriever:
             self._index(stored, np.asarray(got["embeddings"], np.float32))
 
     def _load_bm25(self) -> tuple[BM25Index, list[str]]:
-        """A BM25 index of the stored terms, and the ids of chunks stored without them."""
+        """A BM25 index of the stored terms, and the ids of chunks stored without them:
+        a snapshot's when one of the current generation exists, else read from the store."""
         # Read before the terms: a write while they load changes it, and sync() loads again.
-        self._generation = self.store.generation()
+        self._generation = generation = self.store.generation()
+        if self.snapshots is None or generation is None:
+            return self._read_bm25()
+        incomplete: list[str] = []
+
+        def build() -> tuple[BM25Index, bool]:
+            index, missing = self._read_bm25()
+            incomplete.extend(missing)
+            return index, not missing
+
+        requires = {**BM25Index().params, "sentences": self._sentences_wanted}
+        return self.snapshots.get(generation, requires, build), incomplete
+
+    def _read_bm25(self) -> tuple[BM25Index, list[str]]:
         index, ids, terms, incomplete = BM25Index(), [], [], []
         for chunk_id, metadata in passages.stored_metadata(self.store):
             if passages.TERMS not in metadata or (self._sentences_wanted and passages.SENTENCES not in metadata):
@@ -120,6 +139,7 @@ class Retriever:
             store, settings.fusion, settings.bm25_weight, settings.dense_weight,
             embed_passages=embed_passages if settings.sentence_weight > 0 else None,
             sentence_weight=settings.sentence_weight, cache_mb=settings.retriever_cache_mb,
+            snapshots=BM25Snapshots(settings.bm25_snapshots_root),
         )
 
     # -- documents -----------------------------------------------------------------

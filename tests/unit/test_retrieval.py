@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from chromadb.config import Settings as ChromaSettings
 
+from echorag.bm25_snapshots import BM25Snapshots
 from echorag.embedding import E5Embedder
 from echorag.korean import morphemes_many, split_sentences
 from echorag.retrieval import Retriever, chunk_documents
@@ -200,3 +201,32 @@ def test_a_replica_s_bm25_follows_documents_written_through_another(client, embe
     assert reader.sync() is True
     assert all(hit.metadata["doc_id"] != "seoul" for hit in reader.search("한국의 수도 한강", None, 4, mode="bm25"))
     assert reader.sync() is False and writer.sync() is True  # the writer reloads once too
+
+
+def test_a_new_replica_loads_the_bm25_snapshot_of_the_current_documents(client, embedder, tmp_path, monkeypatch):
+    """The first replica builds BM25 from the store and leaves a snapshot; the next one loads
+    it without reading a chunk's terms, ranks the same, and takes later writes."""
+    from echorag import passages
+
+    snapshots = BM25Snapshots(tmp_path / "bm25")
+    store = VectorStore(client, embedder.id, embedder.dim)
+    _index(client, embedder)
+    first = Retriever(store, snapshots=snapshots)
+    assert [p.name for p in (tmp_path / "bm25").glob("bm25-*")] == [f"bm25-{store.generation()}"]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(passages, "stored_metadata", lambda *a, **k: pytest.fail("read the terms from the store"))
+        second = Retriever(store, snapshots=snapshots)
+    for query in ("한라산 감귤", "한국의 수도 한강", "배추 발효"):
+        assert second.bm25.search(query, 4) == first.bm25.search(query, 4)
+
+    extra = [{"id": "birds", "text": "가창오리 떼는 겨울 저녁 금강 하구에서 군무를 펼친다."}]
+    chunks = chunk_documents(extra, 200, 50)
+    second.add_chunks(chunks, embedder.embed_passages([c.text for c in chunks]))  # a loaded index grows
+    assert second.search("가창오리 군무", None, 1, mode="bm25")[0].metadata["doc_id"] == "birds"
+    assert first.sync() is True  # a new generation: no snapshot of it yet, so built and saved
+    assert first.search("가창오리 군무", None, 1, mode="bm25")[0].metadata["doc_id"] == "birds"
+    assert (tmp_path / "bm25" / f"bm25-{store.generation()}").is_dir()
+    # A replica that wants sentence vectors does not take a snapshot made without them: it completes the store.
+    Retriever(store, snapshots=snapshots, embed_passages=embedder.embed_passages)
+    assert store.count("sentences") > 0
