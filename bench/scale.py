@@ -10,9 +10,12 @@ shared ``file://`` URI), driven from outside over HTTP and the dashboard's REST 
    (``/api/serve/applications/``), the requests in flight and the p95 of the requests
    that finished in the last window.
 2. **A worker node killed under load**: ``--clients`` chat without pause; the worker node
-   with generator replicas is SIGKILLed (its raylet's process group). Counted: requests,
-   failed requests, acknowledged-and-lost turns (a 200 whose ``mlops_info`` says the
-   turn was collected, and whose ``turn_id`` the collector does not hold afterwards), and the seconds until every deployment is
+   with generator replicas is SIGKILLed (its raylet's process group). Each client keeps
+   one session and sends every message with an ``Idempotency-Key``; like the OpenAI SDK it
+   retries a dropped connection or a 5xx twice (after 1 s, then 2 s). Counted: requests,
+   attempts retried, requests failed after the retries, acknowledged-and-lost turns (a
+   200 whose ``mlops_info`` says the turn was collected, and whose ``turn_id`` the
+   collector does not hold afterwards), and the seconds until every deployment is
    HEALTHY with its target replicas running on the nodes left.
 3. **The node of a running fine-tune killed**: both workers offer the training resource;
    the node running the Train worker is killed mid-run while two clients keep chatting.
@@ -48,6 +51,7 @@ TOKEN = "bench-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 NODES = "head:3:serve w1:2:serve,train w2:2:serve,train"
 SCALED = ("Generator", "Embedder")
+RETRIES = 2  # per request, after the first attempt
 
 
 def serve_config() -> dict:
@@ -81,6 +85,7 @@ class Clients:
         self.records: list[tuple[float, float, str, str | None]] = []
         self.in_flight = 0
         self.errors: list[str] = []  # bodies of 5xx responses
+        self.retried: list[tuple[float, str]] = []  # (when, status) of attempts a client retried
         self._lock = threading.Lock()
         self._questions = questions()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(most)]
@@ -88,30 +93,46 @@ class Clients:
             thread.start()
 
     def _run(self, index: int) -> None:
-        asked = index
+        asked, session = index, None
         while not self.stop:
             if index >= self.active:
                 time.sleep(0.05)
                 continue
             # Numbered, so no turn is a duplicate the collector would rightly not store again.
-            question = f"{self._questions[asked % len(self._questions)]} ({asked})"
-            asked += len(self._threads)
+            number, asked = asked, asked + len(self._threads)
+            question = f"{self._questions[number % len(self._questions)]} ({number})"
             with self._lock:
                 self.in_flight += 1
             start = time.time()
-            try:  # a new connection each time: a killed node's proxy takes its connections along
-                response = httpx.post(f"{self.url}/chat", json={"message": question}, timeout=120)
-                status = str(response.status_code)
-                if response.status_code >= 500:
-                    self.errors.append(response.text[:300])
-                body = response.json() if response.status_code == 200 else {}
-                # Acknowledged as collected: a duplicate (same question, same answer) is not stored.
-                turn = body.get("turn_id") if body.get("mlops_info", {}).get("collected") else None
-            except httpx.HTTPError as exc:
-                status, turn = type(exc).__name__, None
+            # As HTTP clients do (the OpenAI SDK: twice), a dropped connection or a 5xx is
+            # retried; the Idempotency-Key, in the same session, keeps a retry one turn.
+            for attempt in range(1 + RETRIES):
+                status, turn = self._ask(question, session, key=f"question-{number}")
+                retryable = not status.isdigit() or status.startswith("5")
+                if not retryable or attempt == RETRIES:
+                    break
+                with self._lock:
+                    self.retried.append((time.time(), status))
+                time.sleep(1 + attempt)
+            session = turn[1] if turn else session
             with self._lock:
                 self.in_flight -= 1
-                self.records.append((start, time.time(), status, turn))
+                self.records.append((start, time.time(), status, turn[0] if turn else None))
+
+    def _ask(self, question: str, session: str | None, key: str) -> tuple[str, tuple[str | None, str] | None]:
+        """Status, and (turn id when collected, session id) when answered."""
+        try:  # a new connection each time: a killed node's proxy takes its connections along
+            response = httpx.post(f"{self.url}/chat", json={"message": question, "session_id": session},
+                                  headers={"Idempotency-Key": key}, timeout=120)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__, None
+        if response.status_code >= 500:
+            self.errors.append(response.text[:300])
+        if response.status_code != 200:
+            return str(response.status_code), None
+        body = response.json()
+        # Acknowledged as collected: a duplicate (same question, same answer) is not stored.
+        return "200", (body["turn_id"] if body.get("mlops_info", {}).get("collected") else None, body["session_id"])
 
     def between(self, start: float, end: float) -> list[tuple]:
         with self._lock:
@@ -202,6 +223,8 @@ def node_kill(cluster: LocalCluster, client: httpx.Client, clients: Clients, n: 
     return {"clients": n, "killed_node": victim, "replicas_on_it": lost_replicas,
             "killed_at_s": round(killed - started, 1), "marked_dead_after_s": round(dead_s, 1),
             "requests": len(records), "failed": sum(failures.values()), "failures": failures,
+            # Attempts that failed and were retried (same Idempotency-Key), by what they got.
+            "retried": dict(Counter(status for when, status in clients.retried if started <= when < ended)),
             "server_errors": clients.errors[-10:],
             "acknowledged": len(acknowledged), "acknowledged_and_lost": len(lost),
             "recovery_s": round(recovered_s, 1),
@@ -292,8 +315,8 @@ def plot(report: dict, path: Path) -> None:
     ax2.axvline(kill["killed_at_s"] + kill["recovery_s"], color="k", ls=":", label="all deployments healthy")
     ax2.set_xlabel("s")
     ax2.set_ylabel("requests finished per second")
-    ax2.set_title(f"{kill['clients']} clients, a worker node killed: {kill['failed']} of {kill['requests']} failed, "
-                  f"{kill['acknowledged_and_lost']} lost", fontsize=9)
+    ax2.set_title(f"{kill['clients']} clients, a worker node killed: {sum(kill['retried'].values())} attempts retried, "
+                  f"{kill['failed']} of {kill['requests']} failed, {kill['acknowledged_and_lost']} lost", fontsize=9)
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

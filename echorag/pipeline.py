@@ -13,6 +13,7 @@ objects (``LocalServices``), so both paths run exactly this code.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -40,6 +41,14 @@ from echorag.schemas import (
 from echorag.types import ChatContext, Generation, Turn
 
 logger = logging.getLogger(__name__)
+
+
+def turn_id(session_id: str | None, request_key: str | None) -> str:
+    """A new turn's id: random, or, for a client's retry key, the same in the same session
+    (the collector stores a turn id once, so a retried request is never two turns)."""
+    if request_key is None:
+        return uuid.uuid4().hex
+    return hashlib.sha256(f"{session_id}\n{request_key}".encode()).hexdigest()[:32]
 
 
 class ChatServices(Protocol):
@@ -132,11 +141,11 @@ class ChatPipeline:
                          context.abstain)
 
     async def _finish(
-        self, request: ChatRequest, prepared: _Prepared, answer: str, usage: TokenUsage
+        self, request: ChatRequest, prepared: _Prepared, answer: str, usage: TokenUsage, request_key: str | None
     ) -> ChatResponse:
         timing, route = prepared.timing, prepared.route
         turn = Turn(
-            id=uuid.uuid4().hex,
+            id=turn_id(request.session_id, request_key),
             session_id=request.session_id,
             user_id=request.user_id,
             user=request.message,
@@ -170,21 +179,24 @@ class ChatPipeline:
             abstained=prepared.abstain or answer == NO_ANSWER,  # the gate, or the backend itself
         )
 
-    async def chat(self, request: ChatRequest, history: list[dict[str, str]] | None = None) -> ChatResponse:
+    async def chat(
+        self, request: ChatRequest, history: list[dict[str, str]] | None = None, request_key: str | None = None
+    ) -> ChatResponse:
         """Answer one message. ``history`` ({"user", "assistant"} pairs) replaces the
-        session's memory when the caller keeps the conversation itself."""
+        session's memory when the caller keeps the conversation itself. A ``request_key``
+        (the client's Idempotency-Key) names the turn: a retry in the same session stores it once."""
         prepared = await self._prepare(request, history)
         if prepared.abstain:
-            return await self._finish(request, prepared, NO_ANSWER, TokenUsage())
+            return await self._finish(request, prepared, NO_ANSWER, TokenUsage(), request_key)
         clock = time.perf_counter()
         route = prepared.route
         generation = await self.services.generate(prepared.messages, route.adapter, route.student)
         prepared.timing.generation = time.perf_counter() - clock
         usage = TokenUsage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens)
-        return await self._finish(request, prepared, generation.text.strip(), usage)
+        return await self._finish(request, prepared, generation.text.strip(), usage, request_key)
 
     async def chat_stream(
-        self, request: ChatRequest, history: list[dict[str, str]] | None = None
+        self, request: ChatRequest, history: list[dict[str, str]] | None = None, request_key: str | None = None
     ) -> AsyncIterator[ChatEvent]:
         """Events: ``sources`` first, then ``token`` pieces, then ``done`` with the full response."""
         prepared = await self._prepare(request, history)
@@ -192,7 +204,7 @@ class ChatPipeline:
         yield SourcesEvent(search_results=prepared.results, adapter_version=route.adapter, model=route.answerer.name)
         if prepared.abstain:
             yield TokenEvent(text=NO_ANSWER)
-            yield DoneEvent(response=await self._finish(request, prepared, NO_ANSWER, TokenUsage()))
+            yield DoneEvent(response=await self._finish(request, prepared, NO_ANSWER, TokenUsage(), request_key))
             return
         clock, pieces = time.perf_counter(), []
         async for piece in self.services.stream(prepared.messages, route.adapter, route.student):
@@ -202,5 +214,5 @@ class ChatPipeline:
         answer = "".join(pieces).strip()
         prompt_tokens, completion_tokens = await self.services.usage(prepared.messages, answer, route.student)
         usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        response = await self._finish(request, prepared, answer, usage)
+        response = await self._finish(request, prepared, answer, usage, request_key)
         yield DoneEvent(response=response)

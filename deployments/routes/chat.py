@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import Query, Request, Security
+from fastapi import Header, Query, Request, Security
 from fastapi.responses import FileResponse, StreamingResponse
 
 from deployments import metrics
@@ -31,6 +31,11 @@ from echorag.schemas import (
 # What a user route may answer besides its result: no key (401), a session not theirs (404).
 USER_ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
 SESSION_PARAM = Query(..., min_length=1, max_length=128, description="A session id this server issued to you.")
+IDEMPOTENCY_KEY = Header(
+    None, alias="Idempotency-Key", min_length=1, max_length=200,
+    description="Any unique string per message: a retry with the same key in the same session_id "
+    "(after a timeout or a dropped connection) answers again but stores the turn once, under the same turn_id.",
+)
 
 
 class ChatRoutes:
@@ -39,7 +44,10 @@ class ChatRoutes:
         return FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     @app.post("/chat", response_model=ChatResponse, responses=USER_ERRORS | {429: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-    async def chat(self, request: ChatRequest, http: Request, caller: Caller = Security(require_caller)) -> ChatResponse:
+    async def chat(
+        self, request: ChatRequest, http: Request, caller: Caller = Security(require_caller),
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
+    ) -> ChatResponse:
         """Answer in the caller's session (``session_id``; omitted: a new private one)."""
         request, limit_key = await self.scoped(caller, request)
         self.admit(http, request, limit_key)
@@ -47,7 +55,7 @@ class ChatRoutes:
         started = time.perf_counter()
         self.requests += 1
         try:
-            response = await pipeline.chat(request)
+            response = await pipeline.chat(request, request_key=idempotency_key)
         except Exception:
             self.errors += 1
             raise
@@ -56,7 +64,10 @@ class ChatRoutes:
         return response
 
     @app.post("/chat/stream", response_class=StreamingResponse, responses=USER_ERRORS | {429: {"model": ErrorResponse}})
-    async def chat_stream(self, request: ChatRequest, http: Request, caller: Caller = Security(require_caller)) -> StreamingResponse:
+    async def chat_stream(
+        self, request: ChatRequest, http: Request, caller: Caller = Security(require_caller),
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
+    ) -> StreamingResponse:
         """Server-sent events: ``sources``, then ``token`` pieces, then ``done`` (the /chat response)."""
         request, limit_key = await self.scoped(caller, request)
         self.admit(http, request, limit_key)
@@ -65,7 +76,7 @@ class ChatRoutes:
 
         async def events() -> AsyncIterator[str]:
             try:
-                async for event in pipeline.chat_stream(request):
+                async for event in pipeline.chat_stream(request, request_key=idempotency_key):
                     if isinstance(event, DoneEvent):
                         metrics.record_chat(event.response.timing, event.response.search_results)
                     yield event.sse()

@@ -156,3 +156,25 @@ def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp
     data = run_data(loop.store, 0, loop.store.max_seq(), TrainConfig(holdout_fraction=0.0, train_on="all"))
     assert stored.messages() in data.train
     loop.close()
+
+
+def test_a_retried_message_with_the_same_idempotency_key_is_one_turn(pipeline):
+    """A client that lost the response retries with its Idempotency-Key: the same turn id,
+    acknowledged as collected, stored once. The key names a message in its session only."""
+    chat, _ = pipeline
+    store = chat.services.loop.store
+    ask = ChatRequest(message="제주도에는 어떤 산이 있나요?", session_id="s1")
+
+    async def scenario():
+        first = await chat.chat(ask, request_key="msg-1")
+        retry = await chat.chat(ask, request_key="msg-1")
+        stored = store.counts().total
+        elsewhere = await chat.chat(ask.model_copy(update={"session_id": "s2"}), request_key="msg-1")
+        unkeyed = await chat.chat(ask)
+        return first, stored, retry, elsewhere, unkeyed
+
+    first, stored, retry, elsewhere, unkeyed = asyncio.run(scenario())
+    assert first.mlops_info.collected and stored == 1
+    assert retry.turn_id == first.turn_id and retry.mlops_info.collected
+    assert store.get_turn(first.turn_id).assistant == first.response  # the retry did not overwrite it
+    assert elsewhere.turn_id != first.turn_id and unkeyed.turn_id != first.turn_id
