@@ -40,7 +40,7 @@ class BM25Index:
         self._tokenize = tokenize
         self._vocab: dict[str, int] = {"": 0}  # bm25s scores term-less documents with ""
         self._docs: dict[str, np.ndarray] = {}  # id -> term ids (int32)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # save() builds (via _current) and copies under one hold
         # The built index and the ids of its rows; None when stale.
         self._built: tuple[bm25s.BM25, list[str], dict[str, int]] | None = None
 
@@ -101,10 +101,7 @@ class BM25Index:
         if k <= 0 and not include:
             return []
         query_terms = self._tokenize([query])[0]
-        with self._lock:
-            if self._built is None and self._docs:
-                self._built = self._build()
-            built = self._built
+        built = self._current()
         if built is None:
             return []
         retriever, ids, row_of = built  # immutable once built: scoring needs no lock
@@ -127,9 +124,7 @@ class BM25Index:
         """Write the built index and every document's term ids under ``directory``
         (``load`` maps them back in; bm25s' own files for the scores and vocabulary)."""
         with self._lock:
-            if self._built is None and self._docs:
-                self._built = self._build()
-            built, docs = self._built, dict(self._docs)
+            built, docs = self._current(), dict(self._docs)
         if built is None:
             raise ValueError("an empty index is not saved")
         retriever, ids, _ = built
@@ -155,6 +150,13 @@ class BM25Index:
         index._docs = {doc_id: terms[offsets[n] : offsets[n + 1]] for n, doc_id in enumerate(ids)}
         index._built = (retriever, ids, {doc_id: row for row, doc_id in enumerate(ids)})
         return index
+
+    def _current(self) -> tuple[bm25s.BM25, list[str], dict[str, int]] | None:
+        """The built index, built first when stale; None while empty."""
+        with self._lock:
+            if self._built is None and self._docs:
+                self._built = self._build()
+            return self._built
 
     def _build(self) -> tuple[bm25s.BM25, list[str], dict[str, int]]:
         ids = list(self._docs)

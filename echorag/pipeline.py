@@ -80,6 +80,7 @@ class _Prepared:
     started: float
     remember: bool  # False when the caller brought its own history (OpenAI-style)
     abstain: bool  # the documents do not support an answer: NO_ANSWER, no generation
+    turn_id: str  # the turn this answer will be stored as
 
 
 class ChatPipeline:
@@ -118,7 +119,9 @@ class ChatPipeline:
         if pending:
             await asyncio.wait(pending, timeout=timeout)
 
-    async def _prepare(self, request: ChatRequest, history: list[dict[str, str]] | None) -> _Prepared:
+    async def _prepare(
+        self, request: ChatRequest, history: list[dict[str, str]] | None, request_key: str | None
+    ) -> _Prepared:
         timing, started = Timing(), time.perf_counter()
         clock = started
 
@@ -138,14 +141,14 @@ class ChatPipeline:
         timing.retrieval = lap()
         messages = build_messages(request.message, context.results, memory)
         return _Prepared(messages, context.results, memory, route, vector, timing, started, history is None,
-                         context.abstain)
+                         context.abstain, turn_id(request.session_id, request_key))
 
     async def _finish(
-        self, request: ChatRequest, prepared: _Prepared, answer: str, usage: TokenUsage, request_key: str | None
+        self, request: ChatRequest, prepared: _Prepared, answer: str, usage: TokenUsage
     ) -> ChatResponse:
         timing, route = prepared.timing, prepared.route
         turn = Turn(
-            id=turn_id(request.session_id, request_key),
+            id=prepared.turn_id,
             session_id=request.session_id,
             user_id=request.user_id,
             user=request.message,
@@ -185,26 +188,26 @@ class ChatPipeline:
         """Answer one message. ``history`` ({"user", "assistant"} pairs) replaces the
         session's memory when the caller keeps the conversation itself. A ``request_key``
         (the client's Idempotency-Key) names the turn: a retry in the same session stores it once."""
-        prepared = await self._prepare(request, history)
+        prepared = await self._prepare(request, history, request_key)
         if prepared.abstain:
-            return await self._finish(request, prepared, NO_ANSWER, TokenUsage(), request_key)
+            return await self._finish(request, prepared, NO_ANSWER, TokenUsage())
         clock = time.perf_counter()
         route = prepared.route
         generation = await self.services.generate(prepared.messages, route.adapter, route.student)
         prepared.timing.generation = time.perf_counter() - clock
         usage = TokenUsage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens)
-        return await self._finish(request, prepared, generation.text.strip(), usage, request_key)
+        return await self._finish(request, prepared, generation.text.strip(), usage)
 
     async def chat_stream(
         self, request: ChatRequest, history: list[dict[str, str]] | None = None, request_key: str | None = None
     ) -> AsyncIterator[ChatEvent]:
         """Events: ``sources`` first, then ``token`` pieces, then ``done`` with the full response."""
-        prepared = await self._prepare(request, history)
+        prepared = await self._prepare(request, history, request_key)
         route = prepared.route
         yield SourcesEvent(search_results=prepared.results, adapter_version=route.adapter, model=route.answerer.name)
         if prepared.abstain:
             yield TokenEvent(text=NO_ANSWER)
-            yield DoneEvent(response=await self._finish(request, prepared, NO_ANSWER, TokenUsage(), request_key))
+            yield DoneEvent(response=await self._finish(request, prepared, NO_ANSWER, TokenUsage()))
             return
         clock, pieces = time.perf_counter(), []
         async for piece in self.services.stream(prepared.messages, route.adapter, route.student):
@@ -214,5 +217,5 @@ class ChatPipeline:
         answer = "".join(pieces).strip()
         prompt_tokens, completion_tokens = await self.services.usage(prepared.messages, answer, route.student)
         usage = TokenUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        response = await self._finish(request, prepared, answer, usage, request_key)
+        response = await self._finish(request, prepared, answer, usage)
         yield DoneEvent(response=response)
