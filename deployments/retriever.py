@@ -77,8 +77,15 @@ class Retriever:
         return await asyncio.to_thread(retriever.delete_documents, doc_ids)
 
     async def remember(self, turn: Turn, question_vector: np.ndarray) -> None:
+        await self._remember_batch(turn, question_vector)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _remember_batch(self, turns: list[Turn], vectors: list[np.ndarray]) -> list[None]:
+        # The turns that arrived while the last write ran go to the store together:
+        # Chroma's upsert takes 8 ms of CPU for one row, 2 ms a row for eight.
         retriever = await self._ready()
-        await self._write(retriever.remember_turn, turn, question_vector)
+        await self._write(retriever.remember_turns, turns, vectors)
+        return [None] * len(turns)
 
     async def forget(self, where: dict) -> int:
         """Delete remembered turns by metadata (``{"user_id": ...}``, ``{"session_id": ...}``)."""

@@ -10,6 +10,7 @@ from echorag.embedding import E5Embedder
 from echorag.korean import morphemes_many, split_sentences
 from echorag.retrieval import Retriever, chunk_documents
 from echorag.store import EmbedderMismatchError, VectorStore, reindex
+from echorag.types import Turn
 
 DOCS = [
     {"id": "seoul", "text": "서울은 대한민국의 수도이다. 한강이 도시를 가로지른다.", "metadata": {"title": "서울"}},
@@ -72,6 +73,19 @@ def test_memory_is_recalled_only_for_its_user(client, embedder):
     assert retriever.recall(query, 3, "bob") == []
     context = retriever.chat_context("강아지 이름이 뭐였지?", query, "alice", 2, 1)
     assert [r.collection for r in context] == ["documents", "documents", "memory"]
+
+
+def test_turns_remembered_together_are_each_recalled_by_their_own_user(client, embedder):
+    retriever = _index(client, embedder)
+    questions = ["내 강아지 이름은 초코야", "내 고양이 이름은 나비야"]
+    turns = [Turn(id=f"t{i}", session_id=f"s{i}", user_id=user, user=q, assistant="기억할게요.",
+                  adapter_version="base", model="extractive")
+             for i, (user, q) in enumerate(zip(["alice", "bob"], questions))]
+    retriever.remember_turns(turns, list(embedder.embed_queries(questions)))  # one store write
+    alice = retriever.recall(embedder.embed_queries(["강아지 이름이 뭐였지?"])[0], 3, "alice")
+    bob = retriever.recall(embedder.embed_queries(["고양이 이름이 뭐였지?"])[0], 3, "bob")
+    assert [h.id for h in alice] == ["t0"] and "초코" in alice[0].text
+    assert [h.id for h in bob] == ["t1"] and "나비" in bob[0].text
 
 
 def test_another_embedder_is_refused_with_the_reindex_command(client, embedder):
