@@ -244,6 +244,22 @@ def trim(sentence: str, analysis: Analysis, max_chars: int, cuts: str = "comma")
     return best or sentence
 
 
+# A sentence that only concludes or refers back ("잎이 초록색으로 보이는 까닭이다.", "이 때문에
+# …") says nothing without the one before it.
+_REFERS_BACK = re.compile(r"^(?:이는|이것은|이것이|이 때문에|이때문에|그래서|따라서|그러므로|이처럼|이렇게|그 결과)\s")
+_CONCLUDES = re.compile(r"(?:까닭|때문|이유)(?:이다|입니다|이에요|예요)\.?$")
+
+
+def _with_antecedent(unit: Unit, analysis: Analysis, chosen: list[Unit]) -> str:
+    """The sentence, preceded by the one before it in its passage where it refers back to it."""
+    if not (_REFERS_BACK.match(unit.text) or _CONCLUDES.search(unit.text)):
+        return unit.text
+    before = next((u for u in analysis.units if u.passage == unit.passage and u.index == unit.index - 1), None)
+    if before is None or before in chosen:
+        return unit.text
+    return f"{before.text} {unit.text}"
+
+
 def select(analysis: Analysis, config: ExtractiveConfig) -> list[Quote]:
     """The sentences to quote, best first; none when the evidence is below the threshold."""
     threshold = config.threshold(analysis)
@@ -265,7 +281,8 @@ def select(analysis: Analysis, config: ExtractiveConfig) -> list[Quote]:
             continue
         chosen.append(unit)
         covered |= unit.terms
-    quotes = [Quote(unit, trim(unit.text, analysis, config.trim_chars, config.clause_cuts)) for unit in chosen]
+    quotes = [Quote(unit, trim(_with_antecedent(unit, analysis, chosen), analysis, config.trim_chars, config.clause_cuts))
+              for unit in chosen]
     if config.short_answers and (short := short_answer(analysis.question, quotes[0].text)):
         return [Quote(quotes[0].unit, short)]
     return quotes

@@ -120,9 +120,20 @@ def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
     if any_number and measure:
         patterns.append(_amount_pattern(measure, re.I))
     patterns += [_amount_pattern(_UNIT_ALIASES.get(u, (u,))) for u in dict.fromkeys(units)]
-    if not patterns and any(token.form == "언제" for token in tokens):
+    if not patterns and (any(token.form == "언제" for token in tokens) or asks_year(question)):
         patterns = [WHEN_PATTERN]
     return tuple(patterns), any_number
+
+
+_YEAR_WORDS = frozenset({"연도", "년도", "시기"})
+# "…에 등재된 해는?", "처음 개발한 해는?": the year as the question's last word, with its
+# particle ("충전해야 해?" is "do", not "year").
+_YEAR_LAST = re.compile(r"(?:^|\s)해(?:는|가)\s*[?？]?\s*$")
+
+
+def asks_year(question: str) -> bool:
+    """'연도는?', '어느 시기에', '…한 해는?' ask when, as "언제" does, without the word."""
+    return any(t in _YEAR_WORDS for t in question_terms(question)) or bool(_YEAR_LAST.search(question))
 
 
 @lru_cache(maxsize=4096)

@@ -35,26 +35,17 @@ _CALENDAR_DATE = re.compile(r"\d{3,4}\s*년(?:\s*\d{1,2}\s*월)?(?:\s*\d{1,2}\s*
 _ASKING = ("몇", "얼마", "얼마나", "며칠", "언제")
 # A question that also asks what, who or where wants more than an amount.
 _ASKING_MORE = ("무엇", "뭐", "뭘", "누구", "누가", "어디", "어떤", "어느", "무슨", "왜", "어떻게", "어떻다")
-_YEAR_WORDS = ("연도", "년도")
 # "…을 무엇이라 하나?", "…을 가리키는 용어는?": the name the sentence gives it.
 _ASKS_NAME = re.compile(r"무엇이라|뭐라고|뭐라 |용어는|이름은|명칭은")
 NAMING_VERB = r"(?:이)?라(?:고)?\s*(?:한다|합니다|해요|하며|하고|부른다|부릅니다|불러요|불린다|불립니다)"
 _NAMED = re.compile(r"(?:'([^']+)'|‘([^’]+)’|「([^」]+)」|([^\s,'‘’「」]+?))" + NAMING_VERB)
 
 
-def _asks_year(question: str) -> bool:
-    """'…에 등재된 해는?' and '연도는?' ask for a year without "몇 년"."""
-    terms = question_terms(question)
-    return any(t in _YEAR_WORDS or t == "시기" for t in terms) or bool(re.search(r"(?:^|\s|된|한|난|은)해(?:는|가)?\s*[?？]?\s*$", question))
-
-
 def _patterns(question: str) -> tuple[re.Pattern, ...]:
     patterns, any_number = asked_amount(question)
     if any_number and "만에" in question.replace(" ", ""):
         return (_TOOK,)
-    if patterns == (WHEN_PATTERN,):  # "언제": a date in digits, not "겨울" or "조선 초"
-        return (_DIGIT_DATE,)
-    if not patterns and _asks_year(question):
+    if patterns == (WHEN_PATTERN,):  # "언제", "연도는": a date in digits, not "겨울" or "조선 초"
         return (_DIGIT_DATE,)
     if not patterns and any_number:
         return (_ANY_AMOUNT,)

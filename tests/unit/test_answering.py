@@ -163,6 +163,14 @@ def test_an_amount_question_is_answered_by_the_amount_with_its_citation(kb, gene
     assert "세종" in text and len(quoted_sentences(text)[0][0]) > 10
 
 
+def test_a_sentence_that_concludes_is_quoted_with_the_one_it_concludes_from(kb, generator):
+    # "잎이 초록색으로 보이는 까닭이다." names no reason: the sentence before it does.
+    text = ask(generator, "나뭇잎은 왜 초록색으로 보여?", [doc(kb, "kb-photosynthesis")])
+    (quote, number), = quoted_sentences(text)
+    assert number == 1 and "초록빛은 반사" in quote and quote.endswith("까닭이다.")
+    assert quote.rstrip("…") in kb["kb-photosynthesis"]["text"]
+
+
 @pytest.mark.parametrize(("question", "sentence", "expected"), [
     ("부산국제영화제는 몇 년에 시작되었나?", "1996년 시작된 부산국제영화제는 아시아를 대표하는 영화제로 자리 잡았다.", "1996년"),
     ("6·25 전쟁은 언제 시작되었나요?", "1950년 6월 25일 새벽 북한군이 남침하면서 전쟁이 시작되었다.", "1950년 6월 25일"),
@@ -198,6 +206,11 @@ def test_short_answers_only_where_the_sentence_is_unambiguous(question, sentence
     ("태권도 검은띠를 따려면 보통 몇 년을 수련해야 해?", "1972년 서울에 국기원이 세워졌다.", False),
     ("태권도 검은띠를 따려면 보통 몇 년을 수련해야 해?", "보통 2년 안팎을 수련하면 1단 심사를 받는다.", True),
     ("최만리 반대 상소는 몇 년에 올라왔나?", "1444년 최만리 등이 반대 상소를 올렸다.", True),
+    # "어느 시기에", "연도는?", "…한 해는?" ask when, as "언제" does; "충전해야 해?" does not.
+    ("반달가슴곰 어미는 어느 시기에 새끼를 낳나?", "반달가슴곰은 가슴에 반달 모양의 흰 털 무늬가 있다.", False),
+    ("반달가슴곰 어미는 어느 시기에 새끼를 낳나?", "암컷은 겨울잠을 자는 동안 새끼를 낳습니다.", True),
+    ("고대역폭 메모리를 처음 개발한 해는?", "최근에는 고대역폭 메모리의 수요가 급증했다.", False),
+    ("스마트폰 배터리를 오래 쓰려면 어떻게 충전해야 해?", "배터리는 완전히 방전되기 전에 충전하는 것이 좋다.", True),
 ])
 def test_a_sentence_must_state_the_kind_of_answer_asked_for(question, sentence, states_it):
     assert answers_amount(question, sentence) is states_it
