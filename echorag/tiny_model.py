@@ -81,13 +81,13 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     docs = _corpus()
     chats = _chats(docs, seed)
     # Train BPE on the prompt format too, so the system prompt and labels tokenize compactly.
-    tokenizer = _train_tokenizer(
+    tokenizer = train_tokenizer(
         [f"{d['title']}\n{d['text']}" for d in docs] + [m["content"] for chat in chats for m in chat]
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread is faster here, and reproducible
     try:
-        model = _tiny_llama(tokenizer, seed)
+        model = tiny_llama(tokenizer, seed)
         loss = _warm_up(model, tokenizer, chats, seed)
     finally:
         torch.set_num_threads(threads)
@@ -96,6 +96,15 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     card = dict(version=TINY_VERSION, name=TINY_NAME, seed=seed, params=params,
                 vocab_size=len(tokenizer), warmup_steps=WARMUP_STEPS, warmup_loss=round(loss, 3),
                 corpus_chars=sum(len(d["text"]) for d in docs))
+    save_model_dir(model, tokenizer, card, _model_card(card), out_dir)
+    logger.info("Built the tiny demo model (%d params, vocab %d) in %.1f s: %s",
+                params, len(tokenizer), time.perf_counter() - started, out_dir)
+    return out_dir
+
+
+def save_model_dir(model, tokenizer, card: dict, readme: str, out_dir: Path) -> None:
+    """Write model, tokenizer, marker and model card to ``out_dir``, replaced atomically."""
+    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
@@ -103,7 +112,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / TINY_MARKER).write_text(json.dumps(card, indent=2) + "\n")
-        (tmp / "README.md").write_text(_model_card(card))
+        (tmp / "README.md").write_text(readme)
         for file in tmp.iterdir():
             file.chmod(0o644)
         if out_dir.exists():
@@ -112,12 +121,9 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("Built the tiny demo model (%d params, vocab %d) in %.1f s: %s",
-                params, len(tokenizer), time.perf_counter() - started, out_dir)
-    return out_dir
 
 
-def _train_tokenizer(texts: list[str]):
+def train_tokenizer(texts: list[str], vocab_size: int = TINY_VOCAB):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -125,7 +131,7 @@ def _train_tokenizer(texts: list[str]):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB,
+        vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -148,14 +154,15 @@ def _train_tokenizer(texts: list[str]):
     )
 
 
-def _tiny_llama(tokenizer, seed: int):
+def tiny_llama(tokenizer, seed: int, config: dict | None = None):
+    """A randomly initialised Llama of ``config`` (default ``TINY_CONFIG``) for this tokenizer."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     bos, eot, pad = (tokenizer.convert_tokens_to_ids(t) for t in (BOS, EOT, PAD))
     config = LlamaConfig(
-        vocab_size=len(tokenizer), bos_token_id=bos, eos_token_id=eot, pad_token_id=pad, **TINY_CONFIG
+        vocab_size=len(tokenizer), bos_token_id=bos, eos_token_id=eot, pad_token_id=pad, **(config or TINY_CONFIG)
     )
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
