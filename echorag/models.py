@@ -57,9 +57,9 @@ def resolve_model(spec: str) -> ResolvedModel:
     """A local directory or a hub id (no "auto": that needs a models directory)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        if _tiny_version(path) is not None:
+        if (card := _tiny_card(path)) is not None:  # the tiny model, or the small student
             _warn_demo(path, "given as a local directory")
-            return ResolvedModel(str(path.resolve()), "tiny", TINY_NAME)
+            return ResolvedModel(str(path.resolve()), "tiny", card.get("name", TINY_NAME))
         return ResolvedModel(str(path.resolve()), "local", path.resolve().name)
     if spec.startswith(("/", ".", "~")) or spec.count("/") != 1:
         raise FileNotFoundError(f"{spec!r} is neither a model directory nor a hub id (owner/name)")
@@ -182,8 +182,15 @@ def ensure_tiny_model(models_dir: Path, seed: int = 0) -> Path:
     return out
 
 
-def _tiny_version(path: Path) -> int | None:
+def _tiny_card(path: Path) -> dict | None:
+    """The card EchoRAG writes beside a model it built (``TINY_MARKER``), or None."""
     try:
-        return json.loads((Path(path) / TINY_MARKER).read_text())["version"]
-    except (OSError, ValueError, KeyError):
+        card = json.loads((Path(path) / TINY_MARKER).read_text())
+    except (OSError, ValueError):
         return None
+    return card if isinstance(card, dict) and "version" in card else None
+
+
+def _tiny_version(path: Path) -> int | None:
+    card = _tiny_card(path)
+    return card["version"] if card else None
