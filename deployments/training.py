@@ -52,7 +52,7 @@ from echorag.mlops.gate import VersionScore
 from echorag.mlops.jobs import TrainFn, TrainingJob, TrainingOutcome
 from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError, validate_adapter_dir
 from echorag.mlops.train_config import TrainConfig
-from echorag.models import resolve_generator
+from echorag.models import resolve_generator, student_spec
 from echorag.mlops.training import (
     Chat,
     EpochInfo,
@@ -375,7 +375,7 @@ def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter) -
     on whichever nodes offer the workers' resources."""
     evaluate = ray.remote(evaluate_here)
     storage = settings.train_storage_root
-    base_spec = {"spec": settings.generator_model, "models_dir": str(settings.models_dir)}
+    base_spec = {"spec": student_spec(settings), "models_dir": str(settings.models_dir)}
 
     def train(job: TrainingJob, on_progress: Callable[[dict[str, Any]], None]) -> TrainingOutcome:
         resources = train_resources(settings)

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         "local", validation_alias=_env("generator_backend")
     )
     generator_model: str = Field("auto", validation_alias=_env("generator_model"))
+    # The local model the learning loop fine-tunes where a teacher (extractive, openai)
+    # answers chat: a hub id or a directory, e.g. the small student of
+    # `echorag build-tiny-model --size small`. Unset: generator_model's local model
+    # (KANANA where it loads, else the tiny model).
+    student_model: str | None = Field(None, validation_alias=_env("student_model"))
     openai_api_key: str | None = Field(
         None, validation_alias=_env("openai_api_key", "OPENAI_API_KEY")
     )

@@ -75,10 +75,21 @@ def resolve_answerer(settings) -> ResolvedModel:
     return resolve_generator(settings.generator_model, settings.models_dir, offline="extractive")
 
 
+def student_spec(settings) -> str:
+    """The model spec the learning loop fine-tunes: ``student_model`` where a teacher
+    answers chat, else ``generator_model`` (``auto``: KANANA when it loads, else the tiny
+    offline model). Where the local model answers, it is the student itself."""
+    if settings.student_model and has_teacher(settings):
+        return settings.student_model
+    if settings.student_model:
+        logger.warning("student_model %r is ignored: the local model answers chat and is the student",
+                       settings.student_model)
+    return settings.generator_model
+
+
 def resolve_student(settings) -> ResolvedModel:
-    """The local model the learning loop fine-tunes: ``generator_model`` (``auto``: KANANA
-    when it loads, else the tiny offline model)."""
-    return resolve_generator(settings.generator_model, settings.models_dir)
+    """The local model the learning loop fine-tunes (``student_spec``)."""
+    return resolve_generator(student_spec(settings), settings.models_dir)
 
 
 def has_teacher(settings) -> bool:

@@ -168,3 +168,17 @@ def test_what_answers_chat_is_kanana_when_it_is_cached(offline_empty_cache, tmp_
 
     snapshot = _fake_kanana_cache(offline_empty_cache)
     assert models.resolve_answerer(Settings(data_dir=tmp_path)) == ResolvedModel(str(snapshot), "kanana", KANANA_ID)
+
+
+def test_the_student_model_is_what_the_loop_fine_tunes_where_a_teacher_answers(offline_empty_cache, tmp_path,
+                                                                               tiny_model_path):
+    from echorag.config import Settings
+
+    student = str(tiny_model_path)  # any local model directory will do
+    taught = Settings(data_dir=tmp_path, generator_backend="extractive", student_model=student)
+    assert models.student_spec(taught) == student
+    assert models.resolve_student(taught).path == str(tiny_model_path.resolve())
+    # Unset: generator_model's local model, the tiny one offline.
+    assert models.student_spec(Settings(data_dir=tmp_path, generator_backend="extractive")) == "auto"
+    # Where the local model answers, it is the student itself.
+    assert models.student_spec(Settings(data_dir=tmp_path, generator_model="tiny", student_model=student)) == "tiny"
