@@ -71,8 +71,10 @@ _MEASURES = {
     ("키", "길이", "높이", "거리", "너비", "폭", "깊이"): ("m", "cm", "km", "mm", "미터", "킬로미터", "센티미터", "리"),
     ("넓이", "면적"): ("㎡", "㎢", "m2", "km2", "제곱", "평", "헥타르", "ha"),
 }
-# "몇 년을 수련", "몇 년 동안", "몇 년마다" ask for a length of time; "몇 년에" for a year.
+# "몇 년을 수련", "몇 년 동안", "몇 년마다" ask for a length of time; "몇 년에" for a year;
+# so does "몇 년" of a lifespan, a term or a period ("평균 수명은 몇 년이야?").
 _DURATION_AFTER_YEAR = frozenset({"을", "를", "동안", "간", "마다", "이나", "씩", "째", "정도", "쯤", "가량"})
+_DURATION_NOUNS = frozenset({"수명", "기간", "임기", "연한", "연수", "공백"})
 _DURATION = re.compile(r"(?<![\d,.])\d{1,2}\s*년|(?:한|두|세|네|다섯|여섯|일곱|여덟|아홉|열|수십|몇)\s*(?:년|해)")
 # "어느 기관", "구단은 어디": a name is asked for, which the answer must state beyond the
 # names the question already has.
@@ -105,7 +107,7 @@ def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
         if token.form == "몇" and i + 1 < len(tokens):
             unit = tokens[i + 1].form.lower()
             after = tokens[i + 2].form if i + 2 < len(tokens) else ""
-            if unit == "년" and after in _DURATION_AFTER_YEAR:
+            if unit == "년" and (after in _DURATION_AFTER_YEAR or _DURATION_NOUNS & set(question_terms(question))):
                 patterns.append(_DURATION)
             else:
                 units.append(unit)
