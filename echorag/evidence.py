@@ -63,6 +63,13 @@ WHEN_PATTERN = re.compile(
     r"\d[\d,.]*\s*(?:년|월|일|세기|시|주|개월)|(?:봄|여름|가을|겨울|새벽|아침|저녁|오전|오후|시대|초기|중기|말기|무렵)"
     r"|(?:고려|조선|삼국|통일 신라|신라|백제|고구려)\s*(?:초|말|중기|후기|전기)"
 )
+# What answers "연도는?", "태어난 해는 언제": a calendar year, not "11월" or "같은 해".
+YEAR_PATTERN = re.compile(r"(?<![\d,.])\d{3,4}\s*년|기원전\s*\d+\s*년")
+# What answers "해마다 언제", "매년 언제": a time of the year, not the year something began.
+RECURRING_PATTERN = re.compile(
+    r"(?<![\d,.])\d{1,2}\s*(?:월|일|시)|봄|여름|가을|겨울|방학|연초|연말|명절|설날|추석|초순|중순|하순"
+)
+_EVERY_YEAR = ("해마다", "매년", "매해", "해년마다")
 
 
 # "몸무게는 얼마나" asks for a weight: a number of kg, not any number.
@@ -122,20 +129,29 @@ def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
     if any_number and measure:
         patterns.append(_amount_pattern(measure, re.I))
     patterns += [_amount_pattern(_UNIT_ALIASES.get(u, (u,))) for u in dict.fromkeys(units)]
-    if not patterns and (any(token.form == "언제" for token in tokens) or asks_year(question)):
+    if not patterns and asks_calendar_year(question):
+        patterns = [YEAR_PATTERN]
+    elif not patterns and any(token.form == "언제" for token in tokens) and any(w in question for w in _EVERY_YEAR):
+        patterns = [RECURRING_PATTERN]
+    elif not patterns and (any(token.form == "언제" for token in tokens) or asks_year(question)):
         patterns = [WHEN_PATTERN]
     return tuple(patterns), any_number
 
 
-_YEAR_WORDS = frozenset({"연도", "년도", "시기"})
-# "…에 등재된 해는?", "처음 개발한 해는?": the year as the question's last word, with its
-# particle ("충전해야 해?" is "do", not "year").
-_YEAR_LAST = re.compile(r"(?:^|\s)해(?:는|가)\s*[?？]?\s*$")
+_CALENDAR_YEAR_WORDS = frozenset({"연도", "년도"})
+# "…에 등재된 해는?", "태어난 해는 언제인가?": the year, with its particle, last or before
+# "언제" ("충전해야 해?" is "do", not "year").
+_YEAR_ASKED = re.compile(r"(?:^|\s)해(?:는|가)\s*(?:언제|[?？]?\s*$)")
+
+
+def asks_calendar_year(question: str) -> bool:
+    """'연도는?', '…한 해는?', '태어난 해는 언제': a calendar year is asked for."""
+    return any(t in _CALENDAR_YEAR_WORDS for t in question_terms(question)) or bool(_YEAR_ASKED.search(question))
 
 
 def asks_year(question: str) -> bool:
     """'연도는?', '어느 시기에', '…한 해는?' ask when, as "언제" does, without the word."""
-    return any(t in _YEAR_WORDS for t in question_terms(question)) or bool(_YEAR_LAST.search(question))
+    return asks_calendar_year(question) or "시기" in question_terms(question)
 
 
 @lru_cache(maxsize=4096)

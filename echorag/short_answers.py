@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 
-from echorag.evidence import NUMBER_PATTERN, WHEN_PATTERN, asked_amount, question_terms, question_tokens
+from echorag.evidence import (
+    NUMBER_PATTERN, RECURRING_PATTERN, WHEN_PATTERN, asked_amount, question_terms, question_tokens,
+)
 from echorag.korean import normalize
 
 # A unit ends its word, or a particle follows it: "원이다", not "원리".
@@ -47,6 +49,8 @@ def _patterns(question: str) -> tuple[re.Pattern, ...]:
         return (_TOOK,)
     if patterns == (WHEN_PATTERN,):  # "언제", "연도는": a date in digits, not "겨울" or "조선 초"
         return (_DIGIT_DATE,)
+    if patterns == (RECURRING_PATTERN,):  # "해마다 언제": "7월 말부터 8월 초" needs its sentence
+        return ()
     if not patterns and any_number:
         return (_ANY_AMOUNT,)
     return patterns

@@ -188,6 +188,9 @@ def test_a_sentence_that_concludes_is_quoted_with_the_one_it_concludes_from(kb, 
     # More candidates than asked and none clearly nearest; a name the question says itself.
     ("10년짜리 여권 얼마야?", "58면은 5만 원, 26면은 4만 7천 원이다.", None),
     ("나그네새는 뭐라고 해?", "잠시 들러 쉬어 가는 새는 나그네새라고 한다.", None),
+    # A calendar year asked: the year, not the month beside it; a time of the year: the sentence.
+    ("이순신 장군이 태어난 해는 언제인가?", "이순신은 1545년 한성에서 태어나 11월에 세례를 받았다.", "1545년"),
+    ("해운대 해수욕장은 해마다 언제 개장해?", "해운대 해수욕장은 보통 6월 1일에 문을 연다.", None),
 ])
 def test_short_answers_only_where_the_sentence_is_unambiguous(question, sentence, expected):
     assert short_answer(question, sentence) == expected
@@ -214,6 +217,12 @@ def test_short_answers_only_where_the_sentence_is_unambiguous(question, sentence
     ("반달가슴곰 어미는 어느 시기에 새끼를 낳나?", "암컷은 겨울잠을 자는 동안 새끼를 낳습니다.", True),
     ("고대역폭 메모리를 처음 개발한 해는?", "최근에는 고대역폭 메모리의 수요가 급증했다.", False),
     ("스마트폰 배터리를 오래 쓰려면 어떻게 충전해야 해?", "배터리는 완전히 방전되기 전에 충전하는 것이 좋다.", True),
+    # "태어난 해는 언제" asks for a calendar year: a month or "같은 해" is not one.
+    ("이순신 장군이 태어난 해는 언제인가?", "이순신은 같은 해 11월 노량 해전에서 전사했다.", False),
+    ("이순신 장군이 태어난 해는 언제인가?", "이순신은 1545년 한성에서 태어났다.", True),
+    # "해마다 언제" asks for a time of the year, not the year something began.
+    ("해운대 해수욕장은 해마다 언제 개장해?", "해운대 해수욕장은 2003년 국내 최초로 야간 개장을 했다.", False),
+    ("해운대 해수욕장은 해마다 언제 개장해?", "해운대 해수욕장은 보통 6월 1일에 문을 연다.", True),
 ])
 def test_a_sentence_must_state_the_kind_of_answer_asked_for(question, sentence, states_it):
     assert answers_amount(question, sentence) is states_it
