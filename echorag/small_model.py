@@ -3,7 +3,7 @@
 The tiny demo model (``echorag.tiny_model``) has no mechanism that copies text from its
 prompt, so no LoRA on it can imitate a teacher that quotes passages. This recipe builds a
 larger Llama (4 layers, hidden 128, 1.56M parameters, its own 4,000-token Korean BPE)
-and pretrains it on CPU (about 40 minutes on 2 cores) in two phases, nanoGPT-like:
+and pretrains it on CPU (about 25 minutes on 2 cores) in two phases, nanoGPT-like:
 
 1. **Repeats**: a run of 8-64 random tokens, other random tokens, the run again; loss
    on the repeat. Copying (induction heads: attend to what followed the earlier

@@ -50,7 +50,7 @@ def register(sub) -> None:
     p = sub.add_parser("build-tiny-model", help="build the tiny offline Korean demo model (or the small student)")
     p.add_argument("--size", choices=["tiny", "small"], default="tiny",
                    help="tiny: the demo model, seconds; small: a student that can learn to quote (echorag.small_model), "
-                        "about 40 minutes on 2 CPU cores")
+                        "about 25 minutes on 2 CPU cores")
     p.add_argument("--corpus", action="append", default=[], metavar="JSONL",
                    help="with --size small: Korean text to pretrain on (a 'text' field per line); repeatable")
     p.add_argument("--out", help="output directory (default: $ECHORAG_DATA_DIR/models/tiny-ko or small-ko)")
