@@ -151,7 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, help="the shared Korean sets (../shared/data)")
     parser.add_argument("--shared-limit", type=int, default=300, help="queries per shared set")
-    parser.add_argument("--requests", type=int, default=48, help="/chat requests per concurrency level")
+    parser.add_argument("--requests", type=int, default=240, help="/chat requests per concurrency level")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--skip", nargs="*", default=[], choices=["quality", "serving"],
                         help="parts not to measure again (their last results are kept)")
@@ -174,7 +174,7 @@ def main() -> None:
         backends["kanana"] = LocalGenerator(kanana)
     out = RESULTS / "answers.json"
     report = json.loads(out.read_text()) if out.is_file() else {}
-    report["command"] = "python bench/answers.py" + (f" --shared {args.shared}" if args.shared else "")
+    report["command"] = " ".join(["python bench/answers.py", *sys.argv[1:]])  # "--skip": the rest kept from before
     report["kanana"] = "loaded" if "kanana" in backends else "not available here (no local copy, hub offline)"
     if "quality" not in args.skip:
         report["quality"] = quality(backends, settings, args.shared, args.shared_limit)
