@@ -351,6 +351,11 @@ def test_admin_mode_shows_status_trains_rolls_back_and_resets(page, client):
         expect(page.locator("#train-step")).to_have_text(f"{progress['step']} / {progress['total_steps']}")
         assert int(page.locator("#loss-chart").get_attribute("data-points")) == len(progress["losses"]) >= 2
         assert int(page.locator("#collection-chart").get_attribute("data-points")) >= 2
+        # The correction is in that run: trained on, or (a pool turn, by hash) the label it was judged on.
+        corrected_turn = next(t for t in client.get("/mlops/conversations", headers=ADMIN).json()["conversations"]
+                              if t["id"] == turn_id)
+        run_metrics = {v["version"]: v for v in client.get("/mlops/models").json()["versions"]}[new_version]["metrics"]
+        assert corrected_turn["pool"] or run_metrics["corrected_turns"] >= 1, run_metrics
 
         # Gate metrics are shown; a rejected version can still be promoted by hand.
         row = page.locator(f'#versions-body tr[data-version="{new_version}"]')
