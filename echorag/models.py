@@ -58,8 +58,9 @@ def resolve_model(spec: str) -> ResolvedModel:
     path = Path(spec).expanduser()
     if path.is_dir():
         if (card := _tiny_card(path)) is not None:  # the tiny model, or the small student
-            _warn_demo(path, "given as a local directory")
-            return ResolvedModel(str(path.resolve()), "tiny", card.get("name", TINY_NAME))
+            name = card.get("name", TINY_NAME)
+            _warn_demo(path, "given as a local directory", name)
+            return ResolvedModel(str(path.resolve()), "tiny", name)
         return ResolvedModel(str(path.resolve()), "local", path.resolve().name)
     if spec.startswith(("/", ".", "~")) or spec.count("/") != 1:
         raise FileNotFoundError(f"{spec!r} is neither a model directory nor a hub id (owner/name)")
@@ -127,11 +128,11 @@ def _tiny_model(models_dir: Path, reason: str) -> ResolvedModel:
     return ResolvedModel(str(path), "tiny", TINY_NAME)
 
 
-def _warn_demo(path: Path, reason: str) -> None:
+def _warn_demo(path: Path, reason: str, name: str = TINY_NAME) -> None:
     logger.warning(
-        "Using EchoRAG's tiny DEMO model from %s (%s): the offline student the learning loop "
+        "Using %s, a DEMO model EchoRAG builds offline, from %s (%s): a student the learning loop "
         "fine-tunes; as an answerer its answers are not meaningful. Cache %s for a real model.",
-        path, reason, KANANA_ID,
+        name, path, reason, KANANA_ID,
     )
 
 
