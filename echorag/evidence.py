@@ -129,13 +129,17 @@ def asked_amount(question: str) -> tuple[tuple[re.Pattern, ...], bool]:
     if any_number and measure:
         patterns.append(_amount_pattern(measure, re.I))
     patterns += [_amount_pattern(_UNIT_ALIASES.get(u, (u,))) for u in dict.fromkeys(units)]
-    if not patterns and asks_calendar_year(question):
-        patterns = [YEAR_PATTERN]
-    elif not patterns and any(token.form == "언제" for token in tokens) and any(w in question for w in _EVERY_YEAR):
-        patterns = [RECURRING_PATTERN]
-    elif not patterns and (any(token.form == "언제" for token in tokens) or asks_year(question)):
-        patterns = [WHEN_PATTERN]
-    return tuple(patterns), any_number
+    return tuple(patterns or _asked_time(question, tokens)), any_number
+
+
+def _asked_time(question: str, tokens: tuple) -> list[re.Pattern]:
+    """What answers a question about when: a calendar year, a time of the year, any date."""
+    when = any(token.form == "언제" for token in tokens)
+    if asks_calendar_year(question):
+        return [YEAR_PATTERN]
+    if when and any(word in question for word in _EVERY_YEAR):
+        return [RECURRING_PATTERN]
+    return [WHEN_PATTERN] if when or asks_year(question) else []
 
 
 _CALENDAR_YEAR_WORDS = frozenset({"연도", "년도"})

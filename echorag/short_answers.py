@@ -47,7 +47,7 @@ def _patterns(question: str) -> tuple[re.Pattern, ...]:
     patterns, any_number = asked_amount(question)
     if any_number and "만에" in question.replace(" ", ""):
         return (_TOOK,)
-    if patterns == (WHEN_PATTERN,):  # "언제", "연도는": a date in digits, not "겨울" or "조선 초"
+    if patterns == (WHEN_PATTERN,):  # "언제", "어느 시기에": a date in digits, not "겨울" or "조선 초"
         return (_DIGIT_DATE,)
     if patterns == (RECURRING_PATTERN,):  # "해마다 언제": "7월 말부터 8월 초" needs its sentence
         return ()
