@@ -255,9 +255,6 @@ class Retriever:
             self.store.upsert("memory", [t.id for t in turns], [t.memory_text() for t in turns], vectors,
                               [t.memory_metadata() for t in turns])
 
-    def remember(self, turn_id: str, text: str, vector: np.ndarray, metadata: dict[str, Any]) -> None:
-        self.store.upsert("memory", [turn_id], [text], vector.reshape(1, -1), [metadata])
-
     def recall(self, vector: np.ndarray, k: int, user_id: str) -> list[SearchResult]:
         """Past turns of one owner only: a user, or ``session:<id>`` (echorag.identity)."""
         return self.store.query("memory", vector, k, where={"user_id": user_id})

@@ -66,8 +66,10 @@ def test_reingesting_a_document_replaces_its_chunks(client, embedder):
 
 def test_memory_is_recalled_only_for_its_user(client, embedder):
     retriever = _index(client, embedder)
-    text = "질문: 내 강아지 이름은 초코야\n답변: 초코라는 이름이 귀엽네요."
-    retriever.remember("t1", text, embedder.embed_passages([text])[0], {"user_id": "alice", "session_id": "s"})
+    question = "내 강아지 이름은 초코야"
+    turn = Turn(id="t1", session_id="s", user_id="alice", user=question, assistant="초코라는 이름이 귀엽네요.",
+                adapter_version="base", model="extractive")
+    retriever.remember_turn(turn, embedder.embed_queries([question])[0])
     query = embedder.embed_queries(["강아지 이름이 뭐였지?"])[0]
     assert [h.id for h in retriever.recall(query, 3, "alice")] == ["t1"]
     assert retriever.recall(query, 3, "bob") == []
