@@ -28,7 +28,6 @@ KoBEST BoolQ's paragraphs are neither): ``echorag build-tiny-model --size small 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -36,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from echorag.documents import read_jsonl
 from echorag.tiny_model import (
     FALLBACK_CORPUS,
     KANANA_ID,
@@ -133,8 +133,7 @@ def build_small_model(
 
 def read_texts(path: Path) -> list[str]:
     """The ``text`` of every line of a JSONL corpus."""
-    with open(path, encoding="utf-8") as f:
-        return [t for line in f if line.strip() and (t := str(json.loads(line).get("text") or "").strip())]
+    return [t for row in read_jsonl(path) if (t := str(row.get("text") or "").strip())]
 
 
 def _step(model, optimizer, batch: list[tuple[list[int], list[int]]], pad_id: int) -> float:
