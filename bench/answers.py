@@ -57,7 +57,7 @@ def quality(backends: dict[str, object], settings, shared: Path | None, shared_l
         cases = {split: bench.prepare(select_split(queries, split)) for split in splits}
         for backend, generator in backends.items():
             for split, split_cases in cases.items():
-                out = bench.run(split_cases, generator, settings.abstain_below)
+                out = bench.run(split_cases, generator)
                 out.pop("rows")
                 report.setdefault(name, {}).setdefault(backend, {})[split] = out
                 print(f"{name} {backend} {split}: {json.dumps(out['answerable'], ensure_ascii=False)} "
@@ -168,7 +168,7 @@ def main() -> None:
     tiny_model = build_tiny_model(work / "models" / "tiny-ko")
     settings = load_settings(data_dir=str(work), max_new_tokens=args.max_new_tokens, temperature=0.0)
     tiny = LocalGenerator(resolve_generator("tiny", settings.models_dir))
-    backends = {"extractive": ExtractiveGenerator.served(settings), "tiny": tiny}  # extractive as the service runs it
+    backends = {"extractive": ExtractiveGenerator.from_settings(settings), "tiny": tiny}
     kanana = resolve_answerer(settings)
     if kanana.kind == "kanana":
         backends["kanana"] = LocalGenerator(kanana)

@@ -43,7 +43,6 @@ from echorag.answer_metrics import token_f1  # noqa: E402
 from echorag.answering import ExtractiveGenerator  # noqa: E402
 from echorag.config import Settings  # noqa: E402
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
-from echorag.evidence import evidence  # noqa: E402
 from echorag.mlops import LearningLoop, local_train_fn  # noqa: E402
 from echorag.mlops.evaluation import evaluate_versions  # noqa: E402
 from echorag.mlops.train_config import TrainConfig  # noqa: E402
@@ -68,18 +67,17 @@ def question_sets(shared: Path | None, shared_limit: int) -> list[tuple[str, lis
 
 
 def labelled_cases(settings: Settings, shared: Path | None, shared_limit: int) -> list[dict]:
-    """Every question the evidence gate lets through, with its served prompt and the
+    """Every question the answer selector lets through, with its served prompt and the
     teacher's answer: ``{"set", "query", "messages", "label"}``."""
-    teacher = ExtractiveGenerator.served(settings)
+    teacher = ExtractiveGenerator.from_settings(settings)
     cases = []
     for name, corpus, queries in question_sets(shared, shared_limit):
         bench = AnswerBench(corpus, settings)
         try:
             for case in bench.prepare(queries):
-                value = evidence(case.query["query"], case.results, case.vector, bench.embedder)
-                if value < settings.abstain_below:
+                if case.analysis.abstain:
                     continue
-                label = teacher.generate([case.messages])[0].text.strip()
+                label = teacher.generate([case.messages], analyses=[case.analysis])[0].text.strip()
                 cases.append({"set": name, "query": case.query, "messages": case.messages, "label": label})
         finally:
             bench.close()

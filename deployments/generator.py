@@ -20,6 +20,7 @@ from ray import serve
 from deployments import metrics
 from echorag.answering import ExtractiveGenerator
 from echorag.config import Settings
+from echorag.evidence import Analysis
 from echorag.generation import LocalGenerator, OpenAIGenerator
 from echorag.types import BASE, Generation
 from echorag.mlops.registry import AdapterRegistry
@@ -55,7 +56,7 @@ class Generator:
             self.model = OpenAIGenerator(api_key=s.openai_api_key, base_url=s.openai_base_url, model=s.openai_model)
             self.resolved = None
         elif (resolved := resolve_answerer(s)).kind == "extractive":
-            self.model = ExtractiveGenerator.served(s)
+            self.model = ExtractiveGenerator.from_settings(s)
             self.resolved = None
             logger.info("EchoRAG answers extractively: quotes of the retrieved documents, no language model.")
         else:
@@ -93,26 +94,26 @@ class Generator:
         """Load the requested version now, so its first real request pays nothing."""
         return (await self.get_adapter(serve.get_multiplexed_model_id() or BASE)).version
 
-    async def generate(self, messages: list[dict]) -> Generation:
-        return await self._generate_batch(messages, await self._adapter_name())
+    async def generate(self, messages: list[dict], analysis: Analysis) -> Generation:
+        return await self._generate_batch(messages, analysis, await self._adapter_name())
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def _generate_batch(
-        self, conversations: list[list[dict]], adapters: list[str | None]
+        self, conversations: list[list[dict]], analyses: list[Analysis], adapters: list[str | None]
     ) -> list[Generation]:
         s = self.settings
         generations = await asyncio.to_thread(
-            self.model.generate, conversations, adapters, s.max_new_tokens, s.temperature
+            self.model.generate, conversations, adapters, s.max_new_tokens, s.temperature, analyses
         )
         for generation, adapter in zip(generations, adapters):
             metrics.record_tokens(generation.completion_tokens, adapter or BASE)
         return generations
 
-    async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict], analysis: Analysis) -> AsyncIterator[str]:
         adapter, s = await self._adapter_name(), self.settings
         pieces = []
         async for piece in iterate_in_thread(
-            self.model.stream, messages, adapter, s.max_new_tokens, s.temperature
+            self.model.stream, messages, adapter, s.max_new_tokens, s.temperature, analysis
         ):
             pieces.append(piece)
             yield piece

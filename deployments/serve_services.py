@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.http_app import STORE_DOWN, ServiceUnavailable
 from echorag.canary import Traffic
 from echorag.config import Settings
+from echorag.evidence import Analysis
 from echorag.mlops.registry import AdapterRegistry
 from echorag.schemas import MlopsInfo
 from echorag.types import ChatContext, Generation, Turn
@@ -78,14 +79,14 @@ class ServeServices:
         except Exception:
             return False
 
-    async def generate(self, messages: list[dict], adapter: str, student: bool = False) -> Generation:
-        return await retrying(self.generator_for(adapter, student=student).generate.remote, messages)
+    async def generate(self, messages: list[dict], adapter: str, analysis: Analysis, student: bool = False) -> Generation:
+        return await retrying(self.generator_for(adapter, student=student).generate.remote, messages, analysis)
 
-    async def stream(self, messages: list[dict], adapter: str, student: bool = False) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict], adapter: str, analysis: Analysis, student: bool = False) -> AsyncIterator[str]:
         for attempt in range(RETRIES):
             started = False
             try:
-                async for piece in self.generator_for(adapter, True, student).stream.remote(messages):
+                async for piece in self.generator_for(adapter, True, student).stream.remote(messages, analysis):
                     started = True
                     yield piece
                 return

@@ -1,5 +1,6 @@
-"""Offline answer evaluation (``echorag eval-answers``): the service's own chunking, e5,
-Chroma + BM25 retrieval, prompt, evidence gate and answering code, in-process.
+"""Offline answer evaluation (``echorag eval-answers``): the service's own code in one
+process: chunking, e5, Chroma + BM25 retrieval, the answer selector and ``ChatPipeline``
+over ``LocalServices``, so what it measures is what ``/chat`` answers.
 
 Queries carry ``answer`` (a sentence) and/or ``answers`` (short acceptable strings); one
 with ``"relevant_ids": []`` is unanswerable and should be declined.
@@ -7,6 +8,7 @@ with ``"relevant_ids": []`` is unanswerable and should be declined.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from dataclasses import dataclass
@@ -16,12 +18,17 @@ from tqdm import tqdm
 
 from echorag.answer_metrics import abstained, citation_precision, contains, strip_citations, token_f1
 from echorag.answering import ExtractiveGenerator
+from echorag.canary import Answerer
 from echorag.config import Settings
 from echorag.embedding import make_embedder
-from echorag.evidence import AMOUNT_PENALTY, LEXICAL_WEIGHT, VectorCache, evidence
+from echorag.evidence import Analysis, VectorCache
+from echorag.memory import SessionMemory
+from echorag.pipeline import ChatPipeline
 from echorag.prompts import NO_ANSWER, build_messages
 from echorag.retrieval_eval import RetrievalBench
-from echorag.schemas import SearchResult
+from echorag.schemas import ChatRequest, SearchResult
+from echorag.selector import AnswerSelector
+from echorag.services import LocalServices
 
 BACKENDS = ("extractive", "local", "openai")
 
@@ -48,7 +55,7 @@ def select_split(queries: list[dict], split: str) -> list[dict]:
 
 def make_generator(backend: str, settings: Settings, model: str | None):
     if backend == "extractive":
-        return ExtractiveGenerator.served(settings)  # AnswerBench.run gates, as the pipeline does
+        return ExtractiveGenerator.from_settings(settings)
     if backend == "local":
         from echorag.generation import LocalGenerator
         from echorag.models import resolve_generator
@@ -63,11 +70,12 @@ def make_generator(backend: str, settings: Settings, model: str | None):
 
 @dataclass
 class Case:
-    """One query, retrieved: what every answering configuration starts from."""
+    """One query as retrieval left it: what every answering configuration starts from."""
 
     query: dict
     vector: np.ndarray
     results: list[SearchResult]
+    analysis: Analysis
     messages: list[dict]
     retrieval_ms: float
 
@@ -75,18 +83,15 @@ class Case:
     def answerable(self) -> bool:
         return bool(self.query.get("relevant_ids"))
 
-    @property
-    def doc_ids(self) -> list[str | None]:
-        return [r.metadata.get("doc_id") for r in self.results]
 
-
-def score(case: Case, text: str) -> dict:
-    """Per-query metrics of one answer."""
-    row = {"id": case.query.get("id"), "answer": text, "abstained": abstained(text)}
-    if case.answerable:
-        row["contains"] = contains(text, containment_references(case.query))
-        row["token_f1"] = token_f1(text, references(case.query))
-        row["citation_precision"] = citation_precision(text, case.doc_ids, case.query["relevant_ids"])
+def score(query: dict, results: list[SearchResult], text: str) -> dict:
+    """Per-query metrics of one answer to ``query`` from these passages (``[n]`` = position)."""
+    row = {"id": query.get("id"), "answer": text, "abstained": abstained(text)}
+    if query.get("relevant_ids"):
+        doc_ids = [r.metadata.get("doc_id") for r in results]
+        row["contains"] = contains(text, containment_references(query))
+        row["token_f1"] = token_f1(text, references(query))
+        row["citation_precision"] = citation_precision(text, doc_ids, query["relevant_ids"])
     return row
 
 
@@ -122,47 +127,72 @@ def summarise(rows: list[dict], latencies: list[float], retrieval: list[float]) 
 
 
 class AnswerBench:
-    """Index a corpus once (as ``RetrievalBench``), retrieve each query, then answer."""
+    """Index a corpus once (as ``RetrievalBench``), then ask questions through the service's
+    pipeline (``ask``), or retrieve and analyse them for benches that compare answerers or
+    selectors on the same retrieval (``prepare``)."""
 
-    def __init__(self, corpus: list[dict], settings: Settings, progress: bool = True, embedder=None) -> None:
+    def __init__(self, corpus: list[dict], settings: Settings, progress: bool = True, embedder=None,
+                 generator=None, selector: AnswerSelector | None = None) -> None:
         self.settings = settings
         # Sentences embedded while indexing are remembered: answering looks them up again.
         self.embedder = VectorCache(embedder or make_embedder(settings))
         self.retrieval = RetrievalBench(corpus, settings, progress, embedder=self.embedder)
+        self.retriever = self.retrieval.retriever
+        if selector is not None:
+            self.retriever.selector = selector
+        self.generator = generator or ExtractiveGenerator.from_settings(settings)
+        services = LocalServices(settings, self.embedder, self.retriever, self.generator)
+        self.pipeline = ChatPipeline(services, SessionMemory(settings.memory_turns),
+                                     Answerer(self.generator.name, self.generator.kind))
+
+    def ask(self, queries: list[dict], progress: bool = True) -> dict:
+        """Each query as a new user's first message through ``ChatPipeline``; the report of
+        ``summarise`` with every row."""
+
+        async def answer_all() -> list:
+            answers = []
+            for i, query in enumerate(tqdm(queries, desc=f"asking ({self.generator.kind})", unit="q",
+                                           disable=not progress)):
+                answers.append(await self.pipeline.chat(
+                    ChatRequest(message=query["query"], user_id=f"eval-{i}", session_id=f"eval-{i}")))
+            await self.pipeline.remembered()
+            return answers
+
+        rows, latencies, retrieval = [], [], []
+        for query, response in zip(queries, asyncio.run(answer_all())):
+            rows.append(score(query, response.search_results, response.response))
+            latencies.append((response.timing.generation or 0.0) * 1000)
+            retrieval.append((response.timing.embedding + response.timing.retrieval) * 1000)
+        report = summarise(rows, latencies, retrieval)
+        report["rows"] = rows
+        return report
 
     def prepare(self, queries: list[dict], progress: bool = True) -> list[Case]:
-        s, retriever, cases = self.settings, self.retrieval.retriever, []
+        """Each query's retrieval and analysis, as the pipeline's retriever call gives them."""
+        s, cases = self.settings, []
         for query in tqdm(queries, desc="retrieving", unit="q", disable=not progress, leave=False):
             t0 = time.perf_counter()
             vector = self.embedder.embed_queries([query["query"]])[0]
-            results = retriever.chat_context(query["query"], vector, "eval", s.top_k, 0)
+            context = self.retriever.answer_context(query["query"], vector, "eval", s)
             elapsed = (time.perf_counter() - t0) * 1000
-            cases.append(Case(query, vector, results, build_messages(query["query"], results, []), elapsed))
+            messages = build_messages(query["query"], context.results, [])
+            cases.append(Case(query, vector, context.results, context.analysis, messages, elapsed))
         return cases
 
-    def run(
-        self,
-        cases: list[Case],
-        generator,
-        abstain_below: float,
-        progress: bool = True,
-        lexical_weight: float = LEXICAL_WEIGHT,
-        amount_penalty: float = AMOUNT_PENALTY,
-    ) -> dict:
-        """Answer every case as the pipeline will: the evidence gate, then the backend."""
+    def run(self, cases: list[Case], generator, progress: bool = True) -> dict:
+        """Answer prepared cases with another backend, as the pipeline would: ``NO_ANSWER``
+        where the selector abstains, else the backend."""
         rows, latencies = [], []
         for case in tqdm(cases, desc=f"answering ({generator.kind})", unit="q", disable=not progress):
             t0 = time.perf_counter()
-            value = evidence(case.query["query"], case.results, case.vector, self.embedder,
-                             lexical_weight, amount_penalty)
-            if value < abstain_below:
+            if case.analysis.abstain:
                 text = NO_ANSWER
             else:
                 out = generator.generate([case.messages], max_new_tokens=self.settings.max_new_tokens,
-                                         temperature=self.settings.temperature)[0]
+                                         temperature=self.settings.temperature, analyses=[case.analysis])[0]
                 text = out.text.strip()
             latencies.append((time.perf_counter() - t0) * 1000)
-            rows.append({**score(case, text), "evidence": round(value, 4)})
+            rows.append(score(case.query, case.results, text))
         report = summarise(rows, latencies, [c.retrieval_ms for c in cases])
         report["rows"] = rows
         return report

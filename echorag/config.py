@@ -114,14 +114,8 @@ class Settings(BaseSettings):
         "node (or on any node, on a shared mount) loads it instead of rebuilding; default: data_dir/bm25",
     )
 
-    # Answers. Below `abstain_below` evidence (echorag.evidence: the best retrieved sentence's
-    # IDF-weighted morpheme coverage of the question and e5 cosine, comparable across
-    # questions) no backend is called and the answer is NO_ANSWER. The threshold is the highest
-    # that keeps answerable questions of the dev half answered (at most 5% refused);
-    # `abstain_below_lexical` is the same choice when no embedder is at hand (coverage only).
-    # Both: `python bench/answers_tune.py` (bench/results/answers_tuning.json).
-    abstain_below: float = Field(0.476, ge=0.0, le=1.0, validation_alias=_env("abstain_below"))
-    abstain_below_lexical: float = Field(0.147, ge=0.0, le=1.0, validation_alias=_env("abstain_below_lexical"))
+    # Answers. When no retrieved sentence answers the question (the answer selector's own
+    # threshold, echorag.selector) no backend is called and the answer is NO_ANSWER.
     # The extractive backend quotes at most this many sentences.
     extractive_max_sentences: int = Field(3, ge=1, le=10, validation_alias=_env("extractive_max_sentences"))
 

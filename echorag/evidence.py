@@ -194,6 +194,15 @@ COSINE_FLOOR = 0.75
 COSINE_CEILING = 0.92
 LEXICAL_WEIGHT = 0.2  # share of coverage in evidence (the rest is cosine)
 AMOUNT_PENALTY = 0.5  # evidence of a sentence lacking the amount asked for is scaled by 1 - this
+# The hand-written rule answered when the best sentence's evidence reached this (tuned by
+# bench/answers_tune.py); its verdict is now one of the selector's features.
+RULE_THRESHOLD = 0.476
+
+
+def asks_for_something(question: str) -> bool:
+    """The question asks for a kind of answer a sentence may lack: an amount, a date, a name."""
+    patterns, any_number = asked_amount(question)
+    return bool(patterns) or any_number or asked_name(question) is not None
 
 
 def _get(passage: Any, name: str, default: Any = None) -> Any:
@@ -319,18 +328,30 @@ class Unit:
     terms: frozenset[str]
     amount_ok: bool  # states the kind of amount the question asks for (or none is asked)
     coverage: float = 0.0
-    cosine: float | None = None  # calibrated to [0, 1]; None without an embedder
+    cosine: float | None = None  # calibrated to [0, 1]; None without vectors
+    passage_score: float = 0.0  # the retriever's fused score of its passage
+    passage_cosine: float = 0.0  # calibrated cosine of the question and the whole passage
+    probability: float = 0.0  # that it answers the question (echorag.selector)
 
 
 @dataclass
 class Analysis:
+    """A question against its retrieved passages, sentence by sentence: computed once, in
+    the retriever, and what every answerer consumes (the extractive one quotes from it)."""
+
     question: str
     terms: tuple[str, ...]  # the question's content morphemes
     weights: dict[str, float]  # their IDF over the units
     units: list[Unit]
+    abstain: bool = False  # no sentence answers it: NO_ANSWER (set by the selector)
+    selector: str | None = None  # the selector version that scored the units
 
     def evidence(self, lexical_weight: float = LEXICAL_WEIGHT, amount_penalty: float = AMOUNT_PENALTY) -> float:
         return max((unit_evidence(u, lexical_weight, amount_penalty) for u in self.units), default=0.0)
+
+    def ranked(self) -> list[Unit]:
+        """The sentences, most probable answer first (ties: the better-ranked passage)."""
+        return sorted(self.units, key=lambda u: (-u.probability, u.rank, u.index))
 
 
 def unit_evidence(unit: Unit, lexical_weight: float = LEXICAL_WEIGHT, amount_penalty: float = AMOUNT_PENALTY) -> float:
@@ -358,31 +379,39 @@ def _units(question: str, passages: Sequence[Any]) -> list[Unit]:
         for index, (sentence, terms) in enumerate(_sentences(text)):
             if sentence not in seen:  # overlapping chunks repeat sentences: keep the best-ranked
                 seen.add(sentence)
-                units.append(Unit(position, index, number, rank, sentence, terms, answers_amount(question, sentence)))
+                units.append(Unit(position, index, number, rank, sentence, terms, answers_amount(question, sentence),
+                                  passage_score=float(_get(passage, "score") or 0.0)))
         rank += 1
     return units
 
 
 def evidence_sentences(passages: Sequence[Any]) -> list[str]:
-    """The sentences ``analyse`` scores, in its order: embed them yourself (e.g. through
-    an async embedder) and pass the rows as ``sentence_vectors``."""
+    """The sentences ``analyse`` scores, in its order."""
     return [u.text for u in _units("", passages)]
 
 
-def sentence_vectors_from_rows(passages: Sequence[Any], rows: Sequence[np.ndarray | None]) -> np.ndarray | None:
-    """Sentence vectors for ``analyse`` from vectors the caller already has, one array per
-    passage laid out as the retriever mirrors a chunk: the chunk's vector, then (when it
-    has more than one sentence) one row per ``korean.split_sentences`` sentence. None when
-    a document passage has no rows (then let an embedder do it)."""
-    vectors = []
-    for unit in _units("", passages):
-        chunk = rows[unit.passage] if unit.passage < len(rows) else None
+def vectors_from_rows(passages: Sequence[Any], rows: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(sentence vectors, passage vectors) for ``analyse`` from the rows the retriever
+    stores per chunk: the chunk's vector, then (when it has more than one sentence) one row
+    per ``korean.split_sentences`` sentence. A chunk without sentence rows lends its own
+    vector to its sentences. None when a document passage has no rows at all."""
+    sentences, chunks = [], []
+    for position, passage in enumerate(passages):
+        if not is_fact_source(passage):
+            continue
+        chunk = rows[position] if position < len(rows) else None
         if chunk is None or len(chunk) == 0:
             return None
-        chunk = np.asarray(chunk, np.float32)
+        chunks.append((position, np.asarray(chunk, np.float32)))
+    by_position = dict(chunks)
+    for unit in _units("", passages):
+        chunk = by_position[unit.passage]
         # A one-sentence chunk is its own sentence; a truncated passage keeps its first rows.
-        vectors.append(chunk[0] if len(chunk) == 1 else chunk[min(1 + unit.index, len(chunk) - 1)])
-    return np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
+        sentences.append(chunk[0] if len(chunk) == 1 else chunk[min(1 + unit.index, len(chunk) - 1)])
+    passage_vectors = np.stack([by_position[p][0] if p in by_position else np.zeros_like(chunks[0][1][0])
+                                for p in range(len(passages))]) if chunks else np.zeros((0, 0), np.float32)
+    sentence_vectors = np.stack(sentences) if sentences else np.zeros((0, 0), np.float32)
+    return sentence_vectors, passage_vectors
 
 
 def analyse(
@@ -390,16 +419,16 @@ def analyse(
     passages: Sequence[Any],
     query_vector: np.ndarray | None = None,
     embedder: Any | None = None,
-    sentence_vectors: np.ndarray | None = None,
+    vectors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Analysis:
     """Score every sentence of the document passages against the question.
 
-    ``passages``: dicts or objects with ``text`` and ``collection`` (``SearchResult``,
-    ``answering.Passage``), in rank order. ``query_vector``: the question's e5 query
-    vector when the caller has it; otherwise ``embedder`` embeds the question. Sentence
-    vectors: ``sentence_vectors`` (rows for ``evidence_sentences(passages)``), else
+    ``passages``: dicts or objects with ``text``, ``collection`` and ``score``
+    (``SearchResult``), in rank order. ``query_vector``: the question's e5 query vector
+    when the caller has it; otherwise ``embedder`` embeds the question. ``vectors``:
+    (sentence vectors, passage vectors) as ``vectors_from_rows`` gives them, else
     ``embedder`` embeds them (wrap it in ``VectorCache`` to reuse them); with neither,
-    morphemes alone.
+    morphemes alone (cosines stay None).
     """
     question = normalize(question).strip()
     units = _units(question, passages)
@@ -413,50 +442,18 @@ def analyse(
     total = sum(weights.values())
     for unit in units:
         unit.coverage = sum(w for t, w in weights.items() if t in unit.terms) / total if total else 0.0
-    dense = sentence_vectors is not None or embedder is not None
-    if units and dense and (query_vector is not None or embedder is not None):
+    if units and (vectors is not None or embedder is not None) and (query_vector is not None or embedder is not None):
         if query_vector is None:
             query_vector = embedder.embed_queries([question])[0]
-        if sentence_vectors is None:
-            sentence_vectors = embedder.embed_passages([u.text for u in units])
-        vectors = np.asarray(sentence_vectors, np.float32)
-        if len(vectors) != len(units):
-            raise ValueError(f"{len(vectors)} sentence vectors for {len(units)} sentences")
-        cosines = calibrate_cosine(vectors @ np.asarray(query_vector, np.float32))
-        for unit, cosine in zip(units, cosines):
+        if vectors is None:
+            vectors = (embedder.embed_passages([u.text for u in units]),
+                       embedder.embed_passages([normalize(_get(p, "text") or "") for p in passages]))
+        sentence_vectors, passage_vectors = (np.asarray(v, np.float32) for v in vectors)
+        if len(sentence_vectors) != len(units):
+            raise ValueError(f"{len(sentence_vectors)} sentence vectors for {len(units)} sentences")
+        query = np.asarray(query_vector, np.float32)
+        passage_cosines = calibrate_cosine(passage_vectors @ query)
+        for unit, cosine in zip(units, calibrate_cosine(sentence_vectors @ query)):
             unit.cosine = float(cosine)
+            unit.passage_cosine = float(passage_cosines[unit.passage])
     return Analysis(question, terms, weights, units)
-
-
-def evidence(
-    question: str,
-    passages: Sequence[Any],
-    query_vector: np.ndarray | None = None,
-    embedder: Any | None = None,
-    lexical_weight: float = LEXICAL_WEIGHT,
-    amount_penalty: float = AMOUNT_PENALTY,
-    sentence_vectors: np.ndarray | None = None,
-) -> float:
-    """How strongly the best sentence of the document passages supports an answer, in
-    [0, 1]; the pipeline answers ``NO_ANSWER`` without calling a model when this is below
-    ``settings.abstain_below`` (``settings.abstain_below_lexical`` when it has neither an
-    embedder nor sentence vectors). Comparable across questions."""
-    analysis = analyse(question, passages, query_vector, embedder, sentence_vectors)
-    return analysis.evidence(lexical_weight, amount_penalty)
-
-
-def should_abstain(
-    question: str,
-    passages: Sequence[Any],
-    settings: Any,
-    query_vector: np.ndarray | None = None,
-    embedder: Any | None = None,
-    sentence_vectors: np.ndarray | None = None,
-) -> bool:
-    """The gate every backend shares: True when the answer should be ``NO_ANSWER`` without
-    calling a model (``settings.abstain_below``, or ``abstain_below_lexical`` when there
-    are no sentence vectors)."""
-    analysis = analyse(question, passages, query_vector, embedder, sentence_vectors)
-    dense = any(u.cosine is not None for u in analysis.units)
-    threshold = settings.abstain_below if dense else settings.abstain_below_lexical
-    return not analysis.units or analysis.evidence() < threshold

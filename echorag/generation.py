@@ -50,6 +50,7 @@ class Generator(Protocol):
         adapters: list[str | None] | None = None,
         max_new_tokens: int = 128,
         temperature: float = 0.0,
+        analyses: list | None = None,  # the extractive backend's input; a model reads the prompt
     ) -> list[Generation]: ...
 
     def stream(
@@ -58,6 +59,7 @@ class Generator(Protocol):
         adapter: str | None = None,
         max_new_tokens: int = 128,
         temperature: float = 0.0,
+        analysis=None,
     ) -> Iterator[str]: ...
 
     def usage(self, messages: list[dict], text: str) -> tuple[int, int]: ...
@@ -146,6 +148,7 @@ class LocalGenerator:
         adapters: list[str | None] | None = None,
         max_new_tokens: int = 128,
         temperature: float = 0.0,
+        analyses: list | None = None,  # the extractive backend's input; a model reads the prompt
     ) -> list[Generation]:
         """One ``model.generate`` call for the batch; row i uses ``adapters[i]`` (None: base)."""
         if not conversations:
@@ -177,6 +180,7 @@ class LocalGenerator:
         adapter: str | None = None,
         max_new_tokens: int = 128,
         temperature: float = 0.0,
+        analysis=None,
     ) -> Iterator[str]:
         """Yield text pieces as they are generated; joined, they equal ``generate``'s text."""
         self._peft_name(adapter)  # fail at the call, not at the first ``next()``
@@ -281,6 +285,7 @@ class OpenAIGenerator:
         adapters: list[str | None] | None = None,
         max_new_tokens: int = 128,
         temperature: float = 0.0,
+        analyses: list | None = None,  # the extractive backend's input; a model reads the prompt
     ) -> list[Generation]:
         if not conversations:
             return []
@@ -305,6 +310,7 @@ class OpenAIGenerator:
         adapter: str | None = None,
         max_new_tokens: int = 128,
         temperature: float = 0.0,
+        analysis=None,
     ) -> Iterator[str]:
         chunks = self.client.chat.completions.create(
             model=self.name,

@@ -24,6 +24,8 @@ from typing import Protocol
 import numpy as np
 
 from echorag.canary import Answerer, Route, Router, Traffic
+from echorag import small_talk
+from echorag.evidence import Analysis
 from echorag.memory import SessionMemory
 from echorag.prompts import NO_ANSWER, build_messages
 from echorag.schemas import (
@@ -56,9 +58,9 @@ class ChatServices(Protocol):
 
     async def context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext: ...
 
-    async def generate(self, messages: list[dict], adapter: str, student: bool = False) -> Generation: ...
+    async def generate(self, messages: list[dict], adapter: str, analysis: Analysis, student: bool = False) -> Generation: ...
 
-    def stream(self, messages: list[dict], adapter: str, student: bool = False) -> AsyncIterator[str]: ...
+    def stream(self, messages: list[dict], adapter: str, analysis: Analysis, student: bool = False) -> AsyncIterator[str]: ...
 
     async def usage(self, messages: list[dict], text: str, student: bool = False) -> tuple[int, int]: ...
 
@@ -79,7 +81,7 @@ class _Prepared:
     timing: Timing
     started: float
     remember: bool  # False when the caller brought its own history (OpenAI-style)
-    abstain: bool  # the documents do not support an answer: NO_ANSWER, no generation
+    analysis: Analysis  # every retrieved sentence scored; abstain: NO_ANSWER, no generation
     turn_id: str  # the turn this answer will be stored as
 
 
@@ -141,7 +143,7 @@ class ChatPipeline:
         timing.retrieval = lap()
         messages = build_messages(request.message, context.results, memory)
         return _Prepared(messages, context.results, memory, route, vector, timing, started, history is None,
-                         context.abstain, turn_id(request.session_id, request_key))
+                         context.analysis, turn_id(request.session_id, request_key))
 
     async def _finish(
         self, request: ChatRequest, prepared: _Prepared, answer: str, usage: TokenUsage
@@ -179,7 +181,24 @@ class ChatPipeline:
             session_id=request.session_id,
             turn_id=turn.id,
             usage=usage,
-            abstained=prepared.abstain or answer == NO_ANSWER,  # the gate, or the backend itself
+            abstained=prepared.analysis.abstain or answer == NO_ANSWER,  # the selector, or the backend itself
+        )
+
+    async def _small_talk(self, request: ChatRequest, history: list[dict[str, str]] | None) -> ChatResponse | None:
+        """The reply to a greeting, thanks or "뭐 할 수 있어?" (echorag.small_talk): no
+        retrieval, no model, not collected; None for a real question."""
+        reply = small_talk.reply(request.message)
+        if reply is None:
+            return None
+        started = time.perf_counter()
+        memory = self.memory.get(request.session_id) if history is None else history
+        route = self.router.route(request.session_id, await self.services.traffic(), request.adapter_version)
+        if history is None:
+            self.memory.add(request.session_id, request.message, reply)
+        return ChatResponse(
+            response=reply, search_results=[], memory_content=memory,
+            timing=Timing(total=time.perf_counter() - started), mlops_info=MlopsInfo(current_version=route.adapter),
+            model=route.answerer.name, adapter_version=route.adapter, session_id=request.session_id,
         )
 
     async def chat(
@@ -188,12 +207,14 @@ class ChatPipeline:
         """Answer one message. ``history`` ({"user", "assistant"} pairs) replaces the
         session's memory when the caller keeps the conversation itself. A ``request_key``
         (the client's Idempotency-Key) names the turn: a retry in the same session stores it once."""
+        if (polite := await self._small_talk(request, history)) is not None:
+            return polite
         prepared = await self._prepare(request, history, request_key)
-        if prepared.abstain:
+        if prepared.analysis.abstain:
             return await self._finish(request, prepared, NO_ANSWER, TokenUsage())
         clock = time.perf_counter()
         route = prepared.route
-        generation = await self.services.generate(prepared.messages, route.adapter, route.student)
+        generation = await self.services.generate(prepared.messages, route.adapter, prepared.analysis, route.student)
         prepared.timing.generation = time.perf_counter() - clock
         usage = TokenUsage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens)
         return await self._finish(request, prepared, generation.text.strip(), usage)
@@ -202,15 +223,20 @@ class ChatPipeline:
         self, request: ChatRequest, history: list[dict[str, str]] | None = None, request_key: str | None = None
     ) -> AsyncIterator[ChatEvent]:
         """Events: ``sources`` first, then ``token`` pieces, then ``done`` with the full response."""
+        if (polite := await self._small_talk(request, history)) is not None:
+            yield SourcesEvent(search_results=[], adapter_version=polite.adapter_version, model=polite.model)
+            yield TokenEvent(text=polite.response)
+            yield DoneEvent(response=polite)
+            return
         prepared = await self._prepare(request, history, request_key)
         route = prepared.route
         yield SourcesEvent(search_results=prepared.results, adapter_version=route.adapter, model=route.answerer.name)
-        if prepared.abstain:
+        if prepared.analysis.abstain:
             yield TokenEvent(text=NO_ANSWER)
             yield DoneEvent(response=await self._finish(request, prepared, NO_ANSWER, TokenUsage()))
             return
         clock, pieces = time.perf_counter(), []
-        async for piece in self.services.stream(prepared.messages, route.adapter, route.student):
+        async for piece in self.services.stream(prepared.messages, route.adapter, prepared.analysis, route.student):
             pieces.append(piece)
             yield TokenEvent(text=piece)
         prepared.timing.generation = time.perf_counter() - clock

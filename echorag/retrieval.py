@@ -21,6 +21,7 @@ from echorag import evidence, passages
 from echorag.bm25_snapshots import BM25Snapshots
 from echorag.lexical import BM25Index, fuse
 from echorag.schemas import DocumentsResponse, SearchResult
+from echorag.selector import AnswerSelector
 from echorag.store import Chunk, VectorStore
 from echorag.types import ChatContext, Turn
 
@@ -74,8 +75,10 @@ class Retriever:
         sentence_weight: float = 0.5,
         cache_mb: float = 256,
         snapshots: BM25Snapshots | None = None,
+        selector: AnswerSelector | None = None,
     ) -> None:
         self.store = store
+        self.selector = selector or AnswerSelector.base()  # the active version: whoever serves sets it
         self.fusion = fusion
         self.weights = {"bm25": bm25_weight, "dense": dense_weight}
         self.candidates = candidates
@@ -192,20 +195,18 @@ class Retriever:
         return float((1 - w) * similarities[0] + w * similarities[1:].max())
 
     def vector_rows(self, chunk_ids: list[str]) -> list[np.ndarray | None]:
-        """Each chunk's vector, then its sentences' (``evidence.sentence_vectors_from_rows``)."""
+        """Each chunk's vector, then its sentences' (``evidence.vectors_from_rows``)."""
         return passages.vector_rows(self.store, self._rows, chunk_ids)
 
-    def should_abstain(self, question: str, vector: np.ndarray, results: list[SearchResult], settings: Any) -> bool:
-        """The evidence gate (``evidence.should_abstain``) on search results, with the
-        sentence vectors stored at indexing: no embedding here. Without them (sentence
-        scoring off) the gate is lexical."""
-        sentence_vectors = None
-        if self._sentences_wanted:
-            sentence_vectors = evidence.sentence_vectors_from_rows(results, self.vector_rows([r.id for r in results]))
-        return evidence.should_abstain(
-            question, results, settings, query_vector=vector if sentence_vectors is not None else None,
-            sentence_vectors=sentence_vectors,
-        )
+    def analyse(self, question: str, vector: np.ndarray, results: list[SearchResult]) -> evidence.Analysis:
+        """The question against the document passages, sentence by sentence, with the
+        vectors stored at indexing (no embedding here), scored by the active selector."""
+        documents = [r.id if r.collection == "documents" else None for r in results]
+        rows = self.vector_rows([d for d in documents if d is not None])
+        by_id = dict(zip([d for d in documents if d is not None], rows))
+        vectors = evidence.vectors_from_rows(results, [by_id.get(d) if d else None for d in documents])
+        analysis = evidence.analyse(question, results, vector if vectors is not None else None, vectors=vectors)
+        return self.selector.decide(analysis)
 
     def search(
         self, query: str, vector: np.ndarray | None, k: int, mode: Mode = "hybrid"
@@ -277,9 +278,9 @@ class Retriever:
         return results
 
     def answer_context(self, query: str, vector: np.ndarray, user_id: str, settings: Any) -> ChatContext:
-        """``chat_context`` and the evidence gate on it in one call (one round trip in Serve)."""
+        """``chat_context`` and its analysis in one call (one round trip in Serve)."""
         results = self.chat_context(query, vector, user_id, settings.top_k, settings.memory_top_k)
-        return ChatContext(results, self.should_abstain(query, vector, results, settings))
+        return ChatContext(results, self.analyse(query, vector, results))
 
     def counts(self) -> dict[str, int]:
         return {"documents": self.store.count("documents"), "memory": self.store.count("memory")}

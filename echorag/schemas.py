@@ -84,7 +84,7 @@ class ChatResponse(BaseModel):
     usage: TokenUsage = Field(default_factory=TokenUsage)
     abstained: bool = Field(
         False, description="True when the documents did not support an answer: the response is the "
-        "fixed NO_ANSWER text and no model was called (Settings.abstain_below).",
+        "fixed NO_ANSWER text and no model was called (the answer selector found no sentence that answers).",
     )
 
 

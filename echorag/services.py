@@ -15,6 +15,7 @@ import numpy as np
 
 from echorag.canary import Traffic
 from echorag.config import Settings
+from echorag.evidence import Analysis
 from echorag.types import BASE, ChatContext, Generation, Turn
 from echorag.retrieval import Retriever
 from echorag.schemas import DocumentsResponse, MlopsInfo
@@ -44,17 +45,18 @@ class LocalServices:
     async def context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
         return await asyncio.to_thread(self.retriever.answer_context, query, vector, user_id, self.settings)
 
-    async def generate(self, messages: list[dict], adapter: str, student: bool = False) -> Generation:
+    async def generate(self, messages: list[dict], adapter: str, analysis: Analysis, student: bool = False) -> Generation:
         s = self.settings
         out = await asyncio.to_thread(
-            self._generator(student).generate, [messages], [adapter_arg(adapter)], s.max_new_tokens, s.temperature
+            self._generator(student).generate, [messages], [adapter_arg(adapter)], s.max_new_tokens, s.temperature,
+            [analysis],
         )
         return out[0]
 
-    async def stream(self, messages: list[dict], adapter: str, student: bool = False) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict], adapter: str, analysis: Analysis, student: bool = False) -> AsyncIterator[str]:
         s = self.settings
         async for piece in iterate_in_thread(
-            self._generator(student).stream, messages, adapter_arg(adapter), s.max_new_tokens, s.temperature
+            self._generator(student).stream, messages, adapter_arg(adapter), s.max_new_tokens, s.temperature, analysis
         ):
             yield piece
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from echorag.evidence import Analysis
     from echorag.schemas import SearchResult
 
 BASE = "base"  # the adapter version that means "no adapter": the bare base model
@@ -25,11 +26,15 @@ class Generation:
 
 @dataclass
 class ChatContext:
-    """What retrieval gives an answer: the passages and past turns found, and whether
-    the evidence gate found the passages too weak to answer from (``NO_ANSWER``)."""
+    """What retrieval gives an answer: the passages and past turns found, and their
+    analysis (every sentence scored by the answer selector; it says when none answers)."""
 
     results: list[SearchResult]
-    abstain: bool
+    analysis: Analysis
+
+    @property
+    def abstain(self) -> bool:
+        return self.analysis.abstain
 
 
 @dataclass
