@@ -7,7 +7,8 @@ A sentence is labelled as answering its question when it contains a gold answer 
 short spans, else the reference sentence, as ``contains`` measures); every sentence of
 an unanswerable question is a negative. The selector's threshold is chosen on
 out-of-fold probabilities of the dev half (``selector.fit``). ``--write-base`` saves the
-fitted version as the one EchoRAG ships (echorag/data/selector_base.json).
+fitted version as the one EchoRAG ships (echorag/data/selector_base.json) and its examples
+(selector_base_examples.npz), which every later version is fitted on again (replay).
 
 Writes bench/results/selector.json and selector.png; prints test-half ratios against the
 rules.
@@ -34,10 +35,12 @@ from echorag.config import load_settings  # noqa: E402
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
 from echorag.embedding import E5Embedder  # noqa: E402
 from echorag.evidence import RULE_THRESHOLD, Analysis  # noqa: E402
+from echorag.mlops.selector_learning import save_examples  # noqa: E402
 from echorag.selector import Example, features, fit  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 BASE_FILE = REPO / "echorag" / "data" / "selector_base.json"
+EXAMPLES_FILE = REPO / "echorag" / "data" / "selector_base_examples.npz"
 
 
 class Rules:
@@ -105,7 +108,8 @@ def main() -> None:
                         generator=ExtractiveGenerator.from_settings(settings))
     try:
         cases = {split: bench.prepare(select_split(queries, split), progress=False) for split in ("dev", "test")}
-        selector = fit([example(c) for c in cases["dev"]], "base", c=args.c,
+        examples = [example(c) for c in cases["dev"]]
+        selector = fit(examples, "base", c=args.c,
                        fitted_on={"data": "dev half of echorag/data/dev_queries.jsonl (sample KB)"})
         report = {"command": " ".join(["python bench/selector_fit.py", *sys.argv[1:]]), "c": args.c,
                   "threshold": selector.threshold, "fitted_on": selector.fitted_on}
@@ -121,6 +125,7 @@ def main() -> None:
     plot(report, RESULTS / "selector.png")
     if args.write_base:
         selector.save(BASE_FILE)
+        save_examples(examples, EXAMPLES_FILE)
     test = report["test"]
     for name in ("contains", "unanswerable_refused", "answerable_refused"):
         rules, learned = test["rules"][name], test["selector"][name]

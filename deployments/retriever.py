@@ -1,4 +1,5 @@
-"""Retriever deployment: owns the Chroma connection and the in-memory BM25 index."""
+"""Retriever deployment: owns the Chroma connection, the in-memory BM25 index and the
+answer selector version that serves (read from the registry, followed every few seconds)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from echorag.config import Settings
+from echorag.mlops.selector_registry import SelectorRegistry
 from echorag.retrieval import Retriever as HybridRetriever
 from echorag.schemas import DocumentsResponse
 from echorag.store import VectorStore
@@ -27,6 +29,7 @@ class Retriever:
         self.embedder = embedder
         self._retriever: HybridRetriever | None = None
         self._opening = asyncio.Lock()
+        self.selectors = SelectorRegistry(settings.adapters_root)
         # Writes (documents wait on the embedder from a thread) have their own pool, so
         # searches, which run in the default one, never queue behind them.
         self._writes = ThreadPoolExecutor(4, thread_name_prefix="retriever-writes")
@@ -47,7 +50,9 @@ class Retriever:
 
                 def open_store() -> HybridRetriever:
                     store = VectorStore.from_settings(s, info["id"], info["dim"])
-                    return HybridRetriever.from_settings(store, s, self._embed_passages)
+                    retriever = HybridRetriever.from_settings(store, s, self._embed_passages)
+                    retriever.selector = self.selectors.load_active()
+                    return retriever
 
                 self._retriever = await asyncio.to_thread(open_store)
                 # Kept: the event loop holds tasks only weakly.
@@ -62,6 +67,13 @@ class Retriever:
                     logger.info("BM25 reloaded: documents were written since this replica last loaded them")
             except Exception:  # Chroma away for a while: the next round tries again
                 logger.warning("BM25 sync failed", exc_info=True)
+            try:
+                selector = await asyncio.to_thread(self.selectors.load_active)
+                if selector is not retriever.selector:
+                    logger.info("Answer selector %s serves (was %s)", selector.version, retriever.selector.version)
+                    retriever.selector = selector
+            except Exception:  # an unreadable registry keeps the selector that serves
+                logger.warning("answer selector refresh failed", exc_info=True)
 
     async def answer_context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
         """The documents and past turns for a question, and the evidence gate's verdict."""

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from echorag.korean import get_kiwi, morphemes_many, normalize, split_sentences
+from echorag.types import Selection
 
 # Question words and light verbs: they say what is asked, not what the answer is about,
 # and no answering sentence contains them.
@@ -344,7 +345,7 @@ class Analysis:
     weights: dict[str, float]  # their IDF over the units
     units: list[Unit]
     abstain: bool = False  # no sentence answers it: NO_ANSWER (set by the selector)
-    selector: str | None = None  # the selector version that scored the units
+    selection: Selection | None = None  # what the selector saw, kept with the turn
 
     def evidence(self, lexical_weight: float = LEXICAL_WEIGHT, amount_penalty: float = AMOUNT_PENALTY) -> float:
         return max((unit_evidence(u, lexical_weight, amount_penalty) for u in self.units), default=0.0)

@@ -163,11 +163,14 @@ class ChatPipeline:
             backend=route.answerer.kind,
             label=route.label,
             latency_ms=(time.perf_counter() - prepared.started) * 1000,
+            selection=prepared.analysis.selection,
         )
         if prepared.remember:
             self.memory.add(request.session_id, request.message, answer)
         clock = time.perf_counter()
         mlops_info = await self.services.record(turn)  # collected means committed: awaited
+        if turn.selection is not None:
+            mlops_info.selector_version = turn.selection.selector
         timing.collection = time.perf_counter() - clock
         self._remember_later(turn, prepared.vector)
         timing.total = time.perf_counter() - prepared.started

@@ -62,6 +62,7 @@ class MlopsInfo(BaseModel):
     should_train: bool = False
     training_queued: bool = False
     current_version: str = "base"
+    selector_version: str | None = Field(None, description="The answer selector version that chose the answer.")
 
 
 class TokenUsage(BaseModel):

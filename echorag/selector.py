@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from echorag.evidence import RULE_THRESHOLD, Analysis, asks_for_something, unit_evidence
+from echorag.types import Selection
 
 FEATURES = (
     "coverage", "cosine", "evidence", "states_asked", "asks_something", "states_what_is_asked",
@@ -41,6 +42,7 @@ FEATURES = (
 )
 MAX_REFUSED = 0.05  # share of answerable questions a threshold may refuse
 BASE = "base"
+_EVIDENCE = FEATURES.index("evidence")
 
 
 def features(analysis: Analysis) -> np.ndarray:
@@ -90,13 +92,21 @@ class AnswerSelector:
         z = (np.asarray(rows, np.float64) - self.mean) / self.scale @ np.asarray(self.coef) + self.intercept
         return 1 / (1 + np.exp(-z))
 
+    def verdict(self, rows: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Each sentence's probability of answering, and whether to abstain (no sentence
+        reaches the threshold, or none has the evidence the rule asks for)."""
+        p = self.probabilities(rows)
+        if not len(p):
+            return p, True
+        return p, bool(p.max() < self.threshold or np.asarray(rows)[:, _EVIDENCE].max() < self.evidence_floor)
+
     def decide(self, analysis: Analysis) -> Analysis:
-        """Score the analysis's sentences in place; it abstains when none reaches the threshold."""
-        for unit, p in zip(analysis.units, self.probabilities(features(analysis))):
+        """Score the analysis's sentences in place and say whether it abstains."""
+        rows = features(analysis)
+        probabilities, analysis.abstain = self.verdict(rows)
+        for unit, p in zip(analysis.units, probabilities):
             unit.probability = float(p)
-        analysis.abstain = (not analysis.units or max(u.probability for u in analysis.units) < self.threshold
-                            or analysis.evidence() < self.evidence_floor)
-        analysis.selector = self.version
+        analysis.selection = Selection(self.version, [u.text for u in analysis.units], rows.round(5).tolist())
         return analysis
 
     # -- versions as files ------------------------------------------------------------
@@ -127,12 +137,11 @@ class AnswerSelector:
 @dataclass
 class Example:
     """One question's sentences as the selector saw them, and which of them answer it.
-    No positive label on an answerable question means: no sentence quoted it (it teaches
-    nothing about the threshold); every row negative on an unanswerable one: abstain."""
+    Every row negative on an unanswerable question teaches abstention."""
 
     rows: np.ndarray
     labels: np.ndarray  # 1: this sentence answers the question
-    answerable: bool
+    answerable: bool | None  # None: not known (a 👎 says only that its quotes are wrong)
     weight: float = 1.0
 
 
@@ -166,7 +175,7 @@ def fit(examples: list[Example], version: str, parent: str | None = None, c: flo
     answerable = sorted(b for b, e in zip(best, examples) if e.answerable)
     threshold = answerable[int(math.floor(MAX_REFUSED * len(answerable)))] - 1e-6 if answerable else 0.5
     final = train(examples)
-    counts = {"questions": len(examples), "answerable": sum(e.answerable for e in examples),
+    counts = {"questions": len(examples), "answerable": sum(e.answerable is True for e in examples),
               "sentences": int(sum(len(e.rows) for e in examples)),
               "positive_sentences": int(sum(e.labels.sum() for e in examples))}
     return AnswerSelector(version, final.mean, final.scale, final.coef, final.intercept, round(threshold, 6),

@@ -38,6 +38,16 @@ class ChatContext:
 
 
 @dataclass
+class Selection:
+    """What the answer selector saw for one turn (echorag.selector): kept with the turn, so
+    feedback on it labels these very sentences and features (nothing is retrieved again)."""
+
+    selector: str  # the version that scored them
+    sentences: list[str]
+    rows: list[list[float]]  # echorag.selector.FEATURES of each sentence
+
+
+@dataclass
 class Turn:
     """One answered exchange, as handed to the collector and the memory index."""
 
@@ -57,6 +67,7 @@ class Turn:
     backend: str = ""
     label: str = "self"
     latency_ms: float | None = None  # from the request to the answer, before collection
+    selection: Selection | None = None  # None: no documents were analysed (small talk, old turns)
 
     def memory_text(self) -> str:
         """What the ``memory`` collection keeps of the turn (its vector is the question's)."""

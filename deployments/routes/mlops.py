@@ -86,6 +86,19 @@ class MlopsRoutes:
         request = request or mlops_api.PromoteRequest()
         return await self.collector.promote.remote(request.version, request.student_share)
 
+    @app.post("/mlops/selector/rollback", response_model=mlops_api.SelectorChange, dependencies=[Admin],
+              responses={404: {"model": ErrorResponse}})
+    async def rollback_selector(self, request: mlops_api.SelectorRequest | None = None):
+        """Serve the answer selector that served before (or ``version``); retrievers follow within seconds."""
+        request = request or mlops_api.SelectorRequest()
+        return mlops_api.SelectorChange(selector=await self.collector.rollback_selector.remote(request.version))
+
+    @app.post("/mlops/selector/promote", response_model=mlops_api.SelectorChange, dependencies=[Admin],
+              responses={404: {"model": ErrorResponse}})
+    async def promote_selector(self, request: mlops_api.SelectorPromoteRequest):
+        """Serve answer selector ``version`` (one the gate held back too)."""
+        return mlops_api.SelectorChange(selector=await self.collector.promote_selector.remote(request.version))
+
     @app.post("/mlops/export", response_model=mlops_api.ExportResponse, dependencies=[Admin])
     async def export(self, request: mlops_api.ExportRequest | None = None):
         request = request or mlops_api.ExportRequest()

@@ -296,11 +296,41 @@ class ModelVersion(BaseModel):
     created_at: float | None = None
 
 
+class SelectorVersion(BaseModel):
+    """An answer selector version (echorag.selector): what it learnt from and how the gate judged it."""
+
+    version: str
+    status: Literal["candidate", "promoted", "rejected"]
+    active: bool
+    parent: str | None = None
+    fitted_on: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: float | None = None
+
+
 class ModelsResponse(BaseModel):
-    """``GET /mlops/models``: ``base`` first, then every version oldest first."""
+    """``GET /mlops/models``: ``base`` first, then every version oldest first; the same for
+    the answer selector."""
 
     active: str
     versions: list[ModelVersion]
+    selector: str = Field("base", description="The answer selector version that serves.")
+    selectors: list[SelectorVersion] = Field(default_factory=list)
+
+
+class SelectorRequest(_Request):
+    version: str | None = Field(
+        None, pattern=r"^(s[1-9]\d*|base)$",
+        description="'s3' or 'base'; rollback's default: the selector that served before the active one.",
+    )
+
+
+class SelectorPromoteRequest(_Request):
+    version: str = Field(..., pattern=r"^(s[1-9]\d*|base)$", description="'s3' or 'base'.")
+
+
+class SelectorChange(BaseModel):
+    selector: str = Field(..., description="The answer selector version that serves now.")
 
 
 class AnswererPerformance(BaseModel):

@@ -91,7 +91,7 @@ class DataDesk:
         return reports.training_history(self.store, limit)
 
     def models(self) -> ModelsResponse:
-        return reports.models(self.registry, self.active_version())
+        return reports.models(self.registry, self.active_version(), self.selectors)
 
     def performance(self) -> PerformanceMetrics:
         return reports.performance(self.store, self.registry.history(), self.traffic().student_share)

@@ -115,3 +115,19 @@ def adapter_refused(version: str, error: str) -> Event:
         message=f"🚫 어댑터 거부: {version} (손상되었거나 없음)",
         data={"version": version, "error": _short(error, 2000)},
     )
+
+
+def selector_judged(version: str, promoted: bool, reason: str, parent: str, trained_on: int) -> Event:
+    """A run fitted an answer selector version (echorag.mlops.selector_learning)."""
+    if promoted:
+        message = f"🎯 답변 선택기 {version} 배포: 피드백 {trained_on}건으로 학습, {parent}보다 좋음 ({_short(reason, 200)})"
+    else:
+        message = f"⏸️ 답변 선택기 {version} 보류: {_short(reason, 200)}"
+    return Event(type="selector_promoted" if promoted else "selector_rejected", message=message,
+                 data={"version": version, "promoted": promoted, "reason": reason, "parent": parent,
+                       "trained_on": trained_on})
+
+
+def selector_rolled_back(from_version: str, to_version: str) -> Event:
+    return Event(type="selector_rolled_back", message=f"↩️ 답변 선택기 롤백: {from_version} → {to_version}",
+                 data={"from_version": from_version, "to_version": to_version})

@@ -41,12 +41,14 @@ from echorag.mlops.api import (
     SETTING_KEYS, AdapterChange, ClearConversationsResponse, FeedbackResponse, FinetuneResponse, RestoreResponse,
     RuntimeSettings, SettingsUpdate, StatusResponse, TrainingProgress, rating_value,
 )
-from echorag.mlops.events import Event, training_failed, training_started
+from echorag.mlops.events import Event, selector_judged, selector_rolled_back, training_failed, training_started
 from echorag.mlops.gate import EvaluationGate
 from echorag.mlops.jobs import Conflict, MlopsError, NotFound, RunProgress, TrainFn, thin_curve
 from echorag.mlops.notify import Flavor
 from echorag.mlops.policy import Decision, MarkPending, PolicyConfig, RetryLater, StartRun, TrainingPolicy
 from echorag.mlops.registry import AdapterRegistry
+from echorag.mlops.selector_registry import SelectorRegistry
+import echorag.mlops.selector_learning as selector_learning
 from echorag.mlops.runs import RunContext, RunResult
 from echorag.mlops.store import ConversationStore
 from echorag.mlops.train_config import TrainConfig
@@ -105,6 +107,7 @@ class LearningLoop(DataDesk):
         self.exports_dir = self.data_dir / "exports"
         self.store = ConversationStore(settings.sqlite_path)
         self.registry = AdapterRegistry(settings.adapters_root)
+        self.selectors = SelectorRegistry(settings.adapters_root)
         self._train_fn = train_fn
         self._submit = submit or _thread
         self._schedule = schedule or _timer
@@ -251,6 +254,9 @@ class LearningLoop(DataDesk):
 
     def _execute(self, ctx: RunContext) -> None:
         try:
+            # The selector first: CPU seconds, and its labels do not depend on the student's run.
+            self._set_progress(ctx.run.id, message="fitting the answer selector")
+            selector = self._learn_selector()
             if ctx.backup_existing and (path := self.registry.backup_active(self.backups_dir)) is not None:
                 self._event(runs.backed_up_event(ctx.run, self.registry.active, path))
             with self._lock:
@@ -268,11 +274,27 @@ class LearningLoop(DataDesk):
                 result = runs.register_candidate(
                     self.registry, job, outcome, gate, ctx.run.started_at, versions.active, versions.warm_up
                 )
+            if selector is not None:
+                result.metrics["selector"] = selector
         except Exception as exc:
             log.exception("training run %d (attempt %d) failed", ctx.run.id, ctx.attempt)
             self._fail(ctx, exc)
             return
         self._succeed(ctx, result)
+
+    def _learn_selector(self) -> dict[str, Any] | None:
+        """Fit, judge and register an answer selector version from every labelled turn
+        (echorag.mlops.selector_learning); its outcome, for the run's metrics (None: no
+        label is new since the last version)."""
+        with self._lock:
+            min_examples = self._runtime.gate_min_examples
+        parent = self.selectors.active()
+        outcome = selector_learning.learn(selector_learning.labelled_turns(self.store), self.selectors, min_examples)
+        if outcome is None:
+            return None
+        self._event(selector_judged(outcome.version, outcome.promoted, outcome.reason, parent,
+                                    outcome.metrics["trained_on"]))
+        return {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason, **outcome.metrics}
 
     def _succeed(self, ctx: RunContext, result: RunResult) -> None:
         run = ctx.run
@@ -434,6 +456,23 @@ class LearningLoop(DataDesk):
     def rollback(self, version: str | None = None) -> AdapterChange:
         """Point serving at ``version`` (``"vN"`` or ``"base"``; default: the previous one)."""
         return self._versions.rollback(version)
+
+    def rollback_selector(self, version: str | None = None) -> str:
+        """Serve answer selector ``version`` (``"sN"`` or ``"base"``; default: the previous one)."""
+        before = self.selectors.active()
+        try:
+            after = self.selectors.rollback(version)
+        except KeyError as exc:
+            raise NotFound(str(exc.args[0]), {"version": version}) from None
+        self._event(selector_rolled_back(before, after))
+        return after
+
+    def promote_selector(self, version: str) -> str:
+        """Serve answer selector ``version`` (one the gate held back too)."""
+        try:
+            return self.selectors.promote(version)
+        except KeyError as exc:
+            raise NotFound(str(exc.args[0]), {"version": version}) from None
 
     def promote(self, version: str | None = None, student_share: float | None = None) -> AdapterChange:
         """Serve ``version`` (a rejected or archived one too): the gate is a default, not a

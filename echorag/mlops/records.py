@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from echorag.types import Selection
+
 LabelOrigin = Literal["teacher", "self", "corrected"]
 RunStatus = Literal["running", "succeeded", "failed"]
 TrainOn = Literal["teacher", "rated", "corrected", "all"]  # which labels train: echorag.mlops.dataset
@@ -35,6 +37,8 @@ class StoredTurn(BaseModel):
     corrected: str | None = Field(None, description="An admin's corrected answer; the original stays in `assistant`.")
     corrected_at: float | None = None
     pool: bool = Field(False, description="In the evaluation pool: judges candidates, never trained on.")
+    selection: Selection | None = Field(  # internal: what the selector learns from, not shown to admins
+        None, exclude=True, description="The retrieved sentences and features the answer selector saw.")
 
     @property
     def closed_book(self) -> bool:

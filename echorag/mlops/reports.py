@@ -25,6 +25,7 @@ from echorag.mlops.api import (
     ModelVersion,
     PerformanceMetrics,
     RuntimeSettings,
+    SelectorVersion,
     StatusResponse,
     TrainingHistory,
     TrainingProgress,
@@ -34,6 +35,7 @@ from echorag.mlops.api import (
 from echorag.mlops.jobs import finite
 from echorag.mlops.policy import TrainingPolicy
 from echorag.mlops.registry import BASE, AdapterInfo, AdapterRegistry
+from echorag.mlops.selector_registry import SelectorRegistry
 from echorag.mlops.store import ConversationStore, Counts, Run
 
 ERROR_EVENTS = ("training_failed", "training_interrupted", "activation_failed")
@@ -105,11 +107,13 @@ def training_history(store: ConversationStore, limit: int = 50) -> TrainingHisto
     return TrainingHistory(runs=runs, count=len(runs))
 
 
-def models(registry: AdapterRegistry, active: str) -> ModelsResponse:
+def models(registry: AdapterRegistry, active: str, selectors: SelectorRegistry) -> ModelsResponse:
     versions = [ModelVersion(version=BASE, status="base", active=active == BASE, parent=None)]
     for info in registry.history():
         versions.append(ModelVersion(**info.model_dump(), active=info.version == active))
-    return ModelsResponse(active=active, versions=versions)
+    history = [SelectorVersion(**row) for row in selectors.history()]
+    selector = next(row.version for row in history if row.active)
+    return ModelsResponse(active=active, versions=versions, selector=selector, selectors=history)
 
 
 def _percentile(values: list[float], q: float) -> float | None:

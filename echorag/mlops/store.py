@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from dataclasses import asdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ import echorag.mlops.erasure as erasure
 from echorag.mlops.events import Event
 from echorag.mlops.filters import TurnFilter, clean
 from echorag.mlops.records import AddResult, Counts, Run, RunStatus, StoredTurn
+from echorag.types import Selection
 
 if TYPE_CHECKING:
     from echorag.types import Turn
@@ -93,6 +95,7 @@ CREATE TABLE IF NOT EXISTS answers (
 _ADDED_COLUMNS = {
     "prompt": "TEXT", "backend": "TEXT NOT NULL DEFAULT ''", "label": "TEXT NOT NULL DEFAULT 'self'",
     "corrected": "TEXT", "corrected_at": "REAL", "pool": "INTEGER NOT NULL DEFAULT 0",
+    "selection": "TEXT",  # JSON of types.Selection: what the answer selector saw
 }
 _TURN_COLUMNS = (
     "seq, id, session_id, user_id, user, assistant, adapter_version, model,"
@@ -105,7 +108,9 @@ def _dumps(value: Any) -> str:
 def _turn(row: sqlite3.Row) -> StoredTurn:
     fields = {k: row[k] for k in row.keys() if k != "fingerprint"}
     prompt = json.loads(row["prompt"]) if row["prompt"] else None
-    return StoredTurn(**fields | {"sources": json.loads(row["sources"]), "prompt": prompt, "pool": bool(row["pool"])})
+    selection = Selection(**json.loads(row["selection"])) if row["selection"] else None
+    return StoredTurn(**fields | {"sources": json.loads(row["sources"]), "prompt": prompt, "pool": bool(row["pool"]),
+                                  "selection": selection})
 
 
 def _columns(db: sqlite3.Connection, schema: str = "main") -> set[str]:
@@ -196,12 +201,13 @@ class ConversationStore:
                 return AddResult(False, "duplicate")
             cursor = db.execute(
                 "INSERT INTO conversations (id, session_id, user_id, user, assistant, adapter_version, model,"
-                " sources, created_at, fingerprint, prompt, backend, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " sources, created_at, fingerprint, prompt, backend, label, selection)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     turn.id, screened.session_id, screened.user_id, screened.user, screened.assistant,
                     turn.adapter_version, turn.model, _dumps(list(turn.sources)), turn.created_at,
                     screened.fingerprint, None if screened.prompt is None else _dumps(screened.prompt),
-                    turn.backend, turn.label,
+                    turn.backend, turn.label, None if turn.selection is None else _dumps(asdict(turn.selection)),
                 ),
             )
             if screened.pii:

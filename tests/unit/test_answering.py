@@ -101,7 +101,7 @@ def test_quotes_the_sentence_that_answers_with_its_number(kb, generator):
 def test_nothing_is_quoted_where_the_selector_abstains(kb, generator, e5):
     results = [doc(kb, "kb-jeju-island")]
     analysis = analysed("화성의 수도는 어디인가요?", results, e5)
-    assert analysis.abstain and analysis.selector == "base"
+    assert analysis.abstain and analysis.selection.selector == "base"
     prompt = messages("화성의 수도는 어디인가요?", results)
     assert generator.generate([prompt], analyses=[analysis])[0].text == NO_ANSWER
     assert ask(generator, "한라산 높이는 몇 m인가?", []) == NO_ANSWER  # nothing to quote is no answer

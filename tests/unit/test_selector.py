@@ -64,7 +64,7 @@ def test_a_version_saved_and_loaded_decides_the_same(examples, tmp_path):
     assert loaded == selector
     for analysis, example in examples[:5]:
         assert np.allclose(loaded.probabilities(example.rows), selector.probabilities(example.rows))
-        assert loaded.decide(analysis).selector == "v2"
+        assert loaded.decide(analysis).selection.selector == "v2"
 
 
 def test_a_version_fitted_on_other_features_is_refused(tmp_path):
