@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from echorag.korean import normalize
+from echorag.prompts import question_of
 from echorag.schemas import ChatRequest, ChatResponse
 
 MODEL = "echorag"
@@ -152,7 +153,8 @@ def to_chat_request(request: ChatCompletionRequest, version: str | None) -> tupl
             history.append({"user": pending_user, "assistant": message.text()})
             pending_user = None
     user = request.user or "openai"
-    chat = ChatRequest(message=last.text(), user_id=user, session_id=f"openai:{user}", adapter_version=version)
+    chat = ChatRequest(message=question_of(last.text()), user_id=user, session_id=f"openai:{user}",
+                       adapter_version=version)
     return chat, history
 
 

@@ -50,8 +50,21 @@ def build_messages(
         if turn.get("assistant"):
             messages.append({"role": "assistant", "content": turn["assistant"]})
     context = format_passages(passages, max_context_chars)
-    messages.append({"role": "user", "content": f"참고 문서:\n{context}\n\n질문: {question.strip()}"})
+    messages.append({"role": "user", "content": f"{CONTEXT_PREFIX}{context}{QUESTION_SEPARATOR}{question.strip()}"})
     return messages
+
+
+CONTEXT_PREFIX, QUESTION_SEPARATOR = "참고 문서:\n", "\n\n질문: "
+
+
+def question_of(message: str) -> str:
+    """The question of a message written in this prompt format (another RAG system, or
+    another EchoRAG using this one as its OpenAI-compatible teacher, sends its passages and
+    then the question): EchoRAG answers from its own documents, so only the question counts.
+    Any other message is all question."""
+    if message.startswith(CONTEXT_PREFIX) and QUESTION_SEPARATOR in message:
+        return message[message.rindex(QUESTION_SEPARATOR) + len(QUESTION_SEPARATOR):].strip() or message
+    return message
 
 
 def format_passages(passages: list[Passage], max_chars: int = 3000) -> str:

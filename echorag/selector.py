@@ -148,7 +148,10 @@ class Example:
 def fit(examples: list[Example], version: str, parent: str | None = None, c: float = 1.0,
         folds: int = 5, fitted_on: dict | None = None) -> AnswerSelector:
     """Fit a selector and choose its threshold on out-of-fold probabilities (questions
-    grouped, so a question's sentences never train the model that scores them)."""
+    grouped, so a question's sentences never train the model that scores them): the highest
+    that refuses at most ``MAX_REFUSED`` of the answerable questions, kept only where, out
+    of fold, it declines more unanswerable questions beyond the evidence floor than it
+    refuses answerable ones (else 0: the floor alone decides)."""
     from sklearn.linear_model import LogisticRegression  # training only: serving reads JSON
 
     def train(chosen: list[Example]):
@@ -173,10 +176,19 @@ def fit(examples: list[Example], version: str, parent: str | None = None, c: flo
             probabilities = model.probabilities(examples[i].rows)
             best[i] = float(probabilities.max()) if len(probabilities) else 0.0
     answerable = sorted(b for b, e in zip(best, examples) if e.answerable)
-    threshold = answerable[int(math.floor(MAX_REFUSED * len(answerable)))] - 1e-6 if answerable else 0.5
+    threshold = answerable[int(math.floor(MAX_REFUSED * len(answerable)))] - 1e-6 if answerable else 0.0
+    # What the threshold adds to the floor, out of fold: unanswerable declined, answerable refused.
+    floor = [len(e.rows) == 0 or e.rows[:, _EVIDENCE].max() < RULE_THRESHOLD for e in examples]
+    added = [b < threshold and not f for b, f in zip(best, floor)]
+    gain = sum(a for a, e in zip(added, examples) if e.answerable is False)
+    cost = sum(a for a, e in zip(added, examples) if e.answerable is True)
+    threshold_kept = gain > cost
     final = train(examples)
     counts = {"questions": len(examples), "answerable": sum(e.answerable is True for e in examples),
               "sentences": int(sum(len(e.rows) for e in examples)),
-              "positive_sentences": int(sum(e.labels.sum() for e in examples))}
-    return AnswerSelector(version, final.mean, final.scale, final.coef, final.intercept, round(threshold, 6),
-                          parent=parent, fitted_on={**counts, **(fitted_on or {})})
+              "positive_sentences": int(sum(e.labels.sum() for e in examples)),
+              "threshold_out_of_fold": {"threshold": round(threshold, 6), "unanswerable_declined": gain,
+                                        "answerable_refused": cost, "kept": threshold_kept}}
+    return AnswerSelector(version, final.mean, final.scale, final.coef, final.intercept,
+                          round(threshold, 6) if threshold_kept else 0.0, parent=parent,
+                          fitted_on={**counts, **(fitted_on or {})})

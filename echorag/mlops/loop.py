@@ -254,14 +254,15 @@ class LearningLoop(DataDesk):
 
     def _execute(self, ctx: RunContext) -> None:
         try:
-            # The selector first: CPU seconds, and its labels do not depend on the student's run.
-            self._set_progress(ctx.run.id, message="fitting the answer selector")
-            selector = self._learn_selector()
             if ctx.backup_existing and (path := self.registry.backup_active(self.backups_dir)) is not None:
                 self._event(runs.backed_up_event(ctx.run, self.registry.active, path))
             with self._lock:
                 config = TrainConfig.from_settings(self.settings, **self._runtime.train_config())
             job = runs.prepare_job(self.store, self.registry, ctx, config, self.active_version, self.work_dir)
+            # The selector before the student: its new turns have joined the pool now, it
+            # takes CPU seconds, and a failure of the student's training does not undo it.
+            self._set_progress(ctx.run.id, message="fitting the answer selector")
+            selector = self._learn_selector()
             if job is None:
                 result = RunResult.empty()
             else:

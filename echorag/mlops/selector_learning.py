@@ -5,8 +5,9 @@ and their features). A turn becomes a training example when something says which
 those sentences answer its question:
 
 - an admin's correction: the sentences that contain the corrected answer (or that the
-  correction quotes) answer it, the others do not; a correction to ``NO_ANSWER``, or one
-  no retrieved sentence holds, teaches abstention: none answers;
+  correction quotes) answer it, the others do not; a correction to ``NO_ANSWER`` teaches
+  abstention: none answers (a correction no retrieved sentence holds says nothing of them:
+  it may be the admin's own words);
 - 👍: the sentences the answer drew on answer it (all of the others do not); 👍 on
   ``NO_ANSWER``: none answers;
 - 👎: the sentences the answer drew on do not answer it (nothing is said of the others);
@@ -89,7 +90,7 @@ def example_of(turn: StoredTurn) -> Example | None:
         if _declines(turn.corrected):
             return Example(rows, np.zeros(len(rows)), False, FEEDBACK_WEIGHT)
         labels = np.array([float(drawn_on(turn.corrected, s)) for s in seen.sentences])
-        return Example(rows, labels, bool(labels.any()), FEEDBACK_WEIGHT)
+        return Example(rows, labels, True, FEEDBACK_WEIGHT) if labels.any() else None
     if turn.feedback == 1 or (turn.label == "teacher" and turn.backend != "extractive" and turn.feedback == 0):
         weight = FEEDBACK_WEIGHT if turn.feedback == 1 else 1.0
         if _declines(turn.assistant):

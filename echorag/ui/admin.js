@@ -23,8 +23,10 @@ const EVENT_LABEL = {
   training_interrupted: "학습 중단", adapter_promoted: "어댑터 적용", adapter_rolled_back: "롤백",
   adapter_backed_up: "어댑터 백업", activation_failed: "적용 실패", settings_updated: "설정 변경",
   conversations_cleared: "대화 삭제", dataset_exported: "데이터 내보내기", cleanup: "정리",
-  turn_corrected: "답변 수정", user_added: "사용자 추가", user_key_issued: "사용자 키 발급", user_revoked: "사용자 키 폐기", data_erased: "데이터 삭제",
+  turn_corrected: "답변 수정", selector_promoted: "답변 선택기 적용", selector_rejected: "답변 선택기 보류",
+  selector_rolled_back: "답변 선택기 롤백", user_added: "사용자 추가", user_key_issued: "사용자 키 발급", user_revoked: "사용자 키 폐기", data_erased: "데이터 삭제",
 };
+const SELECTOR_LABEL = { promoted: "적용됨", rejected: "미적용(게이트 탈락)", candidate: "후보" };
 const FILTER_LABEL = {
   empty: "빈 대화", too_short: "너무 짧음", duplicate: "중복", pii_scrubbed: "개인정보 가림", erased: "삭제 요청",
 };
@@ -344,6 +346,38 @@ export function initAdmin({ onVersionChange }) {
       ? document.activeElement.closest("tr")?.dataset.version : null;
     body.replaceChildren(...rows);
     if (focused) body.querySelector(`tr[data-version="${CSS.escape(focused)}"] button`)?.focus();
+    renderSelectors(models.selectors || []);
+  }
+
+  function renderSelectors(selectors) {
+    const pct = (x) => (typeof x === "number" ? x.toFixed(2) : "–");
+    $("selectors-body").replaceChildren(...selectors.slice().reverse().map((s) => {
+      const m = s.metrics || {};
+      const gate = m.candidate
+        ? `${pct(m.active?.hits)} → ${pct(m.candidate.hits)} · ${pct(m.active?.unanswerable_declined)} → ${pct(m.candidate.unanswerable_declined)}`
+        : "–";
+      const action = s.active ? h("span", { class: "muted" }, "서빙 중")
+        : h("button", {
+          type: "button", class: "small-btn", "aria-label": `답변 선택기 ${s.version}(으)로 전환`,
+          onclick: () => promoteSelector(s.version),
+        }, "전환");
+      return h("tr", { dataset: { selector: s.version, status: s.status }, class: s.active ? "active-row" : "" },
+        h("th", { scope: "row" }, s.version, s.active ? h("span", { class: "tag tag-active" }, "현재") : null),
+        h("td", {}, SELECTOR_LABEL[s.status] || s.status),
+        h("td", { class: "num", title: m.reason || "" }, gate),
+        h("td", { class: "num" }, s.version === "base" ? "–" : String(s.fitted_on?.feedback_questions ?? "–")),
+        h("td", { class: "col-created" }, s.created_at ? fmtShort(s.created_at) : "–"),
+        h("td", {}, action));
+    }));
+  }
+
+  function promoteSelector(version) {
+    return act(async () => {
+      const r = await admin("mlops/selector/promote", { method: "POST", body: { version } });
+      toast(`답변 선택기를 ${r.selector}(으)로 전환했습니다.`);
+      rendered.models = null;
+      await refreshModels();
+    }, `답변 선택기 ${version}(으)로 전환하지 못했습니다`);
   }
 
   async function refreshEvents() {

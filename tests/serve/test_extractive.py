@@ -160,12 +160,40 @@ def test_web_page_shows_the_extractive_banner(extractive, browser):
         page.close()
 
 
+def test_greetings_get_a_polite_reply_on_every_route(extractive):
+    import openai
+
+    from echorag.small_talk import REPLIES
+
+    body = extractive.post("/chat", json={"message": "안녕하세요!"}).json()
+    assert body["response"] == REPLIES["greeting"] and not body["abstained"] and body["search_results"] == []
+    assert not body["mlops_info"]["collected"]  # small talk never becomes a training label
+    with extractive.stream("POST", "/chat/stream", json={"message": "고마워요"}) as response:
+        events = _events(response)
+    assert "".join(data["text"] for name, data in events if name == "token") == REPLIES["thanks"]
+    client = openai.OpenAI(base_url=f"{extractive.base_url}v1", api_key="not-needed", max_retries=0, timeout=120)
+    completion = client.chat.completions.create(
+        model="echorag", messages=[{"role": "user", "content": "뭐 할 수 있어?"}])
+    assert completion.choices[0].message.content == REPLIES["about"]
+
+
 def test_the_extractive_teacher_trains_the_tiny_student_and_the_gate_refuses_a_thin_pool(extractive):
     """Three chats answered by the teacher, batch size 3: a real Ray Train run of the tiny
     student on exactly the served messages; with the default gate (20 pool turns) the
-    candidate is scored on the pool by loss and agreement and kept, not promoted."""
+    candidate is scored on the pool by loss and agreement and kept, not promoted. The same
+    run fits an answer selector version from the 👍, 👎 and correction given meanwhile."""
+    answers = []
     for question in ("훈민정음은 언제 반포되었나요?", "한라산의 높이는 얼마인가요?", "독도는 어디에 있나요?"):
-        assert extractive.post("/chat", json={"message": question}).status_code == 200
+        response = extractive.post("/chat", json={"message": question})
+        assert response.status_code == 200 and response.json()["mlops_info"]["selector_version"] == "base"
+        answers.append(response.json())
+    for body, rating in zip(answers, ("up", "down")):
+        rated = extractive.post("/feedback", json={"turn_id": body["turn_id"], "rating": rating,
+                                                   "session_id": body["session_id"]})
+        assert rated.status_code == 200, rated.text
+    corrected = extractive.put(f"/mlops/conversations/{answers[2]['turn_id']}", json={"answer": NO_ANSWER},
+                               headers=ADMIN)
+    assert corrected.status_code == 200, corrected.text
     stored = extractive.get("/mlops/conversations", params={"limit": 3}, headers=ADMIN).json()["conversations"]
     for turn in stored:
         assert (turn["backend"], turn["label"]) == ("extractive", "teacher")
@@ -187,6 +215,38 @@ def test_the_extractive_teacher_trains_the_tiny_student_and_the_gate_refuses_a_t
     events = extractive.get("/mlops/events", params={"event_type": "training_rejected"}, headers=ADMIN).json()["events"]
     assert events and "평가 풀" in events[0]["message"] and "일치도" in events[0]["message"]
     assert extractive.get("/health").json()["model_kind"] == "extractive"  # the teacher still answers
+    # The answer selector learnt from exactly those three labels, and was judged with reasons.
+    models = extractive.get("/mlops/models").json()
+    selectors = {s["version"]: s for s in models["selectors"]}
+    assert models["selector"] == "base" and set(selectors) == {"base", "s1"}
+    s1 = selectors["s1"]
+    assert s1["fitted_on"]["feedback_questions"] + s1["fitted_on"]["pool_questions"] == 3, s1
+    assert s1["status"] == "rejected" and "fewer than 20" in s1["metrics"]["reason"]
+    events = extractive.get("/mlops/events", params={"event_type": "selector_rejected"}, headers=ADMIN).json()
+    assert "답변 선택기 s1 보류" in events["events"][0]["message"]
+
+
+def _selector_serves(http, version: str, question: str, timeout: float = 30) -> dict:
+    """Ask until the retrievers follow the registry to ``version`` (they look every 5 s)."""
+    deadline = time.time() + timeout
+    while (body := http.post("/chat", json={"message": question}).json())["mlops_info"]["selector_version"] != version:
+        assert time.time() < deadline, body["mlops_info"]
+        time.sleep(1)
+    return body
+
+
+def test_an_admin_promotes_a_selector_version_and_rollback_restores_the_base_answers(extractive):
+    question = "훈민정음은 언제 반포되었나요?"
+    before = _selector_serves(extractive, "base", question)
+    promoted = extractive.post("/mlops/selector/promote", json={"version": "s1"}, headers=ADMIN)
+    assert promoted.status_code == 200 and promoted.json() == {"selector": "s1"}, promoted.text
+    assert _selector_serves(extractive, "s1", question)["abstained"] in (True, False)
+    assert extractive.get("/mlops/models").json()["selector"] == "s1"
+    back = extractive.post("/mlops/selector/rollback", headers=ADMIN)
+    assert back.status_code == 200 and back.json() == {"selector": "base"}, back.text
+    assert _selector_serves(extractive, "base", question)["response"] == before["response"]
+    missing = extractive.post("/mlops/selector/promote", json={"version": "s99"}, headers=ADMIN)
+    assert missing.status_code == 404, missing.text
 
 
 def test_a_canary_sends_about_half_the_sessions_to_the_student_then_promote_and_rollback(extractive):
@@ -249,9 +309,8 @@ def test_an_openai_compatible_teacher_over_http_labels_the_turns_that_train_the_
         body = openai_taught.post("/chat", json={"message": question}).json()
         assert body["model"] == "echorag", body  # the teacher's model name, as its /v1 reports it
         answers.append(body["response"])
-    # The teacher retrieves for the whole prompt it is sent (this service's, passages and
-    # all), so its own evidence gate may decline one; most it answers with citations.
-    assert sum(bool(MARKER.search(a)) for a in answers) >= 2, answers
+    # The teacher answers the question inside the prompt it is sent, from its own documents.
+    assert all(MARKER.search(a) for a in answers), answers
     stored = openai_taught.get("/mlops/conversations", params={"limit": 3}, headers=ADMIN).json()["conversations"]
     assert sorted(t["assistant"] for t in stored) == sorted(answers)
     for turn in stored:

@@ -35,6 +35,21 @@ def test_messages_become_the_question_and_the_conversation_so_far():
     assert history == [{"user": "김치가 뭐예요?", "assistant": "발효 음식입니다."}]
 
 
+def test_a_prompt_with_its_own_passages_is_answered_by_its_question():
+    """Another EchoRAG (this one as its teacher) or any RAG client sends its passages and
+    then the question: EchoRAG answers from its own documents, so the question is what counts."""
+    from echorag.prompts import build_messages
+    from echorag.schemas import SearchResult
+
+    faq = SearchResult(id="f#0", text="자주 묻는 질문\n\n질문: 환불은 언제까지 되나요?\n답변: 7일 이내입니다.",
+                       score=1.0, collection="documents", metadata={})
+    prompt = build_messages("배송은 얼마나 걸리나요?", [faq], [])[-1]["content"]
+    request = oai.ChatCompletionRequest(model="echorag", messages=[{"role": "user", "content": prompt}])
+    assert oai.to_chat_request(request, None)[0].message == "배송은 얼마나 걸리나요?"
+    plain = oai.ChatCompletionRequest(model="echorag", messages=[{"role": "user", "content": "질문: 이건 그대로"}])
+    assert oai.to_chat_request(plain, None)[0].message == "질문: 이건 그대로"
+
+
 @pytest.mark.parametrize(
     "messages",
     [[], [{"role": "assistant", "content": "안녕"}], [{"role": "user", "content": "  "}], [{"role": "robot", "content": "x"}]],

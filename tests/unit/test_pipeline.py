@@ -165,7 +165,7 @@ def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp
 
     async def scenario():
         first = await chat.chat(ChatRequest(message="제주도에는 어떤 산이 있나요?", session_id="s1"))
-        second = await chat.chat(ChatRequest(message="김치는 어떻게 만들어?", session_id="s1"))
+        second = await chat.chat(ChatRequest(message="제주도는 무엇으로 유명한가요?", session_id="s1"))
         return first, second
 
     first, second = asyncio.run(scenario())

@@ -53,7 +53,8 @@ def test_a_fitted_selector_is_calibrated_and_ranks_answers_first(examples):
     # In aggregate a logistic regression predicts as many positives as it was shown.
     assert p.sum() == pytest.approx(y.sum(), rel=0.15)
     assert p[y == 1].mean() > 3 * p[y == 0].mean()
-    assert 0 < selector.threshold < 1 and selector.fitted_on["questions"] == len(data)
+    assert 0 <= selector.threshold < 1 and selector.fitted_on["questions"] == len(data)
+    assert selector.fitted_on["threshold_out_of_fold"]["kept"] is (selector.threshold > 0)
     assert selector.parent == "base"
 
 
@@ -76,7 +77,7 @@ def test_a_version_fitted_on_other_features_is_refused(tmp_path):
 def test_the_base_version_ships_with_the_package():
     base = AnswerSelector.base()
     assert base.version == "base" and base.features == FEATURES
-    assert base.fitted_on["questions"] > 50 and 0 < base.threshold < 1
+    assert base.fitted_on["questions"] > 50 and 0 <= base.threshold < 1
 
 
 @pytest.mark.parametrize(("message", "expected"), [
