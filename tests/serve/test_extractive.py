@@ -295,7 +295,8 @@ def openai_taught(extractive, ray_cluster, app_settings, tiny_model_path, tmp_pa
     settings = {**app_settings, "generator_backend": "openai",
                 "openai_base_url": f"{ray_cluster}{PREFIX}/v1", "openai_model": "echorag",
                 "openai_api_key": "unused", "finetune_webhook_url": None, "finetune_auto_trigger": False,
-                "finetune_train_on": "teacher", "rate_limit_per_minute": 0}
+                "finetune_train_on": "teacher", "finetune_gate_min_examples": 20,  # the default gate
+                "rate_limit_per_minute": 0}
     with deployed("openai-taught", ray_cluster, settings, tiny_model_path, tmp_path_factory) as http:
         yield http
 
@@ -326,3 +327,6 @@ def test_an_openai_compatible_teacher_over_http_labels_the_turns_that_train_the_
     versions = openai_taught.get("/mlops/models").json()["versions"]
     candidate = next(v for v in versions if v["version"] == "v1")
     assert candidate["samples"] >= 1 and candidate["metrics"]["candidate_agreement"] is not None, versions
+    # A teacher model's answers label the sentences they draw on: the selector learnt from them too.
+    selectors = {s["version"]: s for s in openai_taught.get("/mlops/models").json()["selectors"]}
+    assert selectors["s1"]["fitted_on"]["feedback_questions"] >= 1 and selectors["s1"]["status"] == "rejected"
