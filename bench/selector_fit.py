@@ -34,7 +34,8 @@ from echorag.answering import ExtractiveGenerator  # noqa: E402
 from echorag.config import load_settings  # noqa: E402
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
 from echorag.embedding import E5Embedder  # noqa: E402
-from echorag.evidence import RULE_THRESHOLD, Analysis  # noqa: E402
+from echorag.evidence import RULE_THRESHOLD, strongest  # noqa: E402
+from echorag.types import Analysis  # noqa: E402
 from echorag.mlops.selector_learning import save_examples  # noqa: E402
 from echorag.selector import Example, features, fit  # noqa: E402
 
@@ -52,7 +53,7 @@ class Rules:
     def decide(self, analysis: Analysis) -> Analysis:
         for u in analysis.units:
             u.probability = u.coverage + 0.2 / (1 + u.rank) + 0.1 * u.amount_ok
-        analysis.abstain = not analysis.units or analysis.evidence() < RULE_THRESHOLD
+        analysis.abstain = not analysis.units or strongest(analysis) < RULE_THRESHOLD
         return analysis
 
 

@@ -20,9 +20,8 @@ from ray import serve
 from deployments import metrics
 from echorag.answering import ExtractiveGenerator
 from echorag.config import Settings
-from echorag.evidence import Analysis
 from echorag.generation import LocalGenerator, OpenAIGenerator
-from echorag.types import BASE, Generation
+from echorag.types import BASE, Analysis, Generation
 from echorag.mlops.registry import AdapterRegistry
 from echorag.models import resolve_answerer, resolve_student
 from echorag.services import adapter_arg, iterate_in_thread

@@ -19,10 +19,9 @@ from ray.serve.handle import DeploymentHandle
 from deployments.http_app import STORE_DOWN, ServiceUnavailable
 from echorag.canary import Traffic
 from echorag.config import Settings
-from echorag.evidence import Analysis
 from echorag.mlops.registry import AdapterRegistry
 from echorag.schemas import MlopsInfo
-from echorag.types import ChatContext, Generation, Turn
+from echorag.types import Analysis, ChatContext, Generation, Turn
 
 REPLICA_GONE = (RayActorError, ActorUnavailableError)
 RETRIES = 3

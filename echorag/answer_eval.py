@@ -21,7 +21,6 @@ from echorag.answering import ExtractiveGenerator
 from echorag.canary import Answerer
 from echorag.config import Settings
 from echorag.embedding import make_embedder
-from echorag.evidence import Analysis, VectorCache
 from echorag.memory import SessionMemory
 from echorag.pipeline import ChatPipeline
 from echorag.prompts import NO_ANSWER, build_messages
@@ -29,6 +28,7 @@ from echorag.retrieval_eval import RetrievalBench
 from echorag.schemas import ChatRequest, SearchResult
 from echorag.selector import AnswerSelector
 from echorag.services import LocalServices
+from echorag.types import Analysis
 
 BACKENDS = ("extractive", "local", "openai")
 
@@ -134,8 +134,7 @@ class AnswerBench:
     def __init__(self, corpus: list[dict], settings: Settings, progress: bool = True, embedder=None,
                  generator=None, selector: AnswerSelector | None = None) -> None:
         self.settings = settings
-        # Sentences embedded while indexing are remembered: answering looks them up again.
-        self.embedder = VectorCache(embedder or make_embedder(settings))
+        self.embedder = embedder or make_embedder(settings)
         self.retrieval = RetrievalBench(corpus, settings, progress, embedder=self.embedder)
         self.retriever = self.retrieval.retriever
         if selector is not None:

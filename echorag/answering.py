@@ -2,7 +2,7 @@
 
 ``ExtractiveGenerator`` is a generator backend like ``LocalGenerator`` (same ``generate`` /
 ``stream`` / ``usage``) that needs no language model. It answers from the question's
-``evidence.Analysis``, which the retriever computed once and the answer selector
+``types.Analysis``, which the retriever computed once and the answer selector
 (``echorag.selector``) scored: the most probable sentences, 1–3 of them, quoted verbatim,
 each followed by the ``[n]`` of its passage. A long sentence is cut to the clauses that
 carry the question's terms; a question that asks for an amount or a date gets just that
@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from echorag.evidence import Analysis, Unit, answers_amount
+from echorag.evidence import answers_amount
 from echorag.korean import get_kiwi, morphemes_many, normalize
 from echorag.prompts import NO_ANSWER
 from echorag.short_answers import NAMING_VERB, short_answer
-from echorag.types import Generation
+from echorag.types import Analysis, Generation, Unit
 
 
 # -- choosing and quoting sentences ----------------------------------------------------

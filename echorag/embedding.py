@@ -7,6 +7,7 @@ product and the Chroma collection can be checked against ``embedder.id``/``dim``
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -116,3 +117,52 @@ def _base_embedder(settings) -> Embedder:
     spec = settings.generator_model if settings.embedder_model == "auto" else settings.embedder_model
     resolved = resolve_generator(spec, settings.models_dir)
     return KananaEmbedder(resolved.path, settings.embedder_pooling, settings.device)
+
+
+class VectorCache:
+    """An embedder that remembers sentence and query vectors (LRU by text).
+
+    The knowledge base changes rarely, so the same sentences come back question after
+    question; a warm cache makes the dense features nearly free.
+    """
+
+    def __init__(self, embedder: Embedder, max_items: int = 50_000) -> None:
+        self.embedder = embedder
+        self.id = getattr(embedder, "id", "embedder")
+        self.dim = getattr(embedder, "dim", None)
+        self.max_items = max_items
+        self._vectors: OrderedDict[tuple[bool, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _embed(self, texts: list[str], is_query: bool) -> np.ndarray:
+        keys = [(is_query, t) for t in texts]
+        with self._lock:
+            missing = list(dict.fromkeys(t for q, t in keys if (q, t) not in self._vectors))
+        if missing:
+            embed = self.embedder.embed_queries if is_query else self.embedder.embed_passages
+            vectors = np.asarray(embed(missing), np.float32)
+            with self._lock:
+                for text, vector in zip(missing, vectors):
+                    self._vectors[(is_query, text)] = vector
+        with self._lock:
+            rows = []
+            for key in keys:
+                # A key evicted meanwhile by another thread is simply embedded again.
+                vector = self._vectors.get(key)
+                if vector is None:
+                    embed = self.embedder.embed_queries if is_query else self.embedder.embed_passages
+                    vector = np.asarray(embed([key[1]]), np.float32)[0]
+                    self._vectors[key] = vector
+                self._vectors.move_to_end(key)
+                rows.append(vector)
+            while len(self._vectors) > self.max_items:
+                self._vectors.popitem(last=False)
+        if not rows:
+            return np.zeros((0, self.dim or 0), np.float32)
+        return np.stack(rows)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self._embed(list(texts), True)
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self._embed(list(texts), False)

@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import math
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from echorag.korean import get_kiwi, morphemes_many, normalize, split_sentences
-from echorag.types import Selection
+from echorag.types import Analysis, Unit
 
 # Question words and light verbs: they say what is asked, not what the answer is about,
 # and no answering sentence contains them.
@@ -260,99 +257,10 @@ def question_terms(question: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in terms if t not in QUESTION_STOPWORDS))
 
 
-class VectorCache:
-    """An embedder that remembers sentence and query vectors (LRU by text).
-
-    The knowledge base changes rarely, so the same sentences come back question after
-    question; a warm cache makes the dense features nearly free.
-    """
-
-    def __init__(self, embedder: Any, max_items: int = 50_000) -> None:
-        self.embedder = embedder
-        self.id = getattr(embedder, "id", "embedder")
-        self.dim = getattr(embedder, "dim", None)
-        self.max_items = max_items
-        self._vectors: OrderedDict[tuple[bool, str], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _embed(self, texts: list[str], is_query: bool) -> np.ndarray:
-        keys = [(is_query, t) for t in texts]
-        with self._lock:
-            missing = list(dict.fromkeys(t for q, t in keys if (q, t) not in self._vectors))
-        if missing:
-            embed = self.embedder.embed_queries if is_query else self.embedder.embed_passages
-            vectors = np.asarray(embed(missing), np.float32)
-            with self._lock:
-                for text, vector in zip(missing, vectors):
-                    self._vectors[(is_query, text)] = vector
-        with self._lock:
-            rows = []
-            for key in keys:
-                # A key evicted meanwhile by another thread is simply embedded again.
-                vector = self._vectors.get(key)
-                if vector is None:
-                    embed = self.embedder.embed_queries if is_query else self.embedder.embed_passages
-                    vector = np.asarray(embed([key[1]]), np.float32)[0]
-                    self._vectors[key] = vector
-                self._vectors.move_to_end(key)
-                rows.append(vector)
-            while len(self._vectors) > self.max_items:
-                self._vectors.popitem(last=False)
-        if not rows:
-            return np.zeros((0, self.dim or 0), np.float32)
-        return np.stack(rows)
-
-    def prime(self, texts: Sequence[str], vectors: np.ndarray, is_query: bool = False) -> None:
-        """Remember vectors computed elsewhere (e.g. the sentence vectors of indexing)."""
-        with self._lock:
-            for text, vector in zip(texts, np.asarray(vectors, np.float32)):
-                self._vectors[(is_query, normalize(text))] = vector
-            while len(self._vectors) > self.max_items:
-                self._vectors.popitem(last=False)
-
-    def embed_queries(self, texts: list[str]) -> np.ndarray:
-        return self._embed(list(texts), True)
-
-    def embed_passages(self, texts: list[str]) -> np.ndarray:
-        return self._embed(list(texts), False)
-
-
-@dataclass
-class Unit:
-    """One sentence of a document passage, scored against the question."""
-
-    passage: int  # position of its passage in the list given
-    index: int  # position of the sentence in its passage
-    number: int  # the passage's [n] in the prompt
-    rank: int  # rank of that passage among the document passages (0 = best)
-    text: str
-    terms: frozenset[str]
-    amount_ok: bool  # states the kind of amount the question asks for (or none is asked)
-    coverage: float = 0.0
-    cosine: float | None = None  # calibrated to [0, 1]; None without vectors
-    passage_score: float = 0.0  # the retriever's fused score of its passage
-    passage_cosine: float = 0.0  # calibrated cosine of the question and the whole passage
-    probability: float = 0.0  # that it answers the question (echorag.selector)
-
-
-@dataclass
-class Analysis:
-    """A question against its retrieved passages, sentence by sentence: computed once, in
-    the retriever, and what every answerer consumes (the extractive one quotes from it)."""
-
-    question: str
-    terms: tuple[str, ...]  # the question's content morphemes
-    weights: dict[str, float]  # their IDF over the units
-    units: list[Unit]
-    abstain: bool = False  # no sentence answers it: NO_ANSWER (set by the selector)
-    selection: Selection | None = None  # what the selector saw, kept with the turn
-
-    def evidence(self, lexical_weight: float = LEXICAL_WEIGHT, amount_penalty: float = AMOUNT_PENALTY) -> float:
-        return max((unit_evidence(u, lexical_weight, amount_penalty) for u in self.units), default=0.0)
-
-    def ranked(self) -> list[Unit]:
-        """The sentences, most probable answer first (ties: the better-ranked passage)."""
-        return sorted(self.units, key=lambda u: (-u.probability, u.rank, u.index))
+def strongest(analysis: Analysis, lexical_weight: float = LEXICAL_WEIGHT,
+              amount_penalty: float = AMOUNT_PENALTY) -> float:
+    """The best sentence's evidence: what the hand-written rule compared with ``RULE_THRESHOLD``."""
+    return max((unit_evidence(u, lexical_weight, amount_penalty) for u in analysis.units), default=0.0)
 
 
 def unit_evidence(unit: Unit, lexical_weight: float = LEXICAL_WEIGHT, amount_penalty: float = AMOUNT_PENALTY) -> float:
@@ -384,11 +292,6 @@ def _units(question: str, passages: Sequence[Any]) -> list[Unit]:
                                   passage_score=float(_get(passage, "score") or 0.0)))
         rank += 1
     return units
-
-
-def evidence_sentences(passages: Sequence[Any]) -> list[str]:
-    """The sentences ``analyse`` scores, in its order."""
-    return [u.text for u in _units("", passages)]
 
 
 def vectors_from_rows(passages: Sequence[Any], rows: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray] | None:

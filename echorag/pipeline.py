@@ -25,7 +25,6 @@ import numpy as np
 
 from echorag.canary import Answerer, Route, Router, Traffic
 from echorag import small_talk
-from echorag.evidence import Analysis
 from echorag.memory import SessionMemory
 from echorag.prompts import NO_ANSWER, build_messages
 from echorag.schemas import (
@@ -40,7 +39,7 @@ from echorag.schemas import (
     TokenEvent,
     TokenUsage,
 )
-from echorag.types import ChatContext, Generation, Turn
+from echorag.types import Analysis, ChatContext, Generation, Turn
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from echorag.lexical import BM25Index, fuse
 from echorag.schemas import DocumentsResponse, SearchResult
 from echorag.selector import AnswerSelector
 from echorag.store import Chunk, VectorStore
-from echorag.types import ChatContext, Turn
+from echorag.types import Analysis, ChatContext, Turn
 
 Mode = Literal["bm25", "dense", "hybrid"]
 Embed = Callable[[list[str]], np.ndarray]
@@ -198,7 +198,7 @@ class Retriever:
         """Each chunk's vector, then its sentences' (``evidence.vectors_from_rows``)."""
         return passages.vector_rows(self.store, self._rows, chunk_ids)
 
-    def analyse(self, question: str, vector: np.ndarray, results: list[SearchResult]) -> evidence.Analysis:
+    def analyse(self, question: str, vector: np.ndarray, results: list[SearchResult]) -> Analysis:
         """The question against the document passages, sentence by sentence, with the
         vectors stored at indexing (no embedding here), scored by the active selector."""
         documents = [r.id if r.collection == "documents" else None for r in results]

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from echorag.evidence import RULE_THRESHOLD, Analysis, asks_for_something, unit_evidence
-from echorag.types import Selection
+from echorag.evidence import RULE_THRESHOLD, asks_for_something, unit_evidence
+from echorag.types import Analysis, Selection
 
 FEATURES = (
     "coverage", "cosine", "evidence", "states_asked", "asks_something", "states_what_is_asked",

@@ -15,8 +15,7 @@ import numpy as np
 
 from echorag.canary import Traffic
 from echorag.config import Settings
-from echorag.evidence import Analysis
-from echorag.types import BASE, ChatContext, Generation, Turn
+from echorag.types import BASE, Analysis, ChatContext, Generation, Turn
 from echorag.retrieval import Retriever
 from echorag.schemas import DocumentsResponse, MlopsInfo
 

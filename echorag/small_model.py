@@ -39,7 +39,6 @@ from echorag.documents import read_jsonl
 from echorag.tiny_model import (
     FALLBACK_CORPUS,
     KANANA_ID,
-    TINY_MARKER,
     save_model_dir,
     tiny_llama,
     train_tokenizer,

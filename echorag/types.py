@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from echorag.evidence import Analysis
     from echorag.schemas import SearchResult
 
 BASE = "base"  # the adapter version that means "no adapter": the bare base model
@@ -25,6 +24,52 @@ class Generation:
 
 
 @dataclass
+class Selection:
+    """What the answer selector saw for one turn (echorag.selector): kept with the turn, so
+    feedback on it labels these very sentences and features (nothing is retrieved again)."""
+
+    selector: str  # the version that scored them
+    sentences: list[str]
+    rows: list[list[float]]  # echorag.selector.FEATURES of each sentence
+
+
+@dataclass
+class Unit:
+    """One sentence of a document passage, scored against the question."""
+
+    passage: int  # position of its passage in the list given
+    index: int  # position of the sentence in its passage
+    number: int  # the passage's [n] in the prompt
+    rank: int  # rank of that passage among the document passages (0 = best)
+    text: str
+    terms: frozenset[str]
+    amount_ok: bool  # states the kind of amount the question asks for (or none is asked)
+    coverage: float = 0.0
+    cosine: float | None = None  # calibrated to [0, 1]; None without vectors
+    passage_score: float = 0.0  # the retriever's fused score of its passage
+    passage_cosine: float = 0.0  # calibrated cosine of the question and the whole passage
+    probability: float = 0.0  # that it answers the question (echorag.selector)
+
+
+@dataclass
+class Analysis:
+    """A question against its retrieved passages, sentence by sentence (echorag.evidence):
+    computed once, in the retriever, and what every answerer consumes (the extractive one
+    quotes from it)."""
+
+    question: str
+    terms: tuple[str, ...]  # the question's content morphemes
+    weights: dict[str, float]  # their IDF over the units
+    units: list[Unit]
+    abstain: bool = False  # no sentence answers it: NO_ANSWER (set by the selector)
+    selection: Selection | None = None  # what the selector saw, kept with the turn
+
+    def ranked(self) -> list[Unit]:
+        """The sentences, most probable answer first (ties: the better-ranked passage)."""
+        return sorted(self.units, key=lambda u: (-u.probability, u.rank, u.index))
+
+
+@dataclass
 class ChatContext:
     """What retrieval gives an answer: the passages and past turns found, and their
     analysis (every sentence scored by the answer selector; it says when none answers)."""
@@ -35,16 +80,6 @@ class ChatContext:
     @property
     def abstain(self) -> bool:
         return self.analysis.abstain
-
-
-@dataclass
-class Selection:
-    """What the answer selector saw for one turn (echorag.selector): kept with the turn, so
-    feedback on it labels these very sentences and features (nothing is retrieved again)."""
-
-    selector: str  # the version that scored them
-    sentences: list[str]
-    rows: list[list[float]]  # echorag.selector.FEATURES of each sentence
 
 
 @dataclass

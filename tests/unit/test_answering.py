@@ -8,7 +8,8 @@ from echorag.answer_metrics import abstained, citation_precision, cited_numbers,
 from echorag.answering import ExtractiveConfig, ExtractiveGenerator
 from echorag.config import Settings
 from echorag.documents import read_jsonl, sample_path
-from echorag.evidence import VectorCache, analyse, answers_amount, vectors_from_rows
+from echorag.embedding import VectorCache
+from echorag.evidence import analyse, answers_amount, vectors_from_rows
 from echorag.lexical import BM25Index
 from echorag.prompts import NO_ANSWER, build_messages
 from echorag.korean import split_sentences

@@ -1,14 +1,14 @@
 """The learned answer selector on real Kiwi and real e5 features: fitting, calibration,
 versions as files; and the small-talk replies every backend gives."""
 
-import asyncio
 
 import numpy as np
 import pytest
 
 from echorag.answer_metrics import contains
 from echorag.documents import read_jsonl, sample_path
-from echorag.evidence import VectorCache, analyse
+from echorag.embedding import VectorCache
+from echorag.evidence import analyse
 from echorag.schemas import SearchResult
 from echorag.selector import FEATURES, AnswerSelector, Example, features, fit
 from echorag import small_talk
