@@ -16,12 +16,18 @@ from echorag.korean import morphemes_many, normalize
 from echorag.prompts import NO_ANSWER
 
 _CITATION = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)*)\s*\]")
+_CITATION_MARK = re.compile(r"\[\s*\d+(?:\s*,\s*\d+)*\s*\]")  # the same, nothing captured
 # Dropped before containment: spacing and punctuation that varies between a quote, a
 # paraphrase and a gold span. Symbols that carry meaning (%, ~, <, >, units) stay.
 _DROPPED = re.compile(r"[\s.,!?;:'\"`()\[\]{}「」『』《》〈〉“”‘’·ㆍ…\-–—/\\]")
 # A decimal point between digits is part of the number: "5.8" is not "58".
 _DECIMAL = re.compile(r"(?<=\d)\.(?=\d)")
 _DECIMAL_MARK = "\uE000"  # a private-use character that survives _DROPPED
+
+
+def quoted_pieces(text: str) -> list[str]:
+    """The stretches of an answer between its ``[n]`` markers (each quote or short answer)."""
+    return [piece.strip() for piece in _CITATION_MARK.split(text) if piece.strip()]
 
 
 def strip_citations(text: str) -> str:

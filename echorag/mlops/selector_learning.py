@@ -31,13 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from echorag.answer_metrics import normalize_answer, strip_citations
+from echorag.answer_metrics import normalize_answer, quoted_pieces
 from echorag.mlops.records import StoredTurn
 from echorag.mlops.selector_registry import SelectorRegistry
 from echorag.prompts import NO_ANSWER
 from echorag.selector import AnswerSelector, Example, fit
 
-DRAWN_ON = 0.5  # share of a sentence's characters (normalised) an answer must hold to draw on it
 FEEDBACK_WEIGHT = 2.0  # a deployment's labels weigh more than the base's dev questions
 
 
@@ -46,28 +45,15 @@ def _declines(text: str) -> bool:
 
 
 def drawn_on(answer: str, sentence: str) -> bool:
-    """Whether an answer quotes or states this sentence: the answer (a short one: "1444년")
-    is inside it, or most of the sentence is inside the answer (a quote, a long answer)."""
-    answer, sentence = normalize_answer(strip_citations(answer)), normalize_answer(sentence)
-    if not answer or not sentence:
+    """Whether an answer quotes or states this sentence: one of its pieces between ``[n]``
+    (a quote, the clauses it was trimmed to, a short answer such as "1444년") is inside the
+    sentence, or the whole sentence is inside the answer (a longer answer that quotes it).
+    Compared without spacing and punctuation; a paraphrase draws on nothing."""
+    sentence = normalize_answer(sentence)
+    if not sentence:
         return False
-    if answer in sentence:
-        return True
-    longest = _longest_common(answer, sentence)
-    return longest >= DRAWN_ON * len(sentence)
-
-
-def _longest_common(a: str, b: str) -> int:
-    """Length of the longest common substring (dynamic programming; sentences are short)."""
-    best, previous = 0, [0] * (len(b) + 1)
-    for ca in a:
-        current = [0] * (len(b) + 1)
-        for j, cb in enumerate(b, 1):
-            if ca == cb:
-                current[j] = previous[j - 1] + 1
-                best = max(best, current[j])
-        previous = current
-    return best
+    pieces = [normalize_answer(p) for p in quoted_pieces(answer)]
+    return sentence in normalize_answer(answer) or any(len(p) >= 2 and p in sentence for p in pieces)
 
 
 # Turns whose sentences something labels: a correction, 👍/👎, or a teacher model's answer

@@ -25,8 +25,10 @@ def test_korean_question_finds_its_document(client, question):
     assert body["model"] and body["adapter_version"] == "base"
     assert set(body["timing"]) >= {"embedding", "retrieval", "generation", "total"}
     assert set(body["mlops_info"]) == {
-        "collected", "total_collected", "new_data_count", "should_train", "training_queued", "current_version"
+        "collected", "total_collected", "new_data_count", "should_train", "training_queued", "current_version",
+        "selector_version",
     }
+    assert body["mlops_info"]["selector_version"]  # the answer selector that chose the answer
 
 
 def test_health_says_which_model_serves(client):
