@@ -333,16 +333,16 @@ def test_an_openai_compatible_teacher_over_http_labels_the_turns_that_train_the_
 
 
 def test_eval_answers_gives_the_service_s_own_answers(extractive):
-    """``echorag eval-answers`` runs the service's pipeline in one process: over the bundled
-    dev set its answers are the ones /chat gives. (Last in this module: its 168 chats are
-    collected turns, which the training tests above must not see.)"""
+    """``echorag eval-answers`` runs the service's pipeline in one process: over the dev
+    half of the bundled questions its answers are the ones /chat gives. (Last in this
+    module: its chats are collected turns, which the training tests above must not see.)"""
     from concurrent.futures import ThreadPoolExecutor
 
-    from echorag.answer_eval import AnswerBench
+    from echorag.answer_eval import AnswerBench, select_split
     from echorag.config import load_settings
     from echorag.documents import read_jsonl
 
-    queries = read_jsonl(sample_path("dev_queries.jsonl"))
+    queries = select_split(read_jsonl(sample_path("dev_queries.jsonl")), "dev")
     served = [extractive.post("/chat", json={"message": q["query"]}).json()["response"] for q in queries]
     bench = AnswerBench(read_documents([sample_path()]), load_settings(), progress=False)
     try:
