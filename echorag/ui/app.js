@@ -103,13 +103,15 @@ function renderEntry(entry) {
 function fillAssistant(node, entry) {
   const meta = [entry.adapter_version && `어댑터 ${entry.adapter_version}`, entry.at && fmtTime(entry.at)]
     .filter(Boolean).join(" · ");
+  // A reply to a greeting or thanks: no documents, no turn to rate, nothing to time.
+  const smallTalk = entry.state === "done" && !entry.turn_id && !entry.error && !(entry.sources || []).length;
   node.replaceChildren(...[
     h("div", { class: "msg-head" }, h("span", { class: "who" }, "EchoRAG"), meta && h("span", { class: "muted" }, meta)),
     h("div", { class: "msg-body" }, entry.text || ""),
     entry.error && h("p", { class: "msg-error", role: "alert" }, entry.error),
-    entry.sources && renderSources(entry.sources),
-    entry.state !== "streaming" && renderTiming(entry.timing),
-    entry.state === "done" && renderFeedback(entry),
+    !smallTalk && entry.sources && renderSources(entry.sources),
+    !smallTalk && entry.state !== "streaming" && renderTiming(entry.timing),
+    !smallTalk && entry.state === "done" && renderFeedback(entry),
   ].filter(Boolean));
   node.dataset.state = entry.state || "done";
   node.dataset.turnId = entry.turn_id || "";
