@@ -294,28 +294,29 @@ def _units(question: str, passages: Sequence[Any]) -> list[Unit]:
     return units
 
 
-def vectors_from_rows(passages: Sequence[Any], rows: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(sentence vectors, passage vectors) for ``analyse`` from the rows the retriever
-    stores per chunk: the chunk's vector, then (when it has more than one sentence) one row
-    per ``korean.split_sentences`` sentence. A chunk without sentence rows lends its own
-    vector to its sentences. None when a document passage has no rows at all."""
-    sentences, chunks = [], []
+def _stored_vectors(units: list[Unit], passages: Sequence[Any],
+                   rows: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(sentence vectors, passage vectors) of ``units`` from the rows the retriever stores
+    per chunk, one array per passage: the chunk's vector, then (when it has more than one
+    sentence) one row per ``korean.split_sentences`` sentence. A chunk without sentence rows
+    lends its own vector to its sentences. None when a document passage has no rows."""
+    chunks: dict[int, np.ndarray] = {}
     for position, passage in enumerate(passages):
         if not is_fact_source(passage):
             continue
         chunk = rows[position] if position < len(rows) else None
         if chunk is None or len(chunk) == 0:
             return None
-        chunks.append((position, np.asarray(chunk, np.float32)))
-    by_position = dict(chunks)
-    for unit in _units("", passages):
-        chunk = by_position[unit.passage]
+        chunks[position] = np.asarray(chunk, np.float32)
+
+    def sentence_row(unit: Unit) -> np.ndarray:
         # A one-sentence chunk is its own sentence; a truncated passage keeps its first rows.
-        sentences.append(chunk[0] if len(chunk) == 1 else chunk[min(1 + unit.index, len(chunk) - 1)])
-    passage_vectors = np.stack([by_position[p][0] if p in by_position else np.zeros_like(chunks[0][1][0])
-                                for p in range(len(passages))]) if chunks else np.zeros((0, 0), np.float32)
-    sentence_vectors = np.stack(sentences) if sentences else np.zeros((0, 0), np.float32)
-    return sentence_vectors, passage_vectors
+        chunk = chunks[unit.passage]
+        return chunk[0] if len(chunk) == 1 else chunk[min(1 + unit.index, len(chunk) - 1)]
+
+    empty = np.zeros_like(next(iter(chunks.values()))[0])
+    passage_vectors = np.stack([chunks[p][0] if p in chunks else empty for p in range(len(passages))])
+    return np.stack([sentence_row(u) for u in units]), passage_vectors
 
 
 def analyse(
@@ -323,16 +324,17 @@ def analyse(
     passages: Sequence[Any],
     query_vector: np.ndarray | None = None,
     embedder: Any | None = None,
-    vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    rows: Sequence[np.ndarray | None] | None = None,
 ) -> Analysis:
     """Score every sentence of the document passages against the question.
 
     ``passages``: dicts or objects with ``text``, ``collection`` and ``score``
     (``SearchResult``), in rank order. ``query_vector``: the question's e5 query vector
-    when the caller has it; otherwise ``embedder`` embeds the question. ``vectors``:
-    (sentence vectors, passage vectors) as ``vectors_from_rows`` gives them, else
-    ``embedder`` embeds them (wrap it in ``VectorCache`` to reuse them); with neither,
-    morphemes alone (cosines stay None).
+    when the caller has it; otherwise ``embedder`` embeds the question. ``rows``: per
+    passage, the vectors the retriever stored at indexing (``Retriever.vector_rows``; None
+    for a remembered turn); where a document passage has none, ``embedder`` embeds the
+    sentences (wrap it in ``embedding.VectorCache`` to reuse them); with neither, morphemes
+    alone (cosines stay None).
     """
     question = normalize(question).strip()
     units = _units(question, passages)
@@ -346,6 +348,7 @@ def analyse(
     total = sum(weights.values())
     for unit in units:
         unit.coverage = sum(w for t, w in weights.items() if t in unit.terms) / total if total else 0.0
+    vectors = _stored_vectors(units, passages, rows) if units and rows is not None else None
     if units and (vectors is not None or embedder is not None) and (query_vector is not None or embedder is not None):
         if query_vector is None:
             query_vector = embedder.embed_queries([question])[0]

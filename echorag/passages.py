@@ -177,7 +177,7 @@ def fetch(store: VectorStore, cache: Rows, ids: list[str], sentences: bool) -> d
 
 
 def vector_rows(store: VectorStore, cache: Rows, ids: list[str]) -> list[np.ndarray | None]:
-    """Per chunk id: its vector, then its sentences' vectors (``evidence.sentence_vectors_from_rows``
+    """Per chunk id: its vector, then its sentences' vectors (``evidence.analyse``'s ``rows``
     takes this layout); None for an unknown id."""
     found = fetch(store, cache, ids, sentences=True)
     return [found[c][1] if c in found else None for c in ids]

@@ -195,18 +195,16 @@ class Retriever:
         return float((1 - w) * similarities[0] + w * similarities[1:].max())
 
     def vector_rows(self, chunk_ids: list[str]) -> list[np.ndarray | None]:
-        """Each chunk's vector, then its sentences' (``evidence.vectors_from_rows``)."""
+        """Each chunk's vector, then its sentences' (what ``evidence.analyse`` takes as ``rows``)."""
         return passages.vector_rows(self.store, self._rows, chunk_ids)
 
     def analyse(self, question: str, vector: np.ndarray, results: list[SearchResult]) -> Analysis:
         """The question against the document passages, sentence by sentence, with the
         vectors stored at indexing (no embedding here), scored by the active selector."""
-        documents = [r.id if r.collection == "documents" else None for r in results]
-        rows = self.vector_rows([d for d in documents if d is not None])
-        by_id = dict(zip([d for d in documents if d is not None], rows))
-        vectors = evidence.vectors_from_rows(results, [by_id.get(d) if d else None for d in documents])
-        analysis = evidence.analyse(question, results, vector if vectors is not None else None, vectors=vectors)
-        return self.selector.decide(analysis)
+        ids = [r.id for r in results if r.collection == "documents"]
+        stored = dict(zip(ids, self.vector_rows(ids)))
+        rows = [stored.get(r.id) if r.collection == "documents" else None for r in results]
+        return self.selector.decide(evidence.analyse(question, results, vector, rows=rows))
 
     def search(
         self, query: str, vector: np.ndarray | None, k: int, mode: Mode = "hybrid"

@@ -9,7 +9,7 @@ from echorag.answering import ExtractiveConfig, ExtractiveGenerator
 from echorag.config import Settings
 from echorag.documents import read_jsonl, sample_path
 from echorag.embedding import VectorCache
-from echorag.evidence import analyse, answers_amount, vectors_from_rows
+from echorag.evidence import analyse, answers_amount
 from echorag.lexical import BM25Index
 from echorag.prompts import NO_ANSWER, build_messages
 from echorag.korean import split_sentences
@@ -258,7 +258,7 @@ def test_the_stored_vectors_give_the_same_analysis_as_embedding_again(kb, e5, ge
     results = [memory_turn("아무 질문", "아무 답"), doc(kb, "kb-jeju-island"), doc(kb, "kb-dokdo")]
     rows = [None] + [e5.embed_passages([r.text] + split_sentences(r.text)) for r in results[1:]]
     vector = e5.embed_queries([question])[0]
-    stored = BASE.decide(analyse(question, results, vector, vectors=vectors_from_rows(results, rows)))
+    stored = BASE.decide(analyse(question, results, vector, rows=rows))
     fresh = analysed(question, results, e5)
     assert [u.text for u in stored.ranked()][:1] == [u.text for u in fresh.ranked()][:1]
     assert np.allclose([u.passage_cosine for u in stored.units], [u.passage_cosine for u in fresh.units], atol=1e-3)

@@ -141,7 +141,7 @@ def test_dense_score_blends_the_chunk_and_its_best_sentence(client, embedder):
                          sentence_weight=0.5)
     assert reopened.search("", query, 1, mode="dense")[0].score == pytest.approx(expected, abs=1e-4)
     assert embedded == []
-    # The rows laid out as evidence.sentence_vectors_from_rows takes them.
+    # The rows laid out as evidence.analyse takes them.
     [rows] = reopened.vector_rows([chunks[0].id])
     assert rows.shape == (1 + len(split_sentences(chunks[0].text)), embedder.dim)
     assert float(rows[0] @ query) == pytest.approx(chunk_cos, abs=1e-4)
