@@ -76,7 +76,7 @@ class Retriever:
                 logger.warning("answer selector refresh failed", exc_info=True)
 
     async def answer_context(self, query: str, vector: np.ndarray, user_id: str) -> ChatContext:
-        """The documents and past turns for a question, and the evidence gate's verdict."""
+        """The documents and past turns for a question, and their analysis (the selector's verdict)."""
         retriever = await self._ready()
         return await asyncio.to_thread(retriever.answer_context, query, vector, user_id, self.settings)
 

@@ -1,4 +1,5 @@
-"""How well do the retrieved passages support an answer? Measured before any model runs.
+"""Every retrieved sentence against the question: the analysis the answer selector
+(``echorag.selector``) scores, computed once per question before any model runs.
 
 Every sentence of the document passages (never of remembered turns) is compared with
 the question in two ways:
@@ -16,8 +17,9 @@ of that kind, and one that asks which institution, team or place ("어느 기관
 어디") a sentence naming one the question does not; a sentence that does not has its
 evidence scaled by ``1 - amount_penalty``. ``evidence`` is the best
 sentence's ``lexical_weight * coverage + (1 - lexical_weight) * cosine`` (so scaled);
-without an embedder it is the best coverage alone. Defaults: ``python
-bench/answers_tune.py`` (bench/results/answers_tuning.json).
+without an embedder it is the best coverage alone. ``lexical_weight``, ``amount_penalty``
+and ``RULE_THRESHOLD`` are the hand-written rule's, once tuned on the dev half
+(bench/results/answers_tuning.json); the rule now feeds the selector and is its floor.
 """
 
 from __future__ import annotations
@@ -192,8 +194,8 @@ COSINE_FLOOR = 0.75
 COSINE_CEILING = 0.92
 LEXICAL_WEIGHT = 0.2  # share of coverage in evidence (the rest is cosine)
 AMOUNT_PENALTY = 0.5  # evidence of a sentence lacking the amount asked for is scaled by 1 - this
-# The hand-written rule answered when the best sentence's evidence reached this (tuned by
-# bench/answers_tune.py); its verdict is now one of the selector's features.
+# The hand-written rule answered when the best sentence's evidence reached this; its
+# verdict is one of the selector's features, and the floor under its abstention.
 RULE_THRESHOLD = 0.476
 
 

@@ -1,6 +1,6 @@
 """The learned answer selector: which retrieved sentences answer a question, and when none does.
 
-Every sentence of the document passages (``evidence.Unit``) becomes one row of
+Every sentence of the document passages (``types.Unit``) becomes one row of
 ``FEATURES``: its e5 cosines with the question (the sentence's and its passage's), the
 IDF-weighted share of the question's Kiwi morphemes it holds, the retriever's fused score
 and rank of its passage, its position and its neighbours' coverage, what the question
@@ -8,11 +8,9 @@ asks for (a year, an amount, a name…) and whether the sentence states it, the 
 the hand-written evidence rule, and the same measures relative to the best sentence at
 hand. A logistic regression (scikit-learn) turns a row into the probability that the
 sentence answers the question. The answerer quotes the most probable sentences and
-answers ``NO_ANSWER`` when the best is below the selector's ``threshold``, which is chosen
-on out-of-fold probabilities of the data it was fitted on (at most ``MAX_REFUSED`` of the
-answerable questions refused), or when the hand-written evidence rule finds no sentence
-strong enough (``evidence_floor``: on the bundled test half, the selector alone declined
-fewer unanswerable questions than the rule; together they decline as many and quote better).
+answers ``NO_ANSWER`` when the hand-written evidence rule finds no sentence strong enough
+(``evidence_floor``) or the best is below the version's own ``threshold`` (see ``fit``:
+kept only where, out of fold, it declines more than it wrongly refuses; the base's is 0).
 
 A selector is a version like an adapter: a small JSON file (its features, scaler,
 coefficients, threshold and what it was fitted on). The base version ships with the
@@ -43,6 +41,11 @@ FEATURES = (
 MAX_REFUSED = 0.05  # share of answerable questions a threshold may refuse
 BASE = "base"
 _EVIDENCE = FEATURES.index("evidence")
+
+
+def _rule_declines(rows: np.ndarray, floor: float) -> bool:
+    """The hand-written rule: no sentence's evidence reaches ``floor`` (or no sentence)."""
+    return len(rows) == 0 or bool(np.asarray(rows)[:, _EVIDENCE].max() < floor)
 
 
 def features(analysis: Analysis) -> np.ndarray:
@@ -96,9 +99,7 @@ class AnswerSelector:
         """Each sentence's probability of answering, and whether to abstain (no sentence
         reaches the threshold, or none has the evidence the rule asks for)."""
         p = self.probabilities(rows)
-        if not len(p):
-            return p, True
-        return p, bool(p.max() < self.threshold or np.asarray(rows)[:, _EVIDENCE].max() < self.evidence_floor)
+        return p, _rule_declines(rows, self.evidence_floor) or bool(p.max() < self.threshold)
 
     def decide(self, analysis: Analysis) -> Analysis:
         """Score the analysis's sentences in place and say whether it abstains."""
@@ -178,7 +179,7 @@ def fit(examples: list[Example], version: str, parent: str | None = None, c: flo
     answerable = sorted(b for b, e in zip(best, examples) if e.answerable)
     threshold = answerable[int(math.floor(MAX_REFUSED * len(answerable)))] - 1e-6 if answerable else 0.0
     # What the threshold adds to the floor, out of fold: unanswerable declined, answerable refused.
-    floor = [len(e.rows) == 0 or e.rows[:, _EVIDENCE].max() < RULE_THRESHOLD for e in examples]
+    floor = [_rule_declines(e.rows, RULE_THRESHOLD) for e in examples]
     added = [b < threshold and not f for b, f in zip(best, floor)]
     gain = sum(a for a, e in zip(added, examples) if e.answerable is False)
     cost = sum(a for a, e in zip(added, examples) if e.answerable is True)

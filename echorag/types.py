@@ -77,10 +77,6 @@ class ChatContext:
     results: list[SearchResult]
     analysis: Analysis
 
-    @property
-    def abstain(self) -> bool:
-        return self.analysis.abstain
-
 
 @dataclass
 class Turn:

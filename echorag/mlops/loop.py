@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import echorag.mlops.archive as archive
 import echorag.mlops.reports as reports
 import echorag.mlops.runs as runs
+import echorag.mlops.selector_learning as selector_learning
 from echorag.canary import Traffic
 from echorag.mlops.announce import Announcer, Observer
 from echorag.mlops.desk import DataDesk
@@ -48,7 +49,6 @@ from echorag.mlops.notify import Flavor
 from echorag.mlops.policy import Decision, MarkPending, PolicyConfig, RetryLater, StartRun, TrainingPolicy
 from echorag.mlops.registry import AdapterRegistry
 from echorag.mlops.selector_registry import SelectorRegistry
-import echorag.mlops.selector_learning as selector_learning
 from echorag.mlops.runs import RunContext, RunResult
 from echorag.mlops.store import ConversationStore
 from echorag.mlops.train_config import TrainConfig
