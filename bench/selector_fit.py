@@ -5,8 +5,9 @@ the TEST half, beside the hand-written rules it replaces, on the same retrieval.
 
 A sentence is labelled as answering its question when it contains a gold answer (the
 short spans, else the reference sentence, as ``contains`` measures); every sentence of
-an unanswerable question is a negative. The selector's threshold is chosen on
-out-of-fold probabilities of the dev half (``selector.fit``). ``--write-base`` saves the
+an unanswerable question is a negative, and the question a negative of the selector's
+answerability model. Its threshold is chosen on out-of-fold probabilities of the dev half
+(``selector.fit``). ``--write-base`` saves the
 fitted version as the one EchoRAG ships (echorag/data/selector_base.json) and its examples
 (selector_base_examples.npz), which every later version is fitted on again (replay).
 
@@ -118,8 +119,11 @@ def main() -> None:
             report[split] = {"rules": measure(bench, chosen, Rules()), "selector": measure(bench, chosen, selector)}
     finally:
         bench.close()
-    report["coefficients"] = dict(sorted(zip(selector.features, np.round(selector.coef, 4).tolist()),
-                                         key=lambda kv: -abs(kv[1])))
+    report["coefficients"] = {
+        "sentence": dict(sorted(zip(selector.features, np.round(selector.sentence.coef, 4).tolist()),
+                                key=lambda kv: -abs(kv[1]))),
+        "question": dict(sorted(zip(selector.question_features, np.round(selector.question.coef, 4).tolist()),
+                                key=lambda kv: -abs(kv[1]))) if selector.question else None}
     report["seconds"] = round(time.time() - started, 1)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "selector.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))

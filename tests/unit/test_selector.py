@@ -16,13 +16,15 @@ from echorag import small_talk
 
 @pytest.fixture(scope="module")
 def examples():
-    """Twenty bundled questions (dev half) against their own document and two others."""
+    """Twenty bundled questions (dev half: 14 answerable, 6 not) against their own document
+    and two others."""
     from echorag.embedding import E5Embedder
 
     e5 = VectorCache(E5Embedder())
     kb = {d["id"]: d for d in read_jsonl(sample_path("sample_kb.jsonl"))}
     ids = sorted(kb)
-    queries = [q for q in read_jsonl(sample_path("dev_queries.jsonl")) if q.get("split") == "dev"][:20]
+    dev = [q for q in read_jsonl(sample_path("dev_queries.jsonl")) if q.get("split") == "dev"]
+    queries = [q for q in dev if q["relevant_ids"]][:14] + [q for q in dev if not q["relevant_ids"]][:6]
     made = []
     for n, query in enumerate(queries):
         chosen = list(query["relevant_ids"]) + [ids[n % len(ids)], ids[(n * 7 + 3) % len(ids)]]
@@ -66,6 +68,18 @@ def test_a_version_saved_and_loaded_decides_the_same(examples, tmp_path):
     for analysis, example in examples[:5]:
         assert np.allclose(loaded.probabilities(example.rows), selector.probabilities(example.rows))
         assert loaded.decide(analysis).selection.selector == "v2"
+
+
+def test_the_base_version_tells_answerable_questions_from_unanswerable_ones(examples):
+    base = AnswerSelector.base()
+    assert base.question is not None and 0 < base.threshold < 1
+    judged = [(base.answerability(e.rows, base.probabilities(e.rows)), e.answerable) for _, e in examples]
+    answerable = [p for p, known in judged if known]
+    unanswerable = [p for p, known in judged if not known]
+    assert min(answerable) > 0 and np.mean(answerable) > np.mean(unanswerable) + 0.3
+    # What the verdict says is what the analysis carries to the answerer.
+    for analysis, example in examples:
+        assert base.decide(analysis).abstain is base.verdict(example.rows)[1]
 
 
 def test_a_version_fitted_on_other_features_is_refused(tmp_path):

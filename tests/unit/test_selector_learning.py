@@ -97,4 +97,4 @@ def test_feedback_and_corrections_label_the_sentences_a_run_learns_from(served):
     retriever.selector = loop.selectors.load_active()
     again = ask(QUESTIONS[0], "s10")
     assert again.mlops_info.selector_version == "base" and again.response == liked.response
-    assert np.isfinite(loop.selectors.load("s1").coef).all()
+    assert np.isfinite(loop.selectors.load("s1").sentence.coef).all()
