@@ -5,8 +5,10 @@ Where a teacher answers, a second deployment of this class (``Student``) serves 
 student's versions to the canary's share of sessions (echorag.canary).
 
 The adapter version is the Serve multiplexed model id (``base`` = no adapter):
-requests for the same version go to replicas that already hold it, and one
-batched ``generate`` call serves rows with different adapters (peft mixed batch).
+requests for the same version go to replicas that already hold it. vLLM
+(``echorag.engine``, where installed) batches every request continuously with its own
+adapter; under transformers one batched ``generate`` call serves rows with different
+adapters (peft mixed batch, ``@serve.batch``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ray import serve
 from deployments import metrics
 from echorag.answering import ExtractiveGenerator
 from echorag.config import Settings
+from echorag.engine import VLLMGenerator, local_generator
 from echorag.generation import LocalGenerator, OpenAIGenerator
 from echorag.types import BASE, Analysis, Generation
 from echorag.mlops.registry import AdapterRegistry
@@ -50,7 +53,7 @@ class Generator:
         self.registry = AdapterRegistry(s.adapters_root)
         if student:
             self.resolved = resolve_student(s)
-            self.model = LocalGenerator(self.resolved, device=s.device)
+            self.model = local_generator(self.resolved, s, ray_metrics=True)
         elif s.generator_backend == "openai":
             self.model = OpenAIGenerator(api_key=s.openai_api_key, base_url=s.openai_base_url, model=s.openai_model)
             self.resolved = None
@@ -60,7 +63,7 @@ class Generator:
             logger.info("EchoRAG answers extractively: quotes of the retrieved documents, no language model.")
         else:
             self.resolved = resolved
-            self.model = LocalGenerator(resolved, device=s.device)
+            self.model = local_generator(resolved, s, ray_metrics=True)
             if resolved.is_demo:
                 logger.warning("EchoRAG is serving the tiny offline demo model, not KANANA.")
 
@@ -71,6 +74,8 @@ class Generator:
             "kind": kind,
             "demo": kind == "tiny",
             "device": getattr(self.model, "device", "cpu" if kind == "extractive" else "remote"),
+            "engine": "vllm" if isinstance(self.model, VLLMGenerator)
+            else "transformers" if isinstance(self.model, LocalGenerator) else None,
         }
 
     @serve.multiplexed(max_num_models_per_replica=4)
@@ -94,7 +99,13 @@ class Generator:
         return (await self.get_adapter(serve.get_multiplexed_model_id() or BASE)).version
 
     async def generate(self, messages: list[dict], analysis: Analysis) -> Generation:
-        return await self._generate_batch(messages, analysis, await self._adapter_name())
+        adapter, s = await self._adapter_name(), self.settings
+        if not isinstance(self.model, VLLMGenerator):
+            return await self._generate_batch(messages, analysis, adapter)
+        # The engine batches continuously: each request joins the running batch on its own.
+        generation = await self.model.agenerate(messages, adapter, s.max_new_tokens, s.temperature)
+        metrics.record_tokens(generation.completion_tokens, adapter or BASE)
+        return generation
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def _generate_batch(
@@ -111,9 +122,11 @@ class Generator:
     async def stream(self, messages: list[dict], analysis: Analysis) -> AsyncIterator[str]:
         adapter, s = await self._adapter_name(), self.settings
         pieces = []
-        async for piece in iterate_in_thread(
-            self.model.stream, messages, adapter, s.max_new_tokens, s.temperature, analysis
-        ):
+        if isinstance(self.model, VLLMGenerator):
+            source = self.model.astream(messages, adapter, s.max_new_tokens, s.temperature)
+        else:
+            source = iterate_in_thread(self.model.stream, messages, adapter, s.max_new_tokens, s.temperature, analysis)
+        async for piece in source:
             pieces.append(piece)
             yield piece
         tokenizer = getattr(self.model, "tokenizer", None)  # pieces are text, not tokens

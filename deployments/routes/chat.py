@@ -105,6 +105,7 @@ class ChatRoutes:
             demo_model=info["demo"],
             embedder=embedder["id"],
             device=str(info["device"]),
+            engine=info["engine"],
             documents=counts["documents"],
             memory=counts["memory"],
             adapter_version=(await self.services.traffic()).version,

@@ -13,6 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from echorag.engine import engine_status
+
 pytestmark = pytest.mark.serve
 
 QUESTIONS = ["환불 규정이 어떻게 되나요?", "배송은 보통 며칠 걸리나요?", "비밀번호를 잊어버렸어요."]
@@ -103,3 +105,19 @@ def test_ingress_exports_request_and_stage_series(chatted, metrics_port):
     metrics = wait_until(metrics_port, missing)
     # A histogram's +Inf bucket counts every observation.
     assert value(metrics, "ray_echorag_request_latency_s_bucket", route="/chat", le="+Inf") >= chatted
+
+
+@pytest.mark.skipif(engine_status() is not None, reason=str(engine_status()))
+def test_the_engine_exports_its_own_series(chatted, metrics_port):
+    """vLLM's metrics (as Ray exports them) beside echorag_*: what it ran and how."""
+    def check(m):
+        expected = {
+            "ray_vllm_generation_tokens_total": value(m, "ray_vllm_generation_tokens_total") >= chatted,
+            "ray_vllm_time_to_first_token_seconds_count": value(m, "ray_vllm_time_to_first_token_seconds_count") >= chatted,
+            "ray_vllm_num_requests_running": any(n == "ray_vllm_num_requests_running" for n, _ in m),
+            "ray_vllm_kv_cache_usage_perc": any(n == "ray_vllm_kv_cache_usage_perc" for n, _ in m),
+            "ray_vllm_prefix_cache_queries_total": value(m, "ray_vllm_prefix_cache_queries_total") > 0,
+        }
+        return [name for name, ok in expected.items() if not ok]
+
+    wait_until(metrics_port, check)

@@ -175,7 +175,7 @@ def test_corpus_bigrams_join_a_bag_into_the_right_words(tiny):
         bag = tokenizer(target, add_special_tokens=False)["input_ids"]
         plain.append(token_f1(target, tokenizer.decode(order_tokens(lm, bag))))
         joined.append(token_f1(target, tokenizer.decode(order_tokens(lm, bag, bigrams=bigrams))))
-    assert np.mean(joined) > np.mean(plain) + 0.1, (plain, joined)
+    assert np.mean(joined) > np.mean(plain) + 0.05, (plain, joined)
 
 
 def test_bag_of_tokens_refuses_other_poolings(e5):

@@ -31,7 +31,7 @@ MULTI_TURN = [
     {"role": "assistant", "content": "김치는 발효 음식입니다."},
 ]
 # Fast enough for a unit test, strong enough for the tiny model to visibly learn 12 chats.
-FAST = TrainConfig(epochs=16, learning_rate=5e-3, batch_size=4, max_length=128)
+FAST = TrainConfig(epochs=16, learning_rate=1e-2, batch_size=4, max_length=128)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

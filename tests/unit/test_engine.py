@@ -1,0 +1,91 @@
+"""vLLM serves the tiny student exactly as peft does: the same greedy tokens for the base
+model and two adapter versions mixed in one batch, logprobs within 1e-3, streams that
+join to the same text, many concurrent requests from one event loop."""
+
+import asyncio
+
+import pytest
+import torch
+
+from echorag.engine import EngineOptions, VLLMGenerator, engine_status
+from echorag.generation import LocalGenerator
+from echorag.models import resolve_model
+
+pytestmark = pytest.mark.skipif(engine_status() is not None, reason=str(engine_status()))
+
+QUESTIONS = ["훈민정음은 누가 만들었나요?", "한라산의 높이는 얼마인가요?", "김치는 어떻게 담가요?", "LoRA가 뭐예요?"]
+LOGPROB_TOLERANCE = 1e-3  # fp32 on both sides; the engine's kernels sum in another order
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_path, tmp_path_factory) -> dict[str, str]:
+    """Two versions as training saves them (peft ``save_pretrained``), with non-zero LoRA
+    weights so that each answers differently."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    made = {}
+    for seed, name in enumerate(("v1", "v2")):
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path), LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False))
+        made[name] = str(tmp_path_factory.mktemp("adapters") / name)
+        model.save_pretrained(made[name])
+    return made
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model_path, adapters):
+    resolved = resolve_model(str(tiny_model_path))
+    peft = LocalGenerator(resolved, device="cpu", dtype="float32")
+    engine = VLLMGenerator(resolved, EngineOptions(dtype="float32", kv_cache_gib=1))
+    for name, path in adapters.items():
+        peft.load_adapter(name, path)
+        engine.load_adapter(name, path)
+    yield peft, engine
+    engine.close()
+
+
+def _peft_logprobs(peft: LocalGenerator, messages: list[dict], adapter: str | None, tokens: list[int]) -> list[float]:
+    """Log-probabilities peft gives ``tokens`` after the prompt, under ``adapter``."""
+    prompt = peft.tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    ids = torch.tensor([list(prompt) + tokens])
+    with torch.inference_mode():
+        logits = peft.model(input_ids=ids, adapter_names=[adapter or "__base__"]).logits[0].float()
+    steps = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+    return [steps[i, t].item() for i, t in enumerate(tokens)]
+
+
+def test_base_and_two_versions_in_one_batch_answer_as_peft_does(engines):
+    peft, engine = engines
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    versions = [None, "v1", "v2", "v1"]
+    # peft one row at a time: a padded batch moves near-ties in transformers itself.
+    expected = [peft.generate([c], [v], max_new_tokens=24)[0] for c, v in zip(conversations, versions)]
+    served = engine.generate(conversations, versions, max_new_tokens=24)  # one mixed batch
+    assert [g.text for g in served] == [g.text for g in expected]
+    assert [(g.prompt_tokens, g.completion_tokens) for g in served] == \
+        [(g.prompt_tokens, g.completion_tokens) for g in expected]
+    assert len({g.text for g in served[:3]}) == 3  # the versions really differ
+    for messages, version in zip(conversations[:3], versions[:3]):
+        pairs = engine.greedy_logprobs(messages, version, max_new_tokens=12)
+        theirs = _peft_logprobs(peft, messages, version, [t for t, _ in pairs])
+        assert max(abs(a - b) for (_, a), b in zip(pairs, theirs)) < LOGPROB_TOLERANCE
+
+
+def test_streams_join_to_the_answer_and_requests_run_together(engines):
+    _, engine = engines
+    messages = [{"role": "user", "content": QUESTIONS[1]}]
+    whole = engine.generate([messages], ["v2"], max_new_tokens=24)[0].text
+    pieces = list(engine.stream(messages, "v2", max_new_tokens=24))
+    assert len(pieces) > 1 and "".join(pieces) == whole
+
+    async def many() -> list[str]:
+        rows = [engine.agenerate([{"role": "user", "content": q}], v, 16) for q in QUESTIONS for v in (None, "v1")]
+        streamed = [piece async for piece in engine.astream(messages, "v2", 24)]
+        return [g.text for g in await asyncio.gather(*rows)] + ["".join(streamed)]
+
+    answers = asyncio.run(many())
+    assert answers[-1] == whole and all(answers)
+    with pytest.raises(KeyError, match="unknown adapter"):
+        engine.generate([messages], ["v9"])
