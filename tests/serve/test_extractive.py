@@ -52,7 +52,8 @@ def extractive(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
     settings = {**app_settings, "generator_model": "auto",
                 "finetune_webhook_url": None, "finetune_auto_trigger": False,
                 "finetune_train_on": "teacher", "finetune_gate_min_examples": 20,  # the defaults
-                "rate_limit_per_minute": 0}  # the canary test opens 40 sessions from one address
+                "rate_limit_per_minute": 0,  # the canary test opens 40 sessions from one address
+                "engine": "transformers"}  # the student on the fallback engine: the shared app runs vLLM
     with deployed(PREFIX.strip("/"), ray_cluster, settings, tiny_model_path, tmp_path_factory) as http:
         yield http
 
@@ -296,7 +297,7 @@ def openai_taught(extractive, ray_cluster, app_settings, tiny_model_path, tmp_pa
                 "openai_base_url": f"{ray_cluster}{PREFIX}/v1", "openai_model": "echorag",
                 "openai_api_key": "unused", "finetune_webhook_url": None, "finetune_auto_trigger": False,
                 "finetune_train_on": "teacher", "finetune_gate_min_examples": 20,  # the default gate
-                "rate_limit_per_minute": 0}
+                "rate_limit_per_minute": 0, "engine": "transformers"}
     with deployed("openai-taught", ray_cluster, settings, tiny_model_path, tmp_path_factory) as http:
         yield http
 
@@ -304,7 +305,7 @@ def openai_taught(extractive, ray_cluster, app_settings, tiny_model_path, tmp_pa
 def test_an_openai_compatible_teacher_over_http_labels_the_turns_that_train_the_student(openai_taught):
     """Chats answered by a real OpenAI-compatible server are stored as teacher labels with
     the exact prompt sent to it, and a batch of them trains the student in a real run."""
-    questions = ("훈민정음은 언제 반포되었나요?", "한라산의 높이는 얼마인가요?", "독도는 어디에 있나요?")
+    questions = ("훈민정음은 누가 만들었나요?", "한라산의 높이는 얼마인가요?", "독도는 어디에 있나요?")
     answers = []
     for question in questions:
         body = openai_taught.post("/chat", json={"message": question}).json()

@@ -92,6 +92,7 @@ def chroma_app(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
     settings = {
         **app_settings, "data_dir": str(root / "data"), "chroma_host": "127.0.0.1", "chroma_port": server.port,
         "finetune_webhook_url": None, "finetune_auto_trigger": False,
+        "engine": "transformers",  # the fallback engine, forced: the shared app runs vLLM
     }
     serve.run(build_app(settings), name="chroma", route_prefix="/chroma")
     url = f"{ray_cluster}/chroma"

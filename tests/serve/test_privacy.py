@@ -119,7 +119,8 @@ def keys_app(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("keys-app")
     shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")
     settings = {**app_settings, "data_dir": str(root), "auth_mode": "api_keys",
-                "finetune_webhook_url": None, "finetune_auto_trigger": False}
+                "finetune_webhook_url": None, "finetune_auto_trigger": False,
+                "engine": "transformers"}  # the fallback engine, forced: the shared app runs vLLM
     serve.run(build_app(settings), name="keys", route_prefix="/keys")
     documents = [
         {"id": "insurance", "text": "보험금 청구는 진단서와 영수증을 보험사에 제출하면 된다. 청구는 3년 안에 해야 한다."},

@@ -1,20 +1,29 @@
 """vLLM serves the tiny student exactly as peft does: the same greedy tokens for the base
 model and two adapter versions mixed in one batch, logprobs within 1e-3, streams that
-join to the same text, many concurrent requests from one event loop."""
+join to the same text, many concurrent requests from one event loop. Where the settings
+say so (or vLLM is absent), transformers serves instead."""
 
 import asyncio
 
 import pytest
 import torch
 
-from echorag.engine import EngineOptions, VLLMGenerator, engine_status
+from echorag.config import Settings
+from echorag.engine import EngineOptions, VLLMGenerator, engine_status, local_generator
 from echorag.generation import LocalGenerator
 from echorag.models import resolve_model
 
-pytestmark = pytest.mark.skipif(engine_status() is not None, reason=str(engine_status()))
+needs_vllm = pytest.mark.skipif(engine_status() is not None, reason=str(engine_status()))
 
 QUESTIONS = ["훈민정음은 누가 만들었나요?", "한라산의 높이는 얼마인가요?", "김치는 어떻게 담가요?", "LoRA가 뭐예요?"]
 LOGPROB_TOLERANCE = 1e-3  # fp32 on both sides; the engine's kernels sum in another order
+
+
+def test_the_settings_can_make_transformers_serve(tiny_model_path):
+    generator = local_generator(resolve_model(str(tiny_model_path)), Settings(engine="transformers"))
+    assert isinstance(generator, LocalGenerator)
+    answer = generator.generate([[{"role": "user", "content": QUESTIONS[0]}]], max_new_tokens=8)[0]
+    assert answer.text and answer.completion_tokens > 0
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +47,8 @@ def adapters(tiny_model_path, tmp_path_factory) -> dict[str, str]:
 def engines(tiny_model_path, adapters):
     resolved = resolve_model(str(tiny_model_path))
     peft = LocalGenerator(resolved, device="cpu", dtype="float32")
-    engine = VLLMGenerator(resolved, EngineOptions(dtype="float32", kv_cache_gib=1))
+    # Two slots for two versions: every slot taken, where base rows once got a version's weights.
+    engine = VLLMGenerator(resolved, EngineOptions(dtype="float32", kv_cache_gib=1, max_loras=2))
     for name, path in adapters.items():
         peft.load_adapter(name, path)
         engine.load_adapter(name, path)
@@ -56,6 +66,7 @@ def _peft_logprobs(peft: LocalGenerator, messages: list[dict], adapter: str | No
     return [steps[i, t].item() for i, t in enumerate(tokens)]
 
 
+@needs_vllm
 def test_base_and_two_versions_in_one_batch_answer_as_peft_does(engines):
     peft, engine = engines
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
@@ -73,6 +84,7 @@ def test_base_and_two_versions_in_one_batch_answer_as_peft_does(engines):
         assert max(abs(a - b) for (_, a), b in zip(pairs, theirs)) < LOGPROB_TOLERANCE
 
 
+@needs_vllm
 def test_streams_join_to_the_answer_and_requests_run_together(engines):
     _, engine = engines
     messages = [{"role": "user", "content": QUESTIONS[1]}]

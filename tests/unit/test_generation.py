@@ -92,8 +92,11 @@ def test_generation_is_deterministic(generator):
 def test_stream_joins_to_the_generated_text(generator):
     for adapter in (None, "a", "b"):
         pieces = list(generator.stream(REFUND, adapter, max_new_tokens=MAX_NEW))
-        assert len(pieces) > 1
-        assert "".join(pieces) == generator.generate([REFUND], [adapter], MAX_NEW)[0].text
+        text = "".join(pieces)
+        # The streamer hands text over word by word: a reply without a space comes whole.
+        assert len(pieces) > 1 or " " not in text.strip(), pieces
+        assert text == generator.generate([REFUND], [adapter], MAX_NEW)[0].text
+    assert len(list(generator.stream(REFUND, None, max_new_tokens=MAX_NEW))) > 1  # the base model's words
 
 
 def test_stream_stopped_early_releases_the_model(generator):
