@@ -41,16 +41,20 @@ from echorag.types import BASE, Generation
 logger = logging.getLogger(__name__)
 
 
+def _default(name: str):
+    return Settings.model_fields[f"engine_{name}"].default
+
+
 @dataclass(frozen=True)
 class EngineOptions:
-    """What sizes the engine (``Settings.engine_*``)."""
+    """What sizes the engine (``Settings.engine_*``, whose defaults these are)."""
 
-    max_loras: int = 4  # adapter versions in one batch
-    max_lora_rank: int = 16
-    max_cpu_loras: int = 8  # versions kept loaded in host memory
-    max_model_len: int | None = 4096  # None: the model's own
-    kv_cache_gib: int = 1  # on CPU (VLLM_CPU_KVCACHE_SPACE, whole GiB)
-    gpu_memory_utilization: float = 0.6  # on GPU: leaves room for a Ray Train worker beside it
+    max_loras: int = _default("max_loras")  # adapter versions in one batch
+    max_lora_rank: int = _default("max_lora_rank")
+    max_cpu_loras: int = _default("max_cpu_loras")  # versions kept loaded in host memory
+    max_model_len: int | None = _default("max_model_len")  # None: the model's own
+    kv_cache_gib: int = _default("kv_cache_gib")  # on CPU (VLLM_CPU_KVCACHE_SPACE, whole GiB)
+    gpu_memory_utilization: float = _default("gpu_memory_utilization")  # on GPU: room for a Train worker
     dtype: str = "auto"
     prefix_caching: bool = True
     ray_metrics: bool = False  # in a Ray process: export the engine's metrics through Ray
@@ -220,33 +224,35 @@ class VLLMGenerator:
         return SamplingParams(max_tokens=max_new_tokens, temperature=temperature, logprobs=logprobs,
                               skip_special_tokens=True)
 
-    async def _deltas(self, messages: list[dict], adapter: str | None, max_new_tokens: int,
-                      temperature: float) -> AsyncIterator[tuple[str, int, int, bool]]:
-        """(new text, prompt tokens, completion tokens so far, finished) per engine step;
-        runs on the engine's loop."""
+    async def _outputs(self, messages: list[dict], adapter: str | None, params):
+        """The engine's output for one conversation after each step (runs on the engine's
+        loop); leaving early aborts the request."""
         from vllm.inputs import TokensPrompt
 
-        prompt = self.prompt_ids(messages)
+        prompt = TokensPrompt(prompt_token_ids=self.prompt_ids(messages))
         lora = self._lora(adapter)
         request_id = uuid.uuid4().hex
-        seen = ""
         try:
-            async for output in self.engine.generate(TokensPrompt(prompt_token_ids=prompt),
-                                                     self._params(max_new_tokens, temperature), request_id,
-                                                     lora_request=lora):
-                completion = output.outputs[0]
-                text = completion.text
-                yield text[len(seen):], len(prompt), len(completion.token_ids), output.finished
-                seen = text
+            async for output in self.engine.generate(prompt, params, request_id, lora_request=lora):
+                yield output
         except (asyncio.CancelledError, GeneratorExit):
             await self.engine.abort(request_id)
             raise
 
+    async def _deltas(self, messages: list[dict], adapter: str | None, max_new_tokens: int,
+                      temperature: float) -> AsyncIterator[tuple[str, int, int]]:
+        """(new text, prompt tokens, completion tokens so far) per engine step."""
+        seen = ""
+        async for output in self._outputs(messages, adapter, self._params(max_new_tokens, temperature)):
+            completion = output.outputs[0]
+            yield completion.text[len(seen):], len(output.prompt_token_ids), len(completion.token_ids)
+            seen = completion.text
+
     async def _complete(self, messages: list[dict], adapter: str | None, max_new_tokens: int,
                         temperature: float) -> Generation:
         pieces, prompt_tokens, completion_tokens = [], 0, 0
-        async for piece, prompt_tokens, completion_tokens, _ in self._deltas(messages, adapter, max_new_tokens,
-                                                                               temperature):
+        async for piece, prompt_tokens, completion_tokens in self._deltas(messages, adapter, max_new_tokens,
+                                                                            temperature):
             pieces.append(piece)
         return Generation(text="".join(pieces), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
@@ -316,17 +322,14 @@ class VLLMGenerator:
     def usage(self, messages: list[dict], text: str) -> tuple[int, int]:
         return self.count_tokens(messages), len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    async def logprobs(self, messages: list[dict], adapter: str | None, max_new_tokens: int) -> list[tuple[int, float]]:
-        """Greedy (token, logprob) pairs: how tests compare the engine with peft."""
-        from vllm.inputs import TokensPrompt
-
+    async def _logprobs(self, messages: list[dict], adapter: str | None,
+                        max_new_tokens: int) -> list[tuple[int, float]]:
         final = None
-        async for output in self.engine.generate(TokensPrompt(prompt_token_ids=self.prompt_ids(messages)),
-                                                 self._params(max_new_tokens, 0.0, logprobs=1), uuid.uuid4().hex,
-                                                 lora_request=self._lora(adapter)):
+        async for output in self._outputs(messages, adapter, self._params(max_new_tokens, 0.0, logprobs=1)):
             final = output.outputs[0]
         return [(t, step[t].logprob) for t, step in zip(final.token_ids, final.logprobs)]
 
     def greedy_logprobs(self, messages: list[dict], adapter: str | None = None,
                         max_new_tokens: int = 16) -> list[tuple[int, float]]:
-        return self._call(self.logprobs(messages, adapter, max_new_tokens)).result()
+        """Greedy (token, logprob) pairs: how tests compare the engine with peft."""
+        return self._call(self._logprobs(messages, adapter, max_new_tokens)).result()
