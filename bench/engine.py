@@ -56,10 +56,12 @@ def random_llama(out: Path, layers: int, hidden: int) -> tuple[Path, int]:
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 64 * 64,
         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 256),
         max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a zero logit never wins over ~30k random ones: no special token,
+        model.lm_head.weight[tokenizer.all_special_ids] = 0  # so every answer is full length
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out, sum(p.numel() for p in model.parameters())

