@@ -107,6 +107,19 @@ class Generator:
         metrics.record_tokens(generation.completion_tokens, adapter or BASE)
         return generation
 
+    async def answer_pool(self, conversations: list[list[dict]], max_new_tokens: int) -> list[Generation]:
+        """Greedy answers of the requested version to the gate's evaluation pool: what it
+        would serve, from the engine that serves it."""
+        adapter = await self._adapter_name()
+        if isinstance(self.model, VLLMGenerator):
+            return list(await asyncio.gather(*(self.model.agenerate(c, adapter, max_new_tokens, 0.0)
+                                               for c in conversations)))
+        rows: list[Generation] = []
+        for start in range(0, len(conversations), 8):  # the batch size @serve.batch uses
+            batch = conversations[start : start + 8]
+            rows += await asyncio.to_thread(self.model.generate, batch, [adapter] * len(batch), max_new_tokens, 0.0)
+        return rows
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def _generate_batch(
         self, conversations: list[list[dict]], analyses: list[Analysis], adapters: list[str | None]

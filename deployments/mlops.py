@@ -7,7 +7,9 @@ and coordinates training runs (``echorag.mlops.LearningLoop``).
 - A run is a Ray Train ``TorchTrainer`` job (``deployments/training.py``) started from a
   thread of this actor, never on an event loop; its workers and logs show in the Ray
   dashboard, and every step reaches this actor (``update``) for ``/mlops/training-progress``.
-- Held-out losses for the gate are computed in a Ray task with the workers' resources.
+- Held-out losses for the gate are computed in a Ray task with the workers' resources;
+  its answers come from the deployment that serves the student, with the candidate
+  (registered first) loaded by its version.
 - When a version becomes active, the generator is warmed with it before traffic arrives.
 """
 
@@ -94,8 +96,9 @@ class Collector(PrivacyDesk, LearningLoop):
         metrics.set_enabled(settings.monitoring_export_metrics)
         super().__init__(
             settings,
-            ray_train_fn(settings, base.path, self._progress_sink),
+            ray_train_fn(settings, base.path, self._progress_sink, answers=False),
             warm_up=self._warm_generator,
+            answer_fn=self._served_answers,
             observer=observe_loop,
             webhook_flavor=None if settings.finetune_webhook_format == "auto" else settings.finetune_webhook_format,
         )
@@ -115,6 +118,15 @@ class Collector(PrivacyDesk, LearningLoop):
 
     def finish(self, run_id: str, status: str, **extra: Any) -> None:
         pass
+
+    def _served_answers(self, version: str, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
+        """The gate's answers: requests to the deployment that serves the student, pinned
+        to ``version`` (they show in the dashboard as that deployment's requests)."""
+        from ray import serve
+
+        handle = serve.get_deployment_handle(self._served_by, app_name=self.app_name)
+        response = handle.options(multiplexed_model_id=version).answer_pool.remote(prompts, max_new_tokens)
+        return [row.text for row in response.result(timeout_s=1800)]
 
     def _warm_generator(self, version: str) -> None:
         """Load the new adapter on a replica of the student before requests ask for it."""

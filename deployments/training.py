@@ -167,12 +167,12 @@ def base_here(base_path: str, spec: dict[str, str] | None) -> str:
 
 def evaluate_here(
     base_path: str, spec: dict[str, str] | None, versions: dict[str, AdapterRef], pool: list[Chat],
-    config: TrainConfig,
+    config: TrainConfig, answers: bool = True,
 ) -> dict[str, VersionScore]:
     """``evaluate_versions`` on whichever node runs it (the gate's evaluation task)."""
     with tempfile.TemporaryDirectory(prefix="echorag-eval-") as tmp:
         dirs = {name: adapter_here(ref, Path(tmp) / name) for name, ref in versions.items()}
-        return evaluate_versions(base_here(base_path, spec), dirs, pool, config, None)
+        return evaluate_versions(base_here(base_path, spec), dirs, pool, config, None, answers)
 
 
 def delete_run(storage: str | Path, run_name: str) -> None:
@@ -370,9 +370,10 @@ def train_resources(settings: Settings) -> dict[str, float]:
     return {"CPU": settings.finetune_worker_cpus, "GPU": gpus, **settings.finetune_worker_resources}
 
 
-def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter) -> TrainFn:
+def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter, answers: bool = True) -> TrainFn:
     """A ``LearningLoop`` train function that runs Ray Train and evaluates both versions,
-    on whichever nodes offer the workers' resources."""
+    on whichever nodes offer the workers' resources. ``answers=False``: their losses only
+    (the serving deployment answers for the gate)."""
     evaluate = ray.remote(evaluate_here)
     storage = settings.train_storage_root
     base_spec = {"spec": student_spec(settings), "models_dir": str(settings.models_dir)}
@@ -403,8 +404,8 @@ def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter) -
                 task = evaluate.options(num_cpus=cpus, num_gpus=gpus, resources=resources,
                                         runtime_env=background_runtime_env(use_gpu=gpus > 0))
                 versions = {"candidate": fit.checkpoint, "active": active}
-                on_progress({"message": f"judging on {len(job.holdout)} evaluation-pool turns"})
-                scores = ray.get(task.remote(base_path, base_spec, versions, job.holdout, job.config))
+                on_progress({"message": f"held-out loss on {len(job.holdout)} evaluation-pool turns"})
+                scores = ray.get(task.remote(base_path, base_spec, versions, job.holdout, job.config, answers))
         finally:
             delete_run(storage, job.name)  # the Train run's checkpoints and results
         return TrainingOutcome.scored(

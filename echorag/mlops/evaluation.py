@@ -1,7 +1,8 @@
 """What the gate measures: several versions of the student on the evaluation pool, with
-one model load, through the serving code (``LocalGenerator``: same chat template, same
-greedy decoding, same adapter routing) so that "agrees with the labels" means "answers
-like the labels when served".
+one model load. The losses always come from here; the answers too where no serving
+engine is at hand (the CLI, tests without Ray): through ``LocalGenerator`` (same chat
+template, same greedy decoding, same adapter routing). In the cluster the serving
+deployment answers instead, with the version loaded by name (``runs.score_answers``).
 
 Per version: the mean loss per label token (``training._mean_loss``, loss on the answer
 only) and the mean agreement of its greedy answer with the label, as Kiwi
@@ -30,8 +31,10 @@ def evaluate_versions(
     pool: list[Chat],
     config: TrainConfig,
     device: str | None = None,
+    answers: bool = True,
 ) -> dict[str, VersionScore]:
-    """``adapters``: name -> adapter directory (None: the base model)."""
+    """``adapters``: name -> adapter directory (None: the base model). ``answers=False``:
+    the losses only, where the serving engine gives the answers (``runs.score_answers``)."""
     if not pool:
         raise ValueError("the evaluation pool is empty")
     path = Path(base_path)
@@ -54,12 +57,15 @@ def evaluate_versions(
             context = nullcontext()
         with context:
             loss = _mean_loss(model, encoded, generator.tokenizer.pad_token_id, config.batch_size, generator.device)
-        answers: list[str] = []
+        if not answers:
+            scores[name] = VersionScore(loss=loss)
+            continue
+        replies: list[str] = []
         for start in range(0, len(prompts), config.batch_size):
             batch = prompts[start : start + config.batch_size]
             rows = generator.generate(batch, [None if adapter is None else name] * len(batch),
                                       config.eval_max_new_tokens, temperature=0.0)
-            answers.extend(row.text for row in rows)
-        agreement = sum(token_f1(answer, label) for answer, label in zip(answers, labels)) / len(labels)
-        scores[name] = VersionScore(loss=loss, agreement=agreement, answers=tuple(answers))
+            replies.extend(row.text for row in rows)
+        agreement = sum(token_f1(answer, label) for answer, label in zip(replies, labels)) / len(labels)
+        scores[name] = VersionScore(loss=loss, agreement=agreement, answers=tuple(replies))
     return scores

@@ -107,6 +107,10 @@ class TrainingOutcome:
 
 
 TrainFn = Callable[[TrainingJob, Callable[[dict[str, Any]], None]], TrainingOutcome]
+# The serving engine's greedy answers (at most ``max_new_tokens``) to these prompts (chats
+# without their answer) under a registered version ("base": no adapter): how the gate
+# reads what a version would serve.
+AnswerFn = Callable[[str, list[list[dict]], int], list[str]]
 
 
 def local_train_fn(base_path: str | Path, device: str | None = None, **overrides: Any) -> TrainFn:

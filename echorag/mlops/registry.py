@@ -421,6 +421,14 @@ class AdapterRegistry:
         self.promote(target)
         return target
 
+    def record(self, version: str, metrics: dict[str, Any], timings: dict[str, float]) -> AdapterInfo:
+        """Add how ``version`` was judged (and how long it took) to its metadata."""
+        with self._lock:
+            info = self.info(version)
+            info = info.model_copy(update={"metrics": info.metrics | metrics, "timings": info.timings | timings})
+            self.storage.write_json(f"{version}/{METADATA_FILE}", info.model_dump(mode="json"))
+            return info
+
     def reject(self, version: str, metrics: dict[str, Any] | None = None) -> AdapterInfo:
         """The gate said no: keep the version, mark it rejected, record why."""
         with self._lock:

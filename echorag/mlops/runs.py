@@ -24,14 +24,15 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from echorag.answer_metrics import token_f1
 from echorag.mlops.events import Event, adapter_promoted, training_rejected, training_succeeded
 import echorag.mlops.dataset as dataset
 from echorag.mlops.gate import EvaluationGate, GateDecision, VersionScore
-from echorag.mlops.jobs import TrainingJob, TrainingOutcome, finite
+from echorag.mlops.jobs import AnswerFn, TrainingJob, TrainingOutcome, finite
 from echorag.mlops.registry import BASE, AdapterRegistry
 from echorag.mlops.store import ConversationStore, Run
 from echorag.mlops.train_config import TrainConfig
@@ -154,6 +155,19 @@ def outcome_metrics(job: TrainingJob, outcome: TrainingOutcome, decision: GateDe
     }
 
 
+def score_answers(outcome: TrainingOutcome, pool: list, answer_fn: AnswerFn, candidate: str, active: str,
+                  max_new_tokens: int) -> TrainingOutcome:
+    """The outcome with both versions' agreement measured on answers the serving engine
+    gives with each version loaded by name (``answer_fn``)."""
+    prompts, labels = [chat[:-1] for chat in pool], [chat[-1]["content"] for chat in pool]
+
+    def agreement(version: str) -> float:
+        answers = answer_fn(version, prompts, max_new_tokens)
+        return sum(token_f1(answer, label) for answer, label in zip(answers, labels)) / len(labels)
+
+    return replace(outcome, candidate_agreement=agreement(candidate), active_agreement=agreement(active))
+
+
 def register_candidate(
     registry: AdapterRegistry,
     job: TrainingJob,
@@ -162,24 +176,37 @@ def register_candidate(
     started_at: float,
     active_version: Callable[[], str],
     warm_up: Callable[[str], None],
+    answer_fn: AnswerFn | None = None,
 ) -> RunResult:
-    """Judge the candidate, add it as the next ``vN`` and promote it (after ``warm_up``)
-    or keep it as rejected. A failed promotion leaves it rejected."""
+    """Add the candidate as the next ``vN`` (status ``candidate``), judge it, and promote
+    it (after ``warm_up``) or keep it as rejected. With ``answer_fn`` the agreement the
+    gate reads comes from the serving engine with the candidate loaded by its version
+    (registered first for that reason). A failed promotion leaves it rejected."""
     if outcome is None or outcome.adapter_dir is None:
         raise RuntimeError("train_fn returned no adapter")
-    decision = judge(job, outcome, gate, active_version())
-    metrics = outcome_metrics(job, outcome, decision)
-    timings = {k: float(v) for k, v in outcome.timings.items() if finite(v) is not None}
-    timings["run_s"] = time.time() - started_at
     info = registry.add(
         outcome.adapter_dir,
         parent=job.init_version,
         data_watermark=job.to_seq,
         samples=len(job.train),
-        metrics=metrics,
-        timings=timings,
+        metrics={"run_id": job.run_id, "attempt": job.attempt},
     )
-    version, previous, promoted, reason = info.version, active_version(), decision.promote, decision.reason
+    version = info.version
+    timings = {k: float(v) for k, v in outcome.timings.items() if finite(v) is not None}
+    if answer_fn is not None and job.holdout:
+        answering = time.time()
+        try:
+            outcome = score_answers(outcome, job.holdout, answer_fn, version, job.init_version,
+                                    job.config.eval_max_new_tokens)
+        except Exception as exc:
+            registry.reject(version, {"promoted": False, "gate_reason": f"could not be evaluated: {exc}"})
+            raise
+        timings["answers_s"] = time.time() - answering
+    decision = judge(job, outcome, gate, active_version())
+    metrics = outcome_metrics(job, outcome, decision)
+    timings["run_s"] = time.time() - started_at
+    registry.record(version, metrics, timings)
+    previous, promoted, reason = active_version(), decision.promote, decision.reason
     if promoted:
         warm_up(version)
         try:
