@@ -8,8 +8,8 @@ version's weights once every slot is taken (vllm-project/vllm#48421, open).
 
 These replacements compute the same ``y = x @ W[slot].T`` once per distinct slot over
 that slot's rows, and give rows with index -1 no delta, as vLLM's GPU kernels do.
-vLLM loads them in every engine process through its ``vllm.general_plugins`` entry
-point (``pyproject.toml``); on other platforms ``register`` does nothing.
+``echorag.engine_plugin`` installs them in every vLLM process; on other platforms
+``install`` does nothing.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, se
                       slice_offset, slice_size, add_inputs)
 
 
-def register() -> None:
-    """vLLM's plugin hook (every engine process): swap the CPU punica wrapper's ops."""
+def install() -> None:
+    """Swap the CPU punica wrapper's ops (in every vLLM process: ``engine_plugin``)."""
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
