@@ -160,6 +160,10 @@ def main() -> None:
         "data_dir": str(work), "generator_model": "tiny", "max_new_tokens": 32, "admin_token": TOKEN,
         "rate_limit_per_minute": 0,  # one address sends everything: measure serving, not the limiter
         "finetune_batch_size": 100_000, "finetune_learning_rate": 2e-3,
+        # The tiny model is the answerer and the student: its own answers are the labels,
+        # and the gate judges on the pool there is by loss (its agreement is noise), so
+        # that one run makes a version to roll onto.
+        "finetune_train_on": "all", "finetune_gate_min_examples": 1, "finetune_gate_agreement_tolerance": 1.0,
     }
     ray.init(num_cpus=8, include_dashboard=False, namespace="echorag")
     serve.start(http_options={"host": "127.0.0.1", "port": 8124})

@@ -9,6 +9,8 @@ of these options per deployment.
 
 from __future__ import annotations
 
+import os
+
 import ray
 from ray.serve import Application
 
@@ -35,10 +37,10 @@ def build_app(args: dict | None = None) -> Application:
     generator = Generator.options(
         ray_actor_options={"num_cpus": 1, "num_gpus": 1} if gpus else {"num_cpus": 0.5}
     ).bind(settings)
+    threads = str(settings.embedder_threads or os.cpu_count() or 1)  # read when the replica starts
     embedder = Embedder.options(
-        ray_actor_options={"num_cpus": 1, "num_gpus": 0.25}
-        if gpus and settings.embedder == "kanana"
-        else {"num_cpus": 0.25}
+        ray_actor_options=({"num_cpus": 1, "num_gpus": 0.25} if gpus and settings.embedder == "kanana"
+                           else {"num_cpus": 0.25}) | {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": threads}}}
     ).bind(settings)
     retriever = Retriever.bind(settings, embedder)
     student = None

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     embedder_pooling: Literal["mean", "input_embedding_mean"] = Field(
         "mean", validation_alias=_env("embedder_pooling")
     )
+    # OpenMP threads of the embedder replica (e5's C engine; torch for kanana). Ray gives
+    # a fractional-CPU replica one thread, which made adding documents 1.7x slower on 2
+    # cores. 0: every core of the machine that builds the application.
+    embedder_threads: int = Field(0, ge=0, validation_alias=_env("embedder_threads"))
     device: str = Field("auto", validation_alias=_env("device"))
     # Secret orthogonal rotation of every stored and query vector (echorag.rotation):
     # retrieval is unchanged, leaked vectors no longer invert. Changing it means re-index.

@@ -344,7 +344,9 @@ def test_eval_answers_gives_the_service_s_own_answers(extractive):
     from echorag.documents import read_jsonl
 
     queries = select_split(read_jsonl(sample_path("dev_queries.jsonl")), "dev")
-    served = [extractive.post("/chat", json={"message": q["query"]}).json()["response"] for q in queries]
+    with ThreadPoolExecutor(4) as pool:  # four users at once; each answer is its own
+        served = list(pool.map(lambda q: extractive.post("/chat", json={"message": q["query"]}).json()["response"],
+                               queries))
     bench = AnswerBench(read_documents([sample_path()]), load_settings(), progress=False)
     try:
         with ThreadPoolExecutor(1) as pool:  # its own event loop: the browser tests left one running here
