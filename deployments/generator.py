@@ -30,6 +30,7 @@ from echorag.models import resolve_answerer, resolve_student
 from echorag.services import adapter_arg, iterate_in_thread
 
 logger = logging.getLogger("ray.serve")
+BATCH = 8  # rows per transformers generate call (static batches)
 
 
 class LoadedAdapter:
@@ -115,12 +116,12 @@ class Generator:
             return list(await asyncio.gather(*(self.model.agenerate(c, adapter, max_new_tokens, 0.0)
                                                for c in conversations)))
         rows: list[Generation] = []
-        for start in range(0, len(conversations), 8):  # the batch size @serve.batch uses
-            batch = conversations[start : start + 8]
+        for start in range(0, len(conversations), BATCH):
+            batch = conversations[start : start + BATCH]
             rows += await asyncio.to_thread(self.model.generate, batch, [adapter] * len(batch), max_new_tokens, 0.0)
         return rows
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=BATCH, batch_wait_timeout_s=0.002)
     async def _generate_batch(
         self, conversations: list[list[dict]], analyses: list[Analysis], adapters: list[str | None]
     ) -> list[Generation]:

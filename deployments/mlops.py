@@ -119,22 +119,22 @@ class Collector(PrivacyDesk, LearningLoop):
     def finish(self, run_id: str, status: str, **extra: Any) -> None:
         pass
 
-    def _served_answers(self, version: str, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
-        """The gate's answers: requests to the deployment that serves the student, pinned
-        to ``version`` (they show in the dashboard as that deployment's requests)."""
+    def _student(self, version: str):
+        """The deployment that serves the student, pinned to ``version``."""
         from ray import serve
 
         handle = serve.get_deployment_handle(self._served_by, app_name=self.app_name)
-        response = handle.options(multiplexed_model_id=version).answer_pool.remote(prompts, max_new_tokens)
+        return handle.options(multiplexed_model_id=version)
+
+    def _served_answers(self, version: str, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
+        """The gate's answers: requests to that deployment (they show in the dashboard)."""
+        response = self._student(version).answer_pool.remote(prompts, max_new_tokens)
         return [row.text for row in response.result(timeout_s=1800)]
 
     def _warm_generator(self, version: str) -> None:
         """Load the new adapter on a replica of the student before requests ask for it."""
-        from ray import serve
-
         try:
-            handle = serve.get_deployment_handle(self._served_by, app_name=self.app_name)
-            handle.options(multiplexed_model_id=version).warmup.remote().result(timeout_s=300)
+            self._student(version).warmup.remote().result(timeout_s=300)
         except Exception as exc:  # serving goes on; the first request loads it instead
             logger.warning("could not warm the generator with %s: %s", version, exc)
 

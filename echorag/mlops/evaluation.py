@@ -17,9 +17,8 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from echorag.answer_metrics import token_f1
 from echorag.generation import LocalGenerator
-from echorag.mlops.gate import VersionScore
+from echorag.mlops.gate import VersionScore, agreement
 from echorag.mlops.train_config import TrainConfig
 from echorag.mlops.training import Chat, _encode_all, _mean_loss
 from echorag.models import ResolvedModel
@@ -66,6 +65,5 @@ def evaluate_versions(
             rows = generator.generate(batch, [None if adapter is None else name] * len(batch),
                                       config.eval_max_new_tokens, temperature=0.0)
             replies.extend(row.text for row in rows)
-        agreement = sum(token_f1(answer, label) for answer, label in zip(replies, labels)) / len(labels)
-        scores[name] = VersionScore(loss=loss, agreement=agreement, answers=tuple(replies))
+        scores[name] = VersionScore(loss=loss, agreement=agreement(replies, labels), answers=tuple(replies))
     return scores

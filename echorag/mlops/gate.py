@@ -12,7 +12,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from echorag.answer_metrics import token_f1
+
 T = TypeVar("T")
+
+
+def agreement(answers: Sequence[str], labels: Sequence[str]) -> float:
+    """The gate's agreement: mean token F1 of each answer with its label."""
+    return sum(token_f1(answer, label) for answer, label in zip(answers, labels)) / len(labels)
 
 
 @dataclass(frozen=True)

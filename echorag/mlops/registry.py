@@ -424,10 +424,7 @@ class AdapterRegistry:
     def record(self, version: str, metrics: dict[str, Any], timings: dict[str, float]) -> AdapterInfo:
         """Add how ``version`` was judged (and how long it took) to its metadata."""
         with self._lock:
-            info = self.info(version)
-            info = info.model_copy(update={"metrics": info.metrics | metrics, "timings": info.timings | timings})
-            self.storage.write_json(f"{version}/{METADATA_FILE}", info.model_dump(mode="json"))
-            return info
+            return self._update(version, metrics=metrics, timings=timings)
 
     def reject(self, version: str, metrics: dict[str, Any] | None = None) -> AdapterInfo:
         """The gate said no: keep the version, mark it rejected, record why."""
@@ -453,7 +450,13 @@ class AdapterRegistry:
             raise InvalidAdapterError(f"invalid version name {version!r}: expected v1, v2, ...")
 
     def _set_status(self, version: str, status: Status, metrics: dict[str, Any] | None = None) -> AdapterInfo:
+        return self._update(version, status, metrics)
+
+    def _update(self, version: str, status: Status | None = None, metrics: dict[str, Any] | None = None,
+                timings: dict[str, float] | None = None) -> AdapterInfo:
+        """Rewrite ``version``'s metadata with metrics and timings merged in (and a new status)."""
         info = self.info(version)
-        info = info.model_copy(update={"status": status, "metrics": info.metrics | (metrics or {})})
+        info = info.model_copy(update={"status": status or info.status, "metrics": info.metrics | (metrics or {}),
+                                       "timings": info.timings | (timings or {})})
         self.storage.write_json(f"{version}/{METADATA_FILE}", info.model_dump(mode="json"))
         return info

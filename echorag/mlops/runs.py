@@ -28,10 +28,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from echorag.answer_metrics import token_f1
 from echorag.mlops.events import Event, adapter_promoted, training_rejected, training_succeeded
 import echorag.mlops.dataset as dataset
-from echorag.mlops.gate import EvaluationGate, GateDecision, VersionScore
+from echorag.mlops.gate import EvaluationGate, GateDecision, VersionScore, agreement
 from echorag.mlops.jobs import AnswerFn, TrainingJob, TrainingOutcome, finite
 from echorag.mlops.registry import BASE, AdapterRegistry
 from echorag.mlops.store import ConversationStore, Run
@@ -161,11 +160,10 @@ def score_answers(outcome: TrainingOutcome, pool: list, answer_fn: AnswerFn, can
     gives with each version loaded by name (``answer_fn``)."""
     prompts, labels = [chat[:-1] for chat in pool], [chat[-1]["content"] for chat in pool]
 
-    def agreement(version: str) -> float:
-        answers = answer_fn(version, prompts, max_new_tokens)
-        return sum(token_f1(answer, label) for answer, label in zip(answers, labels)) / len(labels)
+    def served(version: str) -> float:
+        return agreement(answer_fn(version, prompts, max_new_tokens), labels)
 
-    return replace(outcome, candidate_agreement=agreement(candidate), active_agreement=agreement(active))
+    return replace(outcome, candidate_agreement=served(candidate), active_agreement=served(active))
 
 
 def register_candidate(
