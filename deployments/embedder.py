@@ -8,13 +8,15 @@ import numpy as np
 from ray import serve
 
 from echorag.config import Settings
-from echorag.embedding import make_embedder
+from echorag.embedding import VectorCache, make_embedder
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
 class Embedder:
     def __init__(self, settings: Settings) -> None:
-        self.embedder = make_embedder(settings)
+        self.embedder = make_embedder(settings)  # queries and inversion
+        # Passages here are documents: kept on disk by text, so adding one again embeds nothing.
+        self.documents = VectorCache(self.embedder, path=settings.document_vectors_root)
 
     def reconfigure(self, config: dict) -> None:
         # user_config: {"max_batch_size": n, "batch_wait_timeout_s": s}
@@ -31,7 +33,7 @@ class Embedder:
         return list(vectors)
 
     async def embed_passages(self, texts: list[str]) -> np.ndarray:
-        return await asyncio.to_thread(self.embedder.embed_passages, texts)
+        return await asyncio.to_thread(self.documents.embed_passages, texts)
 
     async def invert(self, vector: np.ndarray, method: str, budget: int | None, side: str,
                      consult: list[str]) -> dict:

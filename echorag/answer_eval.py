@@ -20,7 +20,7 @@ from echorag.answer_metrics import abstained, citation_precision, contains, stri
 from echorag.answering import ExtractiveGenerator
 from echorag.canary import Answerer
 from echorag.config import Settings
-from echorag.embedding import make_embedder
+from echorag.embedding import document_embedder
 from echorag.memory import SessionMemory
 from echorag.pipeline import ChatPipeline
 from echorag.prompts import NO_ANSWER, build_messages
@@ -134,7 +134,7 @@ class AnswerBench:
     def __init__(self, corpus: list[dict], settings: Settings, progress: bool = True, embedder=None,
                  generator=None, selector: AnswerSelector | None = None) -> None:
         self.settings = settings
-        self.embedder = embedder or make_embedder(settings)
+        self.embedder = embedder or document_embedder(settings)
         self.retrieval = RetrievalBench(corpus, settings, progress, embedder=self.embedder)
         self.retriever = self.retrieval.retriever
         if selector is not None:

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # a fractional-CPU replica one thread, which made adding documents 1.7x slower on 2
     # cores. 0: every core of the machine that builds the application.
     embedder_threads: int = Field(0, ge=0, validation_alias=_env("embedder_threads"))
+    # Document vectors on disk by text (echorag.embedding.VectorCache): adding a document
+    # again, after a restart or to another application on the machine, embeds nothing.
+    document_vectors_dir: Path | None = Field(
+        None, validation_alias=_env("document_vectors_dir"), description="default: data_dir/vectors")
     device: str = Field("auto", validation_alias=_env("device"))
     # Secret orthogonal rotation of every stored and query vector (echorag.rotation):
     # retrieval is unchanged, leaked vectors no longer invert. Changing it means re-index.

@@ -6,8 +6,11 @@ product and the Chroma collection can be checked against ``embedder.id``/``dim``
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
@@ -108,6 +111,12 @@ def make_embedder(settings) -> Embedder:
     return embedder
 
 
+def document_embedder(settings) -> "VectorCache":
+    """``make_embedder`` behind the machine's document vectors (``document_vectors_root``):
+    what embeds documents, in the service and in the offline evaluations."""
+    return VectorCache(make_embedder(settings), path=settings.document_vectors_root)
+
+
 def _base_embedder(settings) -> Embedder:
     if settings.embedder == "e5":
         return E5Embedder()
@@ -120,38 +129,53 @@ def _base_embedder(settings) -> Embedder:
 
 
 class VectorCache:
-    """An embedder that remembers sentence and query vectors (LRU by text).
+    """An embedder that remembers vectors: in memory (LRU by text) and, with ``path``,
+    passage vectors on disk too.
 
     The knowledge base changes rarely, so the same sentences come back question after
-    question; a warm cache makes the dense features nearly free.
+    question; a warm cache makes the dense features nearly free. On disk (one SQLite file
+    per embedder id under ``path``, shared by every process on the machine) a document
+    added again, to another application or after a restart, is not embedded again.
+    Only passages are kept there: queries, which are what users type, never are.
     """
 
-    def __init__(self, embedder: Embedder, max_items: int = 50_000) -> None:
+    def __init__(self, embedder: Embedder, max_items: int = 50_000, path: Path | str | None = None) -> None:
         self.embedder = embedder
         self.id = getattr(embedder, "id", "embedder")
         self.dim = getattr(embedder, "dim", None)
         self.max_items = max_items
         self._vectors: OrderedDict[tuple[bool, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._disk = _DiskVectors(Path(path) / f"{_file_name(self.id)}.sqlite") if path else None
+
+    def _compute(self, texts: list[str], is_query: bool) -> np.ndarray:
+        """Vectors for ``texts`` (distinct, not in memory): from disk where stored, else embedded."""
+        stored = self._disk.get(texts) if self._disk and not is_query else {}
+        missing = [t for t in texts if t not in stored]
+        if missing:
+            embed = self.embedder.embed_queries if is_query else self.embedder.embed_passages
+            vectors = np.asarray(embed(missing), np.float32)
+            stored.update(zip(missing, vectors))
+            if self._disk and not is_query:
+                self._disk.put(missing, vectors)
+        return np.stack([stored[t] for t in texts]) if texts else np.zeros((0, self.dim or 0), np.float32)
 
     def _embed(self, texts: list[str], is_query: bool) -> np.ndarray:
         keys = [(is_query, t) for t in texts]
         with self._lock:
             missing = list(dict.fromkeys(t for q, t in keys if (q, t) not in self._vectors))
         if missing:
-            embed = self.embedder.embed_queries if is_query else self.embedder.embed_passages
-            vectors = np.asarray(embed(missing), np.float32)
+            vectors = self._compute(missing, is_query)
             with self._lock:
                 for text, vector in zip(missing, vectors):
                     self._vectors[(is_query, text)] = vector
         with self._lock:
             rows = []
             for key in keys:
-                # A key evicted meanwhile by another thread is simply embedded again.
+                # A key evicted meanwhile by another thread is simply computed again.
                 vector = self._vectors.get(key)
                 if vector is None:
-                    embed = self.embedder.embed_queries if is_query else self.embedder.embed_passages
-                    vector = np.asarray(embed([key[1]]), np.float32)[0]
+                    vector = self._compute([key[1]], is_query)[0]
                     self._vectors[key] = vector
                 self._vectors.move_to_end(key)
                 rows.append(vector)
@@ -166,3 +190,41 @@ class VectorCache:
 
     def embed_passages(self, texts: list[str]) -> np.ndarray:
         return self._embed(list(texts), False)
+
+
+def _file_name(embedder_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in embedder_id)
+
+
+class _DiskVectors:
+    """Passage vectors by the SHA-1 of their text, in SQLite (WAL: readers never wait on
+    a writer; several processes may share the file)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock, self._db:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB NOT NULL)")
+
+    @staticmethod
+    def _key(text: str) -> bytes:
+        return hashlib.sha1(text.encode()).digest()
+
+    def get(self, texts: list[str]) -> dict[str, np.ndarray]:
+        by_key = {self._key(t): t for t in texts}
+        found: dict[str, np.ndarray] = {}
+        keys = list(by_key)
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                rows = self._db.execute(
+                    f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(part))})", part)
+                found.update((by_key[k], np.frombuffer(v, np.float32)) for k, v in rows)
+        return found
+
+    def put(self, texts: list[str], vectors: np.ndarray) -> None:
+        rows = [(self._key(t), np.asarray(v, np.float32).tobytes()) for t, v in zip(texts, vectors)]
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?)", rows)

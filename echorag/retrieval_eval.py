@@ -14,7 +14,7 @@ from chromadb.config import Settings as ChromaSettings
 from tqdm import tqdm
 
 from echorag.config import Settings
-from echorag.embedding import make_embedder
+from echorag.embedding import document_embedder
 from echorag.evaluation import evaluate
 from echorag.retrieval import Retriever, chunk_documents
 from echorag.store import VectorStore
@@ -34,7 +34,7 @@ class RetrievalBench:
         self, corpus: list[dict], settings: Settings, progress: bool = True, batch: int = 64, embedder=None
     ) -> None:
         self.settings = settings
-        self.embedder = embedder or make_embedder(settings)
+        self.embedder = embedder or document_embedder(settings)
         self._query_vectors: dict[tuple[str, ...], tuple[list[np.ndarray], list[float]]] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="echorag-eval-")
         client = chromadb.PersistentClient(self._tmp.name, settings=ChromaSettings(anonymized_telemetry=False))

@@ -7,6 +7,9 @@ from pathlib import Path
 # Nothing in the tests may reach a model hub, and Ray needs no auth token locally.
 _HF_HOME = tempfile.mkdtemp(prefix="echorag-hf-")
 os.environ.update(
+    # Every application, cluster and offline evaluation of the session embeds the sample
+    # documents once, as the applications of one machine do (echorag.embedding.VectorCache).
+    ECHORAG_DOCUMENT_VECTORS_DIR=tempfile.mkdtemp(prefix="echorag-vectors-"),
     HF_HUB_OFFLINE="1",
     TRANSFORMERS_OFFLINE="1",
     HF_HOME=_HF_HOME,
