@@ -248,6 +248,10 @@ class Settings(BaseSettings):
         return self.data_dir / "chroma"
 
     @cached_property
+    def document_vectors_root(self) -> Path:
+        return self.document_vectors_dir or self.data_dir / "vectors"
+
+    @cached_property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
