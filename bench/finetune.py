@@ -39,7 +39,8 @@ import torch  # noqa: E402
 
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
 from echorag.mlops.train_config import TrainConfig  # noqa: E402
-from echorag.mlops.training import Chat, save_adapter, train_lora  # noqa: E402
+from echorag.chat_tokens import Chat  # noqa: E402
+from echorag.mlops.training import save_adapter, train_lora  # noqa: E402
 from echorag.models import ensure_tiny_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -121,6 +121,12 @@ class Generator:
             rows += await asyncio.to_thread(self.model.generate, batch, [adapter] * len(batch), max_new_tokens, 0.0)
         return rows
 
+    async def pool_loss(self, chats: list[list[dict]], max_length: int) -> float:
+        """Mean loss per answer token of the requested version on the gate's evaluation
+        pool (chats that end with their answer), from the model that serves it."""
+        adapter = await self._adapter_name()
+        return await asyncio.to_thread(self.model.label_loss, chats, adapter, max_length)
+
     @serve.batch(max_batch_size=BATCH, batch_wait_timeout_s=0.002)
     async def _generate_batch(
         self, conversations: list[list[dict]], analyses: list[Analysis], adapters: list[str | None]

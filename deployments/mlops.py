@@ -65,6 +65,35 @@ RUN_OUTCOMES = {
 }
 
 
+class ServedStudent:
+    """The deployment that serves the student (``Generator``, or ``Student`` where a teacher
+    answers), pinned to a version: the gate's loss and answers (``ServedScorer``) and the
+    warm-up before a promotion are requests to it, so they show in the dashboard."""
+
+    def __init__(self, app_name: str, deployment: str) -> None:
+        self.app_name, self.deployment = app_name, deployment
+
+    def _pinned(self, version: str):
+        from ray import serve
+
+        handle = serve.get_deployment_handle(self.deployment, app_name=self.app_name)
+        return handle.options(multiplexed_model_id=version)
+
+    def answers(self, version: str, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
+        response = self._pinned(version).answer_pool.remote(prompts, max_new_tokens)
+        return [row.text for row in response.result(timeout_s=1800)]
+
+    def loss(self, version: str, pool: list[list[dict]], max_length: int) -> float:
+        return self._pinned(version).pool_loss.remote(pool, max_length).result(timeout_s=1800)
+
+    def warm_up(self, version: str) -> None:
+        """Load the new adapter on a replica before requests ask for it."""
+        try:
+            self._pinned(version).warmup.remote().result(timeout_s=300)
+        except Exception as exc:  # serving goes on; the first request loads it instead
+            logger.warning("could not warm the %s deployment with %s: %s", self.deployment, version, exc)
+
+
 def observe_loop(kind: str, data: dict[str, Any]) -> None:
     """The loop's observer: recorded turns and events become Ray metrics."""
     if kind == "turn_recorded":
@@ -91,14 +120,14 @@ class Collector(PrivacyDesk, LearningLoop):
         self.app_name = app_name
         self.started_at = time.time()
         base = resolve_student(settings)
-        self._served_by = "Student" if has_teacher(settings) else "Generator"  # where versions serve
+        self._served = ServedStudent(app_name, "Student" if has_teacher(settings) else "Generator")
         self._progress_sink = _ProgressSink(ray.get_runtime_context().current_actor)
         metrics.set_enabled(settings.monitoring_export_metrics)
         super().__init__(
             settings,
-            ray_train_fn(settings, base.path, self._progress_sink, answers=False),
-            warm_up=self._warm_generator,
-            answer_fn=self._served_answers,
+            ray_train_fn(settings, base.path, self._progress_sink),
+            warm_up=self._served.warm_up,
+            scorer=self._served,
             observer=observe_loop,
             webhook_flavor=None if settings.finetune_webhook_format == "auto" else settings.finetune_webhook_format,
         )
@@ -119,24 +148,6 @@ class Collector(PrivacyDesk, LearningLoop):
     def finish(self, run_id: str, status: str, **extra: Any) -> None:
         pass
 
-    def _student(self, version: str):
-        """The deployment that serves the student, pinned to ``version``."""
-        from ray import serve
-
-        handle = serve.get_deployment_handle(self._served_by, app_name=self.app_name)
-        return handle.options(multiplexed_model_id=version)
-
-    def _served_answers(self, version: str, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
-        """The gate's answers: requests to that deployment (they show in the dashboard)."""
-        response = self._student(version).answer_pool.remote(prompts, max_new_tokens)
-        return [row.text for row in response.result(timeout_s=1800)]
-
-    def _warm_generator(self, version: str) -> None:
-        """Load the new adapter on a replica of the student before requests ask for it."""
-        try:
-            self._student(version).warmup.remote().result(timeout_s=300)
-        except Exception as exc:  # serving goes on; the first request loads it instead
-            logger.warning("could not warm the generator with %s: %s", version, exc)
 
 
 def collector_name(app_name: str = "echorag") -> str:

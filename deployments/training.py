@@ -1,8 +1,9 @@
 """The Ray layer of LoRA fine-tuning: the core loop (``echorag.mlops.training``) inside a
 Ray Train ``TorchTrainer``.
 
-- ``ray_train_fn`` is the collector's ``train_fn``: a ``fit_lora`` run, then the
-  held-out losses of both versions in a Ray task with the workers' resources.
+- ``ray_train_fn`` is the collector's ``train_fn``: a ``fit_lora`` run. The gate's
+  held-out loss and answers come from the serving deployment afterwards
+  (``deployments.mlops.ServedStudent``), not from a second model load here.
 - ``run_training`` / ``fit_lora`` build the trainer (CPU or GPU workers), block in
   ``fit()`` and return the adapter directory of the run's final checkpoint (``fit_lora``
   also the checkpoint and the last metrics). Call them off the event loop (a Ray task or
@@ -16,8 +17,8 @@ Ray Train ``TorchTrainer``.
 
 Any node may train. The run's storage (``Settings.train_storage_root``) is a path or URI
 every node reaches, so a worker on another node writes the checkpoint where the driver
-(the collector, on the head) reads it; the worker reports its node id. What a worker or
-the gate's evaluation reads is named portably, never as a path of the head's disk: the
+(the collector, on the head) reads it; the worker reports its node id. What a worker
+reads is named portably, never as a path of the head's disk: the
 active adapter as a registry version (``RegistryVersion``: downloaded from the adapter
 URI on the node that needs it), the candidate as the run's ``Checkpoint``, the base
 model by its spec when the head's path is not on that node.
@@ -47,14 +48,12 @@ from ray.train.torch import TorchTrainer
 
 from deployments import metrics
 from echorag.config import Settings
-from echorag.mlops.evaluation import evaluate_versions
-from echorag.mlops.gate import VersionScore
 from echorag.mlops.jobs import TrainFn, TrainingJob, TrainingOutcome
 from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError, validate_adapter_dir
 from echorag.mlops.train_config import TrainConfig
 from echorag.models import resolve_generator, student_spec
+from echorag.chat_tokens import Chat
 from echorag.mlops.training import (
-    Chat,
     EpochInfo,
     StepInfo,
     TrainingError,
@@ -163,16 +162,6 @@ def base_here(base_path: str, spec: dict[str, str] | None) -> str:
     if spec is None or not os.path.isabs(base_path) or Path(base_path).exists():
         return base_path
     return resolve_generator(spec["spec"], Path(spec["models_dir"])).path
-
-
-def evaluate_here(
-    base_path: str, spec: dict[str, str] | None, versions: dict[str, AdapterRef], pool: list[Chat],
-    config: TrainConfig, answers: bool = True,
-) -> dict[str, VersionScore]:
-    """``evaluate_versions`` on whichever node runs it (the gate's evaluation task)."""
-    with tempfile.TemporaryDirectory(prefix="echorag-eval-") as tmp:
-        dirs = {name: adapter_here(ref, Path(tmp) / name) for name, ref in versions.items()}
-        return evaluate_versions(base_here(base_path, spec), dirs, pool, config, None, answers)
 
 
 def delete_run(storage: str | Path, run_name: str) -> None:
@@ -370,11 +359,10 @@ def train_resources(settings: Settings) -> dict[str, float]:
     return {"CPU": settings.finetune_worker_cpus, "GPU": gpus, **settings.finetune_worker_resources}
 
 
-def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter, answers: bool = True) -> TrainFn:
-    """A ``LearningLoop`` train function that runs Ray Train and evaluates both versions,
-    on whichever nodes offer the workers' resources. ``answers=False``: their losses only
-    (the serving deployment answers for the gate)."""
-    evaluate = ray.remote(evaluate_here)
+def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter) -> TrainFn:
+    """A ``LearningLoop`` train function that runs Ray Train on whichever nodes offer the
+    workers' resources. It returns the adapter; the serving deployment then measures both
+    versions for the gate (``LearningLoop(scorer=...)``)."""
     storage = settings.train_storage_root
     base_spec = {"spec": student_spec(settings), "models_dir": str(settings.models_dir)}
 
@@ -398,20 +386,11 @@ def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter, a
             shutil.copytree(fit.adapter_dir, job.output_dir)
             if fit.checkpoint.filesystem.type_name != "local":  # a download of a remote checkpoint
                 shutil.rmtree(fit.adapter_dir.parent, ignore_errors=True)
-            train_s = time.perf_counter() - started
-            scores: dict[str, VersionScore] = {}
-            if job.holdout:
-                task = evaluate.options(num_cpus=cpus, num_gpus=gpus, resources=resources,
-                                        runtime_env=background_runtime_env(use_gpu=gpus > 0))
-                versions = {"candidate": fit.checkpoint, "active": active}
-                on_progress({"message": f"held-out loss on {len(job.holdout)} evaluation-pool turns"})
-                scores = ray.get(task.remote(base_path, base_spec, versions, job.holdout, job.config, answers))
         finally:
             delete_run(storage, job.name)  # the Train run's checkpoints and results
         return TrainingOutcome.scored(
-            job.output_dir,
-            scores,
-            timings={"train_s": train_s, "eval_s": time.perf_counter() - started - train_s},
+            job.output_dir, {},
+            timings={"train_s": time.perf_counter() - started},
             metrics={"examples": len(job.train), "holdout": len(job.holdout),
                      "train_node_id": fit.metrics.get("node_id"), "train_storage": str(storage)},
         )

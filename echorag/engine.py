@@ -33,6 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from echorag.chat_tokens import IGNORE, encode_all
 from echorag.config import Settings
 from echorag.models import ResolvedModel
 from echorag.types import BASE, Generation
@@ -201,12 +202,12 @@ class VLLMGenerator:
         return SamplingParams(max_tokens=max_new_tokens, temperature=temperature, logprobs=logprobs,
                               skip_special_tokens=True)
 
-    async def _outputs(self, messages: list[dict], adapter: str | None, params):
-        """The engine's output for one conversation after each step (runs on the engine's
-        loop); leaving early aborts the request."""
+    async def _outputs(self, prompt_ids: list[int], adapter: str | None, params):
+        """The engine's output for one prompt after each step (runs on the engine's loop);
+        leaving early aborts the request."""
         from vllm.inputs import TokensPrompt
 
-        prompt = TokensPrompt(prompt_token_ids=self.prompt_ids(messages))
+        prompt = TokensPrompt(prompt_token_ids=prompt_ids)
         lora = self._lora(adapter)
         request_id = uuid.uuid4().hex
         try:
@@ -220,7 +221,8 @@ class VLLMGenerator:
                       temperature: float) -> AsyncIterator[tuple[str, int, int]]:
         """(new text, prompt tokens, completion tokens so far) per engine step."""
         seen = ""
-        async for output in self._outputs(messages, adapter, self._params(max_new_tokens, temperature)):
+        async for output in self._outputs(self.prompt_ids(messages), adapter,
+                                          self._params(max_new_tokens, temperature)):
             completion = output.outputs[0]
             yield completion.text[len(seen):], len(output.prompt_token_ids), len(completion.token_ids)
             seen = completion.text
@@ -302,7 +304,8 @@ class VLLMGenerator:
     async def _logprobs(self, messages: list[dict], adapter: str | None,
                         max_new_tokens: int) -> list[tuple[int, float]]:
         final = None
-        async for output in self._outputs(messages, adapter, self._params(max_new_tokens, 0.0, logprobs=1)):
+        async for output in self._outputs(self.prompt_ids(messages), adapter,
+                                          self._params(max_new_tokens, 0.0, logprobs=1)):
             final = output.outputs[0]
         return [(t, step[t].logprob) for t, step in zip(final.token_ids, final.logprobs)]
 
@@ -310,3 +313,25 @@ class VLLMGenerator:
                         max_new_tokens: int = 16) -> list[tuple[int, float]]:
         """Greedy (token, logprob) pairs: how tests compare the engine with peft."""
         return self._call(self._logprobs(messages, adapter, max_new_tokens)).result()
+
+    async def _label_nll(self, example: dict[str, list[int]], adapter: str | None) -> tuple[float, int]:
+        """Summed negative logprob of the labelled tokens of one example, and their count,
+        from the engine's prompt logprobs (such requests skip reading the prefix cache)."""
+        from vllm import SamplingParams
+
+        ids, labels = example["input_ids"], example["labels"]
+        final = None
+        async for final in self._outputs(ids, adapter, SamplingParams(max_tokens=1, prompt_logprobs=0)):
+            pass
+        scored = [i for i in range(1, len(ids)) if labels[i] != IGNORE]  # token i given tokens < i
+        return -sum(final.prompt_logprobs[i][ids[i]].logprob for i in scored), len(scored)
+
+    def label_loss(self, chats: list[list[dict]], adapter: str | None = None, max_length: int = 1024) -> float:
+        """Mean cross-entropy per answer token of ``chats`` under ``adapter``, as
+        ``LocalGenerator.label_loss`` and training compute it (``echorag.chat_tokens``)."""
+        self._lora(adapter)
+        examples = encode_all(self.tokenizer, chats, max_length)
+        if not examples:
+            raise ValueError("no chat has answer tokens within max_length")
+        sums = [f.result() for f in [self._call(self._label_nll(e, adapter)) for e in examples]]
+        return sum(nll for nll, _ in sums) / sum(count for _, count in sums)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from echorag.chat_tokens import encode_all, mean_label_loss
 from echorag.devices import pick_device, pick_dtype
 from echorag.models import ResolvedModel, resolve_model
 from echorag.types import BASE, Generation
@@ -135,6 +137,25 @@ class LocalGenerator:
         if adapter not in self._adapters:
             raise KeyError(f"unknown adapter {adapter!r}; loaded: {self.adapters or 'none'}")
         return adapter
+
+    def label_loss(self, chats: list[list[dict]], adapter: str | None = None, max_length: int = 1024,
+                   batch_size: int = 8) -> float:
+        """Mean cross-entropy per answer token of ``chats`` (each ending with its answer)
+        under ``adapter``: the gate's held-out loss (``echorag.chat_tokens``)."""
+        examples = encode_all(self.tokenizer, chats, max_length)
+        if not examples:
+            raise ValueError("no chat has answer tokens within max_length")
+        name = self._peft_name(adapter)
+        with self._lock:
+            if not isinstance(self.model, PeftModel):
+                context = nullcontext()
+            elif name == _PEFT_BASE:
+                context = self.model.disable_adapter()
+            else:
+                self.model.set_adapter(name)
+                context = nullcontext()
+            with context:
+                return mean_label_loss(self.model, examples, self.tokenizer.pad_token_id, batch_size, self.device)
 
     # -- generation -------------------------------------------------------------------
 

@@ -138,7 +138,7 @@ def read_texts(path: Path) -> list[str]:
 def _step(model, optimizer, batch: list[tuple[list[int], list[int]]], pad_id: int) -> float:
     import torch
 
-    from echorag.mlops.training import collate
+    from echorag.chat_tokens import collate
 
     loss = model(**collate([{"input_ids": ids, "labels": labels} for ids, labels in batch], pad_id)).loss
     loss.backward()

@@ -256,7 +256,7 @@ def _chats(docs: list[dict], seed: int) -> list[list[dict]]:
 
 def _chat_examples(tokenizer, chats: list[list[dict]]) -> list[dict[str, list[int]]]:
     """Loss on the assistant reply only, encoded exactly as the learning loop trains."""
-    from echorag.mlops.training import encode_chat
+    from echorag.chat_tokens import encode_chat
 
     # Never cuts: warm-up chats are far shorter than the model's context.
     return [encode_chat(tokenizer, chat, TINY_CONFIG["max_position_embeddings"]) for chat in chats]

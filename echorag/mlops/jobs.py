@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from echorag.mlops.api import TrainingProgress
 from echorag.mlops.train_config import TrainConfig
@@ -107,10 +107,17 @@ class TrainingOutcome:
 
 
 TrainFn = Callable[[TrainingJob, Callable[[dict[str, Any]], None]], TrainingOutcome]
-# The serving engine's greedy answers (at most ``max_new_tokens``) to these prompts (chats
-# without their answer) under a registered version ("base": no adapter): how the gate
-# reads what a version would serve.
-AnswerFn = Callable[[str, list[list[dict]], int], list[str]]
+class ServedScorer(Protocol):
+    """How the gate reads a registered version ("base": no adapter) from the engine that
+    serves it, with the version loaded by name."""
+
+    def answers(self, version: str, prompts: list[Chat], max_new_tokens: int) -> list[str]:
+        """Greedy answers (at most ``max_new_tokens``) to chats without their answer."""
+        ...
+
+    def loss(self, version: str, pool: list[Chat], max_length: int) -> float:
+        """Mean loss per answer token on chats that end with their answer."""
+        ...
 
 
 def local_train_fn(base_path: str | Path, device: str | None = None, **overrides: Any) -> TrainFn:

@@ -44,7 +44,7 @@ from echorag.mlops.api import (
 )
 from echorag.mlops.events import Event, selector_judged, selector_rolled_back, training_failed, training_started
 from echorag.mlops.gate import EvaluationGate
-from echorag.mlops.jobs import AnswerFn, Conflict, MlopsError, NotFound, RunProgress, TrainFn, thin_curve
+from echorag.mlops.jobs import Conflict, MlopsError, NotFound, RunProgress, ServedScorer, TrainFn, thin_curve
 from echorag.mlops.notify import Flavor
 from echorag.mlops.policy import Decision, MarkPending, PolicyConfig, RetryLater, StartRun, TrainingPolicy
 from echorag.mlops.registry import AdapterRegistry
@@ -84,7 +84,7 @@ class LearningLoop(DataDesk):
         submit: Callable[[Callable[[], None]], Any] | None = None,
         schedule: Callable[[float, Callable[[], None]], Any] | None = None,
         warm_up: Callable[[str], Any] | None = None,
-        answer_fn: AnswerFn | None = None,
+        scorer: ServedScorer | None = None,
         observer: Observer | None = None,
         webhook_url: str | None = None,
         webhook_flavor: Flavor | None = None,
@@ -98,9 +98,8 @@ class LearningLoop(DataDesk):
         ``resume``: start a run at once when the data on disk already calls for one.
         ``warm_up(version)`` runs before a promotion moves the active pointer (and after a
         rollback), so the first requests for the new version do not pay its load.
-        ``answer_fn(version, prompts)``: the serving engine's answers under a registered
-        version, which the gate's agreement is then measured on (None: the ``train_fn``
-        measures it).
+        ``scorer``: the serving engine's loss and answers under a registered version,
+        which the gate then judges on (None: the ``train_fn`` measures them).
         ``observer(kind, data)`` hears every stored event (``kind`` = its type, ``data``
         = its data) and every recorded turn (``"turn_recorded"``: ``stored``, ``reason``,
         ``pii``); the Ray layer turns them into metrics."""
@@ -113,7 +112,7 @@ class LearningLoop(DataDesk):
         self.registry = AdapterRegistry(settings.adapters_root)
         self.selectors = SelectorRegistry(settings.adapters_root)
         self._train_fn = train_fn
-        self._answer_fn = answer_fn
+        self._scorer = scorer
         self._submit = submit or _thread
         self._schedule = schedule or _timer
         self._announcer = Announcer(
@@ -273,13 +272,13 @@ class LearningLoop(DataDesk):
             else:
                 self._set_progress(ctx.run.id, message="training", samples=len(job.train))
                 outcome = self._train_fn(job, lambda info: self._on_progress(ctx.run.id, info))
-                self._set_progress(ctx.run.id, message="registering the adapter" if self._answer_fn is None else
+                self._set_progress(ctx.run.id, message="registering the adapter" if self._scorer is None else
                                    f"judging on {len(job.holdout)} evaluation-pool turns, as served")
                 with self._lock:  # the gate in force now: settings may have changed during the run
                     gate = self.gate
                 versions = self._versions
                 result = runs.register_candidate(self.registry, job, outcome, gate, ctx.run.started_at,
-                                                 versions.active, versions.warm_up, self._answer_fn)
+                                                 versions.active, versions.warm_up, self._scorer)
             if selector is not None:
                 result.metrics["selector"] = selector
         except Exception as exc:

@@ -31,7 +31,7 @@ from typing import Any
 from echorag.mlops.events import Event, adapter_promoted, training_rejected, training_succeeded
 import echorag.mlops.dataset as dataset
 from echorag.mlops.gate import EvaluationGate, GateDecision, VersionScore, agreement
-from echorag.mlops.jobs import AnswerFn, TrainingJob, TrainingOutcome, finite
+from echorag.mlops.jobs import ServedScorer, TrainingJob, TrainingOutcome, finite
 from echorag.mlops.registry import BASE, AdapterRegistry
 from echorag.mlops.store import ConversationStore, Run
 from echorag.mlops.train_config import TrainConfig
@@ -154,16 +154,19 @@ def outcome_metrics(job: TrainingJob, outcome: TrainingOutcome, decision: GateDe
     }
 
 
-def score_answers(outcome: TrainingOutcome, pool: list, answer_fn: AnswerFn, candidate: str, active: str,
-                  max_new_tokens: int) -> TrainingOutcome:
-    """The outcome with both versions' agreement measured on answers the serving engine
-    gives with each version loaded by name (``answer_fn``)."""
+def score_served(outcome: TrainingOutcome, pool: list, scorer: ServedScorer, candidate: str, active: str,
+                 config: TrainConfig) -> TrainingOutcome:
+    """The outcome with both versions' held-out loss and agreement measured by the
+    serving engine, each version loaded by name (``scorer``)."""
     prompts, labels = [chat[:-1] for chat in pool], [chat[-1]["content"] for chat in pool]
 
-    def served(version: str) -> float:
-        return agreement(answer_fn(version, prompts, max_new_tokens), labels)
+    def served(version: str) -> tuple[float, float]:
+        loss = scorer.loss(version, pool, config.max_length)
+        return loss, agreement(scorer.answers(version, prompts, config.eval_max_new_tokens), labels)
 
-    return replace(outcome, candidate_agreement=served(candidate), active_agreement=served(active))
+    (candidate_loss, candidate_agreement), (active_loss, active_agreement) = served(candidate), served(active)
+    return replace(outcome, candidate_loss=candidate_loss, active_loss=active_loss,
+                   candidate_agreement=candidate_agreement, active_agreement=active_agreement)
 
 
 def register_candidate(
@@ -174,11 +177,11 @@ def register_candidate(
     started_at: float,
     active_version: Callable[[], str],
     warm_up: Callable[[str], None],
-    answer_fn: AnswerFn | None = None,
+    scorer: ServedScorer | None = None,
 ) -> RunResult:
     """Add the candidate as the next ``vN`` (status ``candidate``), judge it, and promote
-    it (after ``warm_up``) or keep it as rejected. With ``answer_fn`` the agreement the
-    gate reads comes from the serving engine with the candidate loaded by its version
+    it (after ``warm_up``) or keep it as rejected. With ``scorer`` the loss and agreement
+    the gate reads come from the serving engine with the candidate loaded by its version
     (registered first for that reason). A failed promotion leaves it rejected."""
     if outcome is None or outcome.adapter_dir is None:
         raise RuntimeError("train_fn returned no adapter")
@@ -191,15 +194,14 @@ def register_candidate(
     )
     version = info.version
     timings = {k: float(v) for k, v in outcome.timings.items() if finite(v) is not None}
-    if answer_fn is not None and job.holdout:
-        answering = time.time()
+    if scorer is not None and job.holdout:
+        evaluating = time.time()
         try:
-            outcome = score_answers(outcome, job.holdout, answer_fn, version, job.init_version,
-                                    job.config.eval_max_new_tokens)
+            outcome = score_served(outcome, job.holdout, scorer, version, job.init_version, job.config)
         except Exception as exc:
             registry.reject(version, {"promoted": False, "gate_reason": f"could not be evaluated: {exc}"})
             raise
-        timings["answers_s"] = time.time() - answering
+        timings["eval_s"] = time.time() - evaluating
     decision = judge(job, outcome, gate, active_version())
     metrics = outcome_metrics(job, outcome, decision)
     timings["run_s"] = time.time() - started_at

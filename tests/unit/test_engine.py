@@ -1,5 +1,6 @@
 """vLLM serves the tiny student exactly as peft does: the same greedy tokens for the base
-model and two adapter versions mixed in one batch, logprobs within 1e-3, streams that
+model and two adapter versions mixed in one batch, logprobs and the gate's held-out loss
+within 1e-3, streams that
 join to the same text, many concurrent requests from one event loop. Where the settings
 say so (or vLLM is absent), transformers serves instead."""
 
@@ -83,6 +84,23 @@ def test_base_and_two_versions_in_one_batch_answer_as_peft_does(engines):
         pairs = engine.greedy_logprobs(messages, version, max_new_tokens=12)
         theirs = _peft_logprobs(peft, messages, version, [t for t, _ in pairs])
         assert max(abs(a - b) for (_, a), b in zip(pairs, theirs)) < LOGPROB_TOLERANCE
+
+
+@needs_vllm
+def test_the_engine_gives_the_gate_the_held_out_loss_training_computes(engines):
+    """The gate's held-out loss from the serving engine (prompt logprobs) is the loss
+    transformers computes on the same chats, for the base model and each version."""
+    peft, engine = engines
+    pool = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            for q, a in zip(QUESTIONS, ["세종대왕이 만들었습니다.", "1,947m입니다.", "배추를 절여 양념을 버무립니다.", "저랭크 미세조정입니다."])]
+    losses = {}
+    for version in (None, "v1", "v2"):
+        losses[version] = engine.label_loss(pool, version, max_length=256)
+        assert abs(losses[version] - peft.label_loss(pool, version, max_length=256)) < LOGPROB_TOLERANCE
+    assert len({round(v, 3) for v in losses.values()}) == 3  # each version scores its own way
+    assert engine.label_loss(pool, None, 256) == losses[None]  # again: no prefix-cache shortcut
+    with pytest.raises(KeyError, match="unknown adapter"):
+        engine.label_loss(pool, "v9")
 
 
 @needs_vllm

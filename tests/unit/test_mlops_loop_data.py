@@ -242,26 +242,36 @@ def test_a_damaged_version_is_refused_with_an_event_and_never_served(make, tmp_p
     assert [e.data["version"] for e in refused] == ["v7", "v1"]  # newest first
 
 
-def test_the_gate_judges_answers_served_with_the_registered_candidate(make, prebuilt_adapter):
-    """With an ``answer_fn`` (in the cluster: the serving deployment pinned to a version)
-    the candidate is registered before the verdict, and the agreement the gate reads is
-    computed from what is served under each version."""
+def test_the_gate_judges_what_is_served_with_the_registered_candidate(make, prebuilt_adapter):
+    """With a ``scorer`` (in the cluster: the serving deployment pinned to a version) the
+    candidate is registered before the verdict, and the loss and agreement the gate reads
+    are measured on what is served under each version."""
     jobs: list[TrainingJob] = []
-    asked: list[tuple[str, str | None, int]] = []
+    asked: list[tuple[str, str, str | None, int]] = []
 
-    def served(version: str, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
-        status = None if version == BASE else loop.registry.info(version).status
-        asked.append((version, status, len(prompts)))
-        labels = [chat[-1]["content"] for chat in jobs[-1].holdout]
-        return labels if version != BASE else ["모르겠습니다."] * len(prompts)
+    class Served:
+        def answers(self, version: str, prompts: list[list[dict]], max_new_tokens: int) -> list[str]:
+            asked.append(("answers", version, status(version), len(prompts)))
+            labels = [chat[-1]["content"] for chat in jobs[-1].holdout]
+            return labels if version != BASE else ["모르겠습니다."] * len(prompts)
 
-    loop = make(adapter_trainer(prebuilt_adapter, jobs), finetune_batch_size=8, loop_kwargs={"answer_fn": served})
+        def loss(self, version: str, pool: list[list[dict]], max_length: int) -> float:
+            asked.append(("loss", version, status(version), len(pool)))
+            assert all(chat[-1]["role"] == "assistant" for chat in pool)  # scored with their answers
+            return 0.5 if version != BASE else 2.5
+
+    def status(version: str) -> str | None:
+        return None if version == BASE else loop.registry.info(version).status
+
+    loop = make(adapter_trainer(prebuilt_adapter, jobs), finetune_batch_size=8, loop_kwargs={"scorer": Served()})
     for i in range(8):
         loop.record(turn(i))
     assert loop.wait_idle(WAIT)
     pool = len(jobs[0].holdout)
-    assert pool > 0 and asked == [("v1", "candidate", pool), (BASE, None, pool)]
+    assert pool > 0 and asked == [("loss", "v1", "candidate", pool), ("answers", "v1", "candidate", pool),
+                                  ("loss", BASE, None, pool), ("answers", BASE, None, pool)]
     info = loop.registry.info("v1")
     assert info.status == "active" and loop.active_version() == "v1"
+    assert info.metrics["candidate_loss"] == 0.5 and info.metrics["active_loss"] == 2.5
     assert info.metrics["candidate_agreement"] == 1.0 and info.metrics["active_agreement"] < 0.2
-    assert "answers_s" in info.timings
+    assert "eval_s" in info.timings

@@ -146,7 +146,7 @@ def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp
     """No train/serve skew: the stored turn keeps the served messages, and the prompt part
     of its training example is token for token what LocalGenerator encoded."""
     from echorag.mlops.dataset import run_data
-    from echorag.mlops.training import IGNORE, encode_chat
+    from echorag.chat_tokens import IGNORE, encode_chat
     from echorag.mlops.train_config import TrainConfig
 
     settings, embedder, retriever = parts(tmp_path, tiny_model_path)

@@ -5,7 +5,7 @@ import json
 import random
 
 from echorag import small_model
-from echorag.mlops.training import encode_chat
+from echorag.chat_tokens import encode_chat
 from echorag.models import resolve_model
 from echorag.prompts import build_messages
 

@@ -10,15 +10,8 @@ from echorag.config import Settings
 from echorag.generation import LocalGenerator
 from echorag.mlops.evaluation import evaluate_versions
 from echorag.mlops.train_config import TrainConfig
-from echorag.mlops.training import (
-    IGNORE,
-    StepInfo,
-    TrainingError,
-    encode_chat,
-    save_adapter,
-    supports_assistant_mask,
-    train_lora,
-)
+from echorag.chat_tokens import IGNORE, encode_chat, supports_assistant_mask
+from echorag.mlops.training import StepInfo, TrainingError, save_adapter, train_lora
 from echorag.tiny_model import CHAT_TEMPLATE, EOT
 from tests.korean_qa import QA
 
