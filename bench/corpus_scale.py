@@ -73,15 +73,14 @@ FIGURES = {  # key: (label, unit)
 
 def build_pool(data: Path, cache: Path, queries: int, workdir: Path) -> dict:
     """Real chunks, their sentences, vectors, and sampled real questions with vectors."""
-    from bench.embed_cache import CachedEmbedder
     from echorag.config import load_settings
     from echorag.documents import read_jsonl
-    from echorag.embedding import make_embedder
+    from echorag.embedding import VectorCache, make_embedder
     from echorag.korean import split_sentences
     from echorag.retrieval import chunk_documents
 
     settings = load_settings()
-    embedder = CachedEmbedder(make_embedder(settings), cache)
+    embedder = VectorCache(make_embedder(settings), path=cache)
     corpus, questions = [], []
     for name in ("kobest_boolq_ko", "belebele_ko"):
         corpus += read_jsonl(data / name / "corpus.jsonl")

@@ -3,7 +3,7 @@ evaluation set, with the service's own code (``echorag.retrieval_eval``).
 
     python bench/retrieval.py [--data ../shared/data] [--cache DIR]   # writes bench/results/retrieval.{json,png}
 
-``--cache`` keeps passage vectors on disk between runs (bench/embed_cache.py); queries
+``--cache`` keeps passage vectors on disk between runs (``echorag.embedding.VectorCache``); queries
 are always embedded live, one at a time, so the latency is what a user sees.
 
 Sets: the bundled dev set (sample knowledge base + dev questions) and, when
@@ -19,10 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.embed_cache import CachedEmbedder  # noqa: E402
 from echorag.config import load_settings  # noqa: E402
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
-from echorag.embedding import make_embedder  # noqa: E402
+from echorag.embedding import VectorCache, make_embedder  # noqa: E402
 from echorag.retrieval_eval import RetrievalBench  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,13 +62,14 @@ def plot(report: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--cache", type=Path, help="cache passage vectors here (bench/embed_cache.py)")
+    parser.add_argument("--cache", type=Path, help="keep passage vectors here (echorag.embedding.VectorCache)")
     parser.add_argument("--sets", nargs="+", help="only these sets")
     args = parser.parse_args()
     settings = load_settings()
     embedder = None
     if args.cache:
-        embedder = CachedEmbedder(make_embedder(settings), args.cache, cache_queries=False)
+        # passages from disk; queries embedded live (max_items=0: nothing kept in memory)
+        embedder = VectorCache(make_embedder(settings), max_items=0, path=args.cache)
     report = {
         "command": " ".join(["python", *sys.argv]),
         "defaults": {"fusion": settings.fusion, "bm25_weight": settings.bm25_weight,

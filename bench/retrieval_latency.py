@@ -22,10 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.embed_cache import CachedEmbedder  # noqa: E402
 from echorag.config import load_settings  # noqa: E402
 from echorag.documents import read_jsonl  # noqa: E402
-from echorag.embedding import make_embedder  # noqa: E402
+from echorag.embedding import VectorCache, make_embedder  # noqa: E402
 from echorag.retrieval_eval import RetrievalBench  # noqa: E402
 
 
@@ -43,13 +42,14 @@ def subset(data: Path, documents: int = 1000, questions: int = 500) -> tuple[lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--cache", type=Path, help="cache passage vectors here (bench/embed_cache.py)")
+    parser.add_argument("--cache", type=Path, help="keep passage vectors here (echorag.embedding.VectorCache)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     settings = load_settings()
     embedder = make_embedder(settings)
     if args.cache:
-        embedder = CachedEmbedder(embedder, args.cache, cache_queries=False)
+        # passages from disk; queries embedded live (max_items=0: nothing kept in memory)
+        embedder = VectorCache(embedder, max_items=0, path=args.cache)
     corpus, queries = subset(args.data)
     started = time.perf_counter()
     bench = RetrievalBench(corpus, settings, progress=False, embedder=embedder)

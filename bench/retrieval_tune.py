@@ -30,9 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.embed_cache import CachedEmbedder  # noqa: E402
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
-from echorag.embedding import E5Embedder  # noqa: E402
+from echorag.embedding import E5Embedder, VectorCache  # noqa: E402
 from echorag.evaluation import evaluate  # noqa: E402
 from echorag.korean import morphemes_many, split_sentences  # noqa: E402
 from echorag.lexical import fuse  # noqa: E402
@@ -54,10 +53,10 @@ def eval_sets(data: Path) -> dict[str, tuple[list[dict], list[dict]]]:
 
 
 class Embeddings:
-    """The service's e5 embedder behind an on-disk cache (bench/embed_cache.py)."""
+    """The service's e5 embedder behind its on-disk passage vectors (``echorag.embedding.VectorCache``)."""
 
     def __init__(self, cache: Path) -> None:
-        self.cached = CachedEmbedder(_LazyE5(), cache)
+        self.cached = VectorCache(_LazyE5(), path=cache)
 
     def __call__(self, texts: list[str], is_query: bool) -> np.ndarray:
         if is_query:

@@ -28,13 +28,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.embed_cache import CachedEmbedder  # noqa: E402
 from echorag.answer_eval import AnswerBench, containment_references, select_split  # noqa: E402
 from echorag.answer_metrics import contains  # noqa: E402
 from echorag.answering import ExtractiveGenerator  # noqa: E402
 from echorag.config import load_settings  # noqa: E402
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
-from echorag.embedding import E5Embedder  # noqa: E402
+from echorag.embedding import E5Embedder, VectorCache  # noqa: E402
 from echorag.evidence import RULE_THRESHOLD, strongest  # noqa: E402
 from echorag.types import Analysis  # noqa: E402
 from echorag.mlops.selector_learning import save_examples  # noqa: E402
@@ -104,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     settings = load_settings()
-    embedder = CachedEmbedder(E5Embedder(), args.cache)
+    embedder = VectorCache(E5Embedder(), path=args.cache)
     queries = read_jsonl(sample_path("dev_queries.jsonl"))
     bench = AnswerBench(read_jsonl(sample_path("sample_kb.jsonl")), settings, progress=False, embedder=embedder,
                         generator=ExtractiveGenerator.from_settings(settings))
