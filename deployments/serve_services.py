@@ -10,7 +10,8 @@ as Ray Serve LLM's ingress does, instead of a new handle per request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -23,8 +24,11 @@ from echorag.mlops.registry import AdapterRegistry
 from echorag.schemas import MlopsInfo
 from echorag.types import Analysis, ChatContext, Generation, Turn
 
+log = logging.getLogger(__name__)
+
 REPLICA_GONE = (RayActorError, ActorUnavailableError)
 RETRIES = 3
+LONG_POLL_S = 30.0  # how long the collector may hold a traffic poll open
 
 
 async def backoff(attempt: int) -> None:
@@ -41,6 +45,43 @@ async def retrying(call, *args, **kwargs):
             await backoff(attempt)
 
 
+class TrafficFeed:
+    """The active version and the student's share, in the ingress replica's memory.
+
+    A background task long-polls the collector (``traffic_after``), which answers as soon
+    as the registry's pointer moves, so a chat reads no storage. Until the first answer,
+    and while the collector is away (restarting), each request reads the pointer itself,
+    as every replica could: the pointer is the truth, the feed only spares the reads.
+    """
+
+    def __init__(self, collector, read: Callable[[], Traffic]) -> None:
+        self.collector, self._read = collector, read
+        self._known: Traffic | None = None
+        self._follower: asyncio.Task | None = None
+
+    async def current(self) -> Traffic:
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
+        if self._known is None:
+            return await asyncio.to_thread(self._read)
+        return self._known
+
+    def forget(self) -> None:
+        """This replica just changed the traffic: read it again until the feed has it."""
+        self._known = None
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                self._known = await self.collector.traffic_after.remote(self._known, LONG_POLL_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the collector restarts: read the pointer meanwhile
+                log.warning("traffic feed interrupted (%s); reading the pointer per request", exc)
+                self._known = None
+                await asyncio.sleep(1.0)
+
+
 class ServeServices:
     def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, generator: DeploymentHandle,
                  collector, registry: AdapterRegistry, settings: Settings,
@@ -49,6 +90,7 @@ class ServeServices:
         self.embedder, self.retriever, self.generator, self.student = embedder, retriever, generator, student
         self.collector, self.registry, self.settings = collector, registry, settings
         self._versions: dict[tuple[str, bool, bool], DeploymentHandle] = {}
+        self.traffic_feed = TrafficFeed(collector, lambda: registry.traffic(settings.canary_fraction))
 
     def generator_for(self, adapter: str, stream: bool = False, student: bool = False) -> DeploymentHandle:
         """The generator (or student) handle that routes to replicas holding ``adapter``."""
@@ -105,6 +147,4 @@ class ServeServices:
         await retrying(self.retriever.remember.remote, turn, question_vector)
 
     async def traffic(self) -> Traffic:
-        # The registry's pointer file is the truth; every replica reads it, so new and
-        # restarted replicas serve the active version (and the canary's share) by themselves.
-        return self.registry.traffic(self.settings.canary_fraction)
+        return await self.traffic_feed.current()

@@ -79,12 +79,16 @@ class MlopsRoutes:
 
     @app.post("/mlops/rollback", response_model=mlops_api.AdapterChange, dependencies=[Admin])
     async def rollback(self, request: mlops_api.RollbackRequest):
-        return await self.collector.rollback.remote(request.version)
+        change = await self.collector.rollback.remote(request.version)
+        self.services.traffic_feed.forget()  # this replica's next chat serves it already
+        return change
 
     @app.post("/mlops/promote", response_model=mlops_api.AdapterChange, dependencies=[Admin])
     async def promote(self, request: mlops_api.PromoteRequest | None = None):
         request = request or mlops_api.PromoteRequest()
-        return await self.collector.promote.remote(request.version, request.student_share)
+        change = await self.collector.promote.remote(request.version, request.student_share)
+        self.services.traffic_feed.forget()  # this replica's next chat serves it already
+        return change
 
     @app.post("/mlops/selector/rollback", response_model=mlops_api.SelectorChange, dependencies=[Admin],
               responses={404: {"model": ErrorResponse}})

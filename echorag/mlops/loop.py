@@ -488,6 +488,10 @@ class LearningLoop(DataDesk):
         """Which version the student serves, to which share of sessions (echorag.canary)."""
         return self._versions.traffic()
 
+    def traffic_after(self, known: Traffic | None, timeout_s: float = 30.0) -> Traffic:
+        """``traffic`` once it differs from ``known`` (``VersionSwitch.traffic_after``)."""
+        return self._versions.traffic_after(known, timeout_s)
+
     # -- admin: data --------------------------------------------------------------------------
 
     def clear_conversations(self, backup: bool = False) -> ClearConversationsResponse:

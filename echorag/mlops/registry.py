@@ -283,6 +283,9 @@ class AdapterRegistry:
             self.storage = LocalStorage(root)
             self.root = self.storage.root
         self._lock = threading.Lock()
+        # Called after every write of the active pointer (version, student share): this
+        # registry is its one writer, so its owner can tell ingress replicas at once.
+        self.on_pointer_change: Callable[[], None] | None = None
 
     # -- reading --------------------------------------------------------------------------
 
@@ -413,6 +416,8 @@ class AdapterRegistry:
 
     def _write_pointer(self, pointer: dict[str, Any]) -> None:
         self.storage.write_json(POINTER_FILE, pointer | {"updated_at": time.time()})
+        if self.on_pointer_change is not None:
+            self.on_pointer_change()
 
     def rollback(self, to: str | None = None) -> str:
         """Point back to ``to`` (a version or ``"base"``); by default the previous active

@@ -6,6 +6,8 @@ so the first requests for it do not pay its load.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,23 @@ class VersionSwitch:
         self.announcer = announcer
         self._warm_up = warm_up
         self.canary_fraction = canary_fraction
+        self._moved = threading.Condition()
+        registry.on_pointer_change = self._pointer_moved
+
+    def _pointer_moved(self) -> None:
+        with self._moved:
+            self._moved.notify_all()
+
+    def traffic_after(self, known: Traffic | None, timeout_s: float = 30.0, recheck_s: float = 5.0) -> Traffic:
+        """The traffic as soon as it differs from ``known``, or whatever it is after
+        ``timeout_s``: a long poll, by which ingress replicas keep it in memory instead of
+        reading the pointer on every request. Every write of the pointer here wakes it; the
+        pointer is read again every ``recheck_s`` too, for a change made by hand."""
+        deadline = time.monotonic() + timeout_s
+        with self._moved:  # held from the read to the wait: no write slips in between
+            while (current := self.traffic()) == known and (left := deadline - time.monotonic()) > 0:
+                self._moved.wait(min(left, recheck_s))
+        return current
 
     def active(self) -> str:
         """The version that serves (``"base"`` if the pointer is unreadable, logged)."""

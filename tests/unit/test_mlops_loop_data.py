@@ -275,3 +275,37 @@ def test_the_gate_judges_what_is_served_with_the_registered_candidate(make, preb
     assert info.metrics["candidate_loss"] == 0.5 and info.metrics["active_loss"] == 2.5
     assert info.metrics["candidate_agreement"] == 1.0 and info.metrics["active_agreement"] < 0.2
     assert "eval_s" in info.timings
+
+
+def test_a_traffic_poll_answers_as_soon_as_the_pointer_moves(make, prebuilt_adapter):
+    """What ingress replicas keep in memory: ``traffic_after`` holds a poll while nothing
+    changes and answers within moments of a promotion, a canary share or a rollback."""
+    from echorag.canary import Traffic
+
+    loop = make(adapter_trainer(prebuilt_adapter, []))
+    loop.registry.add(prebuilt_adapter)
+    known = loop.traffic_after(None)  # nothing known yet: at once
+    assert known == Traffic(BASE, 0.0)
+
+    started = time.monotonic()
+    assert loop.traffic_after(known, timeout_s=0.5) == known  # unchanged: held until the timeout
+    assert time.monotonic() - started >= 0.45
+
+    answers: list[tuple[float, Traffic]] = []
+
+    def follow(since: Traffic, expected: Traffic) -> None:
+        """As an ingress replica does: poll again with what the last poll said."""
+        begun = time.monotonic()
+        while since != expected and time.monotonic() - begun < 20:
+            since = loop.traffic_after(since, timeout_s=20)
+        answers.append((time.monotonic() - begun, since))
+
+    for change, expected in ((lambda: loop.promote("v1", 0.25), Traffic("v1", 0.25)),
+                             (lambda: loop.rollback(), Traffic(BASE, 0.25))):
+        waiter = threading.Thread(target=follow, args=(known, expected))
+        waiter.start()
+        time.sleep(0.3)  # the poll is waiting
+        change()
+        waiter.join(5)
+        waited, known = answers[-1]
+        assert known == expected and waited < 2.5, answers
