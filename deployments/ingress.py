@@ -114,8 +114,8 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRo
             raise HTTPException(413, f"message is {len(request.message)} characters; the limit is {limit}")
         version = request.adapter_version
         if version and version != BASE:
-            try:
-                self.registry.path(version)
+            try:  # its metadata, not its weights: the generator replica that loads it checks those
+                self.registry.info(version)
             except InvalidAdapterError as exc:  # also an unknown or malformed name
                 raise HTTPException(404, f"adapter version {version!r} is not available: {exc}") from None
 
