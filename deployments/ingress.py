@@ -13,6 +13,7 @@ This process imports no model library (torch, transformers, peft): it only route
 
 import sys
 import time
+from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 from ray import cloudpickle, serve
@@ -47,6 +48,31 @@ from echorag.types import BASE
 for _routes in (ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRoutes):
     cloudpickle.register_pickle_by_value(sys.modules[_routes.__module__])
 
+@dataclass
+class ChatCounters:
+    """What ``/stats`` reports of this replica's chat routes (``/chat``, ``/chat/stream``,
+    ``/v1/chat/completions``, streamed or not), counted in one place."""
+
+    requests: int = 0
+    errors: int = 0
+    latency_total: float = 0.0  # seconds, over the answered requests, to their last token
+
+    def start(self) -> float:
+        self.requests += 1
+        return time.perf_counter()
+
+    def answered(self, started: float) -> None:
+        self.latency_total += time.perf_counter() - started
+
+    def failed(self) -> None:
+        self.errors += 1
+
+    @property
+    def mean_latency_s(self) -> float:
+        answered = self.requests - self.errors
+        return self.latency_total / answered if answered > 0 else 0.0
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(app)
 class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRoutes):
@@ -71,8 +97,7 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRo
         UserAuth.configure(settings, self.collector, self.admin_token)
         self.sessions = Sessions(self.collector, settings.session_secret)
         self.started = time.time()
-        self.requests = self.errors = 0
-        self.latency_total = 0.0
+        self.counters = ChatCounters()
         self._pipeline: ChatPipeline | None = None
         self._model_info: dict | None = None
         self._embedder_info: dict | None = None

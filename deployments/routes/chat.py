@@ -52,14 +52,13 @@ class ChatRoutes:
         request, limit_key = await self.scoped(caller, request)
         self.admit(http, request, limit_key)
         pipeline = await self._ready()
-        started = time.perf_counter()
-        self.requests += 1
+        started = self.counters.start()
         try:
             response = await pipeline.chat(request, request_key=idempotency_key)
         except Exception:
-            self.errors += 1
+            self.counters.failed()
             raise
-        self.latency_total += time.perf_counter() - started
+        self.counters.answered(started)
         metrics.record_chat(response.timing, response.search_results)
         return response
 
@@ -72,16 +71,17 @@ class ChatRoutes:
         request, limit_key = await self.scoped(caller, request)
         self.admit(http, request, limit_key)
         pipeline = await self._ready()
-        self.requests += 1
+        started = self.counters.start()
 
         async def events() -> AsyncIterator[str]:
             try:
                 async for event in pipeline.chat_stream(request, request_key=idempotency_key):
                     if isinstance(event, DoneEvent):
+                        self.counters.answered(started)
                         metrics.record_chat(event.response.timing, event.response.search_results)
                     yield event.sse()
             except Exception as exc:
-                self.errors += 1
+                self.counters.failed()
                 yield ErrorEvent(error=user_message(exc)).sse()
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -116,11 +116,10 @@ class ChatRoutes:
     @app.get("/stats", response_model=StatsResponse)
     async def stats(self) -> StatsResponse:
         counts = await self.retriever.counts.remote()
-        answered = self.requests - self.errors
         return StatsResponse(
-            requests=self.requests,
-            errors=self.errors,
-            avg_latency_s=self.latency_total / answered if answered else 0.0,
+            requests=self.counters.requests,
+            errors=self.counters.errors,
+            avg_latency_s=self.counters.mean_latency_s,
             documents=counts["documents"],
             memory=counts["memory"],
             sessions=len(self.memory),

@@ -46,9 +46,14 @@ class OpenAIRoutes:
         """Retrieval-augmented like ``/chat``; ``stream: true`` answers in OpenAI's chunk format."""
         chat, history = await self._openai_request(request, http, caller)
         pipeline = await self._ready()
-        self.requests += 1
+        started = self.counters.start()
         if not request.stream:
-            response = await pipeline.chat(chat, history)
+            try:
+                response = await pipeline.chat(chat, history)
+            except Exception:
+                self.counters.failed()
+                raise
+            self.counters.answered(started)
             metrics.record_chat(response.timing, response.search_results)
             usage = response.usage
             return oai.completion(response, request.model, usage.prompt_tokens, usage.completion_tokens)
@@ -68,6 +73,7 @@ class OpenAIRoutes:
                         yield sse(oai.chunk(completion_id, request.model, created, {"content": event.text}))
                     elif isinstance(event, DoneEvent):
                         response = event.response
+                        self.counters.answered(started)
                         metrics.record_chat(response.timing, response.search_results)
                         yield sse(oai.chunk(completion_id, request.model, created, {}, finish="stop"))
                         if include_usage:
@@ -76,7 +82,7 @@ class OpenAIRoutes:
                                                total_tokens=usage.prompt_tokens + usage.completion_tokens)
                             yield sse(oai.chunk(completion_id, request.model, created, {}, usage=totals, choices=False))
             except Exception as exc:
-                self.errors += 1
+                self.counters.failed()
                 yield sse(oai.error_body(user_message(exc), "server_error"))
             yield "data: [DONE]\n\n"
 

@@ -69,3 +69,15 @@ def test_embeddings_are_the_services_normalised_vectors(oai):
     query = oai.embeddings.create(model="echorag", input="한국의 수도는?", extra_body={"input_type": "query"})
     scores = vectors @ np.array(query.data[0].embedding)
     assert scores[0] > scores[1]  # the capital sentence is closer to the capital question
+
+
+def test_stats_count_the_openai_routes_like_chat(oai, client):
+    """/stats counts every chat route in one place: a completion, streamed or not, is a
+    request with a latency, as a /chat is."""
+    before = client.get("/stats").json()
+    oai.chat.completions.create(model="echorag", messages=[{"role": "user", "content": "한강은 어디로 흐르나요?"}])
+    list(oai.chat.completions.create(model="echorag", stream=True,
+                                     messages=[{"role": "user", "content": "김치는 어떻게 담그나요?"}]))
+    after = client.get("/stats").json()
+    assert after["requests"] - before["requests"] == 2 and after["errors"] == before["errors"]
+    assert after["avg_latency_s"] > 0
