@@ -15,16 +15,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 
-# Settings field names (POST /mlops/settings, the store) → PolicyConfig fields.
-_SETTING_NAMES = {
-    "finetune_batch_size": "batch_size",
-    "finetune_auto_trigger": "auto_trigger",
-    "finetune_enabled": "enabled",
-}
-
-
 @dataclass(frozen=True)
 class PolicyConfig:
+    """The loop builds it from the runtime settings (``LearningLoop._policy_config``)."""
+
     batch_size: int = 100
     auto_trigger: bool = True
     enabled: bool = True
@@ -36,17 +30,6 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_attempts < 1:
             raise ValueError("batch_size and max_attempts must be at least 1")
-
-    @classmethod
-    def from_settings(cls, settings: Any, runtime: dict[str, Any] | None = None, **overrides: Any) -> PolicyConfig:
-        """From ``echorag.config.Settings``, then the runtime settings persisted in the store
-        (``store.runtime_settings()``, Settings field names), then ``overrides``."""
-        values = {field: getattr(settings, name) for name, field in _SETTING_NAMES.items()}
-        for name, value in (runtime or {}).items():
-            field = _SETTING_NAMES.get(name, name)
-            if field in cls.__dataclass_fields__:
-                values[field] = value
-        return cls(**values | overrides)
 
     def backoff(self, failures: int) -> float:
         """Delay before the retry that follows the ``failures``-th consecutive failure."""

@@ -1,5 +1,4 @@
 import random
-from types import SimpleNamespace
 
 from echorag.mlops import MarkPending, Nothing, PolicyConfig, RetryLater, StartRun, TrainingPolicy
 
@@ -128,12 +127,6 @@ def test_restored_state_and_external_runs():
     assert p.run_started(30, 35) == Nothing("run recorded")  # confirming is idempotent
     p.run_succeeded()
     assert p.watermark == 35
-
-
-def test_config_from_settings_and_runtime_overrides():
-    settings = SimpleNamespace(finetune_batch_size=100, finetune_auto_trigger=True, finetune_enabled=True)
-    config = PolicyConfig.from_settings(settings, {"finetune_batch_size": 20, "finetune_epochs": 3}, max_attempts=5)
-    assert (config.batch_size, config.auto_trigger, config.enabled, config.max_attempts) == (20, True, True, 5)
 
 
 def test_a_long_random_schedule_trains_every_turn_exactly_once():
