@@ -119,3 +119,13 @@ def test_the_ingress_imports_no_model_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_models_and_engines_never_import_training_code():
+    """Building or serving a model needs the chat encoding (echorag.chat_tokens), not the
+    fine-tuning loop: the training layer sits above them."""
+    graph = _graph()
+    serving = ("echorag.tiny_model", "echorag.small_model", "echorag.generation", "echorag.engine",
+               "echorag.chat_tokens", "deployments.generator")
+    training = {"echorag.mlops.training", "echorag.mlops.evaluation", "echorag.mlops.dataset", "deployments.training"}
+    assert {name: sorted(graph[name] & training) for name in serving} == {name: [] for name in serving}
