@@ -9,6 +9,7 @@ from ray import serve
 
 from echorag.config import Settings
 from echorag.embedding import VectorCache, make_embedder
+from echorag.types import EmbedderInfo
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
@@ -23,8 +24,8 @@ class Embedder:
         self.embed_query.set_max_batch_size(int(config.get("max_batch_size", 32)))
         self.embed_query.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.002)))
 
-    def info(self) -> dict:
-        return {"id": self.embedder.id, "dim": self.embedder.dim}
+    def info(self) -> EmbedderInfo:
+        return EmbedderInfo(self.embedder.id, self.embedder.dim)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def embed_query(self, texts: list[str]) -> list[np.ndarray]:

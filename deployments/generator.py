@@ -24,7 +24,7 @@ from echorag.answering import ExtractiveGenerator
 from echorag.config import Settings
 from echorag.engine import VLLMGenerator, local_generator
 from echorag.generation import LocalGenerator, OpenAIGenerator
-from echorag.types import BASE, Analysis, Generation
+from echorag.types import BASE, Analysis, Generation, ModelInfo
 from echorag.mlops.registry import AdapterRegistry
 from echorag.models import resolve_answerer, resolve_student
 from echorag.services import adapter_arg, iterate_in_thread
@@ -68,16 +68,16 @@ class Generator:
             if resolved.is_demo:
                 logger.warning("EchoRAG is serving the tiny offline demo model, not KANANA.")
 
-    def info(self) -> dict:
+    def info(self) -> ModelInfo:
         kind = getattr(self.model, "kind", "openai")
-        return {
-            "name": self.model.name,
-            "kind": kind,
-            "demo": kind == "tiny",
-            "device": getattr(self.model, "device", "cpu" if kind == "extractive" else "remote"),
-            "engine": "vllm" if isinstance(self.model, VLLMGenerator)
+        return ModelInfo(
+            name=self.model.name,
+            kind=kind,
+            demo=kind == "tiny",
+            device=str(getattr(self.model, "device", "cpu" if kind == "extractive" else "remote")),
+            engine="vllm" if isinstance(self.model, VLLMGenerator)
             else "transformers" if isinstance(self.model, LocalGenerator) else None,
-        }
+        )
 
     @serve.multiplexed(max_num_models_per_replica=4)
     async def get_adapter(self, version: str) -> LoadedAdapter:

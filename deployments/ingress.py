@@ -40,7 +40,7 @@ from echorag.pipeline import ChatPipeline
 from echorag.ratelimit import RateLimiter
 from echorag.schemas import ChatRequest
 from echorag.security import ensure_admin_token
-from echorag.types import BASE
+from echorag.types import BASE, EmbedderInfo, ModelInfo
 
 # The route groups travel to the replica by value: Serve rewrites each route method's
 # signature (``self`` becomes the replica) on the function object, and a function
@@ -99,8 +99,8 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRo
         self.started = time.time()
         self.counters = ChatCounters()
         self._pipeline: ChatPipeline | None = None
-        self._model_info: dict | None = None
-        self._embedder_info: dict | None = None
+        self._model_info: ModelInfo | None = None
+        self._embedder_info: EmbedderInfo | None = None
 
     async def _ready(self) -> ChatPipeline:
         if self._pipeline is None:
@@ -108,11 +108,11 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRo
             student = None
             if self.student is not None:
                 student_info = await self.student.info.remote()
-                student = Answerer(student_info["name"], student_info["kind"])
-            self._pipeline = ChatPipeline(self.services, self.memory, Answerer(info["name"], info["kind"]), student)
+                student = Answerer(student_info.name, student_info.kind)
+            self._pipeline = ChatPipeline(self.services, self.memory, Answerer(info.name, info.kind), student)
         return self._pipeline
 
-    async def _embedder(self) -> dict:
+    async def _embedder(self) -> EmbedderInfo:
         """The embedder's id and dimension: fixed for the application's life, asked once."""
         if self._embedder_info is None:
             self._embedder_info = await self.embedder.info.remote()

@@ -49,7 +49,7 @@ class Retriever:
                 s = self.settings
 
                 def open_store() -> HybridRetriever:
-                    store = VectorStore.from_settings(s, info["id"], info["dim"])
+                    store = VectorStore.from_settings(s, info.id, info.dim)
                     retriever = HybridRetriever.from_settings(store, s, self._embed_passages)
                     retriever.selector = self.selectors.load_active()
                     return retriever

@@ -14,6 +14,25 @@ if TYPE_CHECKING:
 BASE = "base"  # the adapter version that means "no adapter": the bare base model
 
 
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """What an embedder replica serves: the vector store is checked against it."""
+
+    id: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a generator (or student) replica serves, as ``/health`` reports it."""
+
+    name: str
+    kind: str  # kanana, small, tiny, local, openai, extractive
+    demo: bool  # the tiny offline demo model
+    device: str
+    engine: str | None  # vllm or transformers for a local model, else None
+
+
 @dataclass
 class Generation:
     """One generated answer and its token counts."""

@@ -100,12 +100,12 @@ class ChatRoutes:
         embedder = await self.embedder.info.remote()  # a health probe asks every time
         return HealthResponse(
             status="ok" if store_ok else "degraded",
-            model=info["name"],
-            model_kind=info["kind"],
-            demo_model=info["demo"],
-            embedder=embedder["id"],
-            device=str(info["device"]),
-            engine=info["engine"],
+            model=info.name,
+            model_kind=info.kind,
+            demo_model=info.demo,
+            embedder=embedder.id,
+            device=info.device,
+            engine=info.engine,
             documents=counts["documents"],
             memory=counts["memory"],
             adapter_version=(await self.services.traffic()).version,

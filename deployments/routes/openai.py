@@ -93,7 +93,7 @@ class OpenAIRoutes:
         self, request: oai.EmbeddingRequest, http: Request, caller: Caller = Security(require_caller)
     ) -> oai.EmbeddingList:
         """The service's own embedder (L2-normalised); ``input_type`` picks query or passage prefixes."""
-        if request.model not in (oai.MODEL, (await self._embedder())["id"]):
+        if request.model not in (oai.MODEL, (await self._embedder()).id):
             raise HTTPException(404, f"model {request.model!r} does not exist; use {oai.MODEL!r}")
         try:
             texts = request.texts()

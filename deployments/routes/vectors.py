@@ -24,7 +24,7 @@ class VectorRoutes:
                 raise HTTPException(404, f"no stored item {request.id!r} in {request.collection}")
         else:
             vector = np.asarray(request.vector, dtype=np.float32)
-            dim = (await self._embedder())["dim"]
+            dim = (await self._embedder()).dim
             if vector.shape[0] != dim or not np.isfinite(vector).all() or not np.any(vector):
                 raise HTTPException(422, f"vector must be {dim} finite numbers, not all zero")
         exclude = None if request.method == "nearest" else request.id
