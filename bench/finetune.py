@@ -2,7 +2,7 @@
 
     python bench/finetune.py [--sizes 100 1000 4000 10000] [--epochs 2]   # writes bench/results/finetune.{json,png}
 
-Overhead ratio = wall time of ``deployments.training.run_training`` (a TorchTrainer with
+Overhead ratio = wall time of ``deployments.training.fit_lora`` (a TorchTrainer with
 one CPU worker: controller, worker group, process group, model load in a fresh worker
 process, checkpoint upload) / wall time of the same ``train_lora`` loop in this process
 (load, train, save) for the same examples, config and number of steps. Target: <= 1.5x.
@@ -74,21 +74,21 @@ def time_in_process(model: Path, chats: list[Chat], config: TrainConfig, threads
 def time_ray(model: Path, chats: list[Chat], config: TrainConfig, run_dir: Path) -> dict:
     import ray
 
-    from deployments.training import run_training
+    from deployments.training import fit_lora
     from tests.serve.progress_actor import TrainingProgress
 
     progress = TrainingProgress.remote()
     try:
         started = time.perf_counter()
-        adapter = run_training(model, chats, config, run_dir, num_workers=1, progress_actor=progress)
+        fit = fit_lora(model, chats, config, run_dir, num_workers=1, progress_actor=progress)
         wall = time.perf_counter() - started
         state = ray.get(progress.get.remote())
     finally:
         ray.kill(progress)
-    metrics = state.get("metrics", {})
+    metrics = fit.metrics
     return {"wall_s": wall, "steps": state["total_steps"], "train_s": metrics.get("train_s"),
             "load_s": metrics.get("load_s"), "final_loss": state["loss"],
-            "worker_threads": metrics.get("torch_threads"), "adapter": str(adapter)}
+            "worker_threads": metrics.get("torch_threads"), "adapter": str(fit.adapter_dir)}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -102,7 +102,7 @@ def plot(report: dict, path: Path) -> None:
     steps = [r["steps"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     left.plot(steps, [r["in_process_s"] for r in rows], "o-", label="train_lora in process")
-    left.plot(steps, [r["ray_train_s"] for r in rows], "s-", label="run_training (TorchTrainer, 1 CPU worker)")
+    left.plot(steps, [r["ray_train_s"] for r in rows], "s-", label="fit_lora (TorchTrainer, 1 CPU worker)")
     left.set_xlabel("optimizer steps")
     left.set_ylabel("wall time (s)")
     left.set_title("LoRA fine-tuning wall time")
@@ -179,7 +179,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)  # the tiny model and the Train run folders
 
     report = {
-        "benchmark": "Ray Train overhead: run_training (TorchTrainer, 1 CPU worker) / train_lora in process",
+        "benchmark": "Ray Train overhead: fit_lora (TorchTrainer, 1 CPU worker) / train_lora in process",
         "target_ratio": TARGET_RATIO,
         "model": "echorag tiny demo model" if args.model is None else str(args.model),
         "config": config.to_dict() | {"target_modules": list(config.target_modules)},

@@ -137,16 +137,11 @@ class Collector(PrivacyDesk, LearningLoop):
         """Which process holds the collector, and since when (changes when Ray restarts it)."""
         return {"pid": os.getpid(), "started_at": self.started_at}
 
-    # The progress protocol of run_training (deployments/training.py): workers report here.
-    def start(self, run_id: str, info: dict[str, Any] | None = None) -> None:
-        pass
-
     def update(self, info: dict[str, Any]) -> None:
-        if info.get("kind", "step") == "step":  # epoch summaries are for Train's own report
+        """A training worker's report (the progress protocol of ``deployments.training``):
+        steps reach the run's progress; epoch summaries are for Train's own report."""
+        if info.get("kind", "step") == "step":
             self._progress_sink.deliver(info["run_id"], info)
-
-    def finish(self, run_id: str, status: str, **extra: Any) -> None:
-        pass
 
 
 

@@ -4,14 +4,13 @@ Ray Train ``TorchTrainer``.
 - ``ray_train_fn`` is the collector's ``train_fn``: a ``fit_lora`` run. The gate's
   held-out loss and answers come from the serving deployment afterwards
   (``deployments.mlops.ServedStudent``), not from a second model load here.
-- ``run_training`` / ``fit_lora`` build the trainer (CPU or GPU workers), block in
-  ``fit()`` and return the adapter directory of the run's final checkpoint (``fit_lora``
-  also the checkpoint and the last metrics). Call them off the event loop (a Ray task or
-  a thread): a run takes minutes.
+- ``fit_lora`` builds the trainer (CPU or GPU workers), blocks in ``fit()`` and returns
+  the adapter directory of the run's final checkpoint, the checkpoint and the last
+  metrics. Call it off the event loop (a Ray task or a thread): a run takes minutes.
 - ``train_loop_per_worker`` is what each worker runs: ``prepare_model`` puts the model
   on the worker's device (DDP with several workers), ``ray.train.report`` records every
   epoch (the last one with the adapter as a ``Checkpoint``, saved by rank 0 only), and
-  every optimizer step goes to a progress actor (``start`` / ``update`` / ``finish``; in
+  every optimizer step goes to a progress actor (its one method ``update``; in
   the service, the collector) and to Ray metrics, so the coordinator and the dashboard
   show step / total / loss / ETA while the run goes.
 
@@ -252,14 +251,6 @@ class FitResult:
     metrics: dict[str, Any]  # rank 0's last report: losses, timings, node_id, ...
 
 
-def run_training(base_path: str | Path, train_examples: list[Chat], config: TrainConfig, run_dir: str | Path,
-                 **options: Any) -> Path:
-    """Fine-tune a LoRA with a ``TorchTrainer`` and return the adapter directory of the
-    final checkpoint (``run_dir/<run_name>/adapter`` for a local ``run_dir``). Blocks until
-    the run ends; raises ``TrainingError`` when it fails. Options: ``fit_lora``'s."""
-    return fit_lora(base_path, train_examples, config, run_dir, **options).adapter_dir
-
-
 def fit_lora(
     base_path: str | Path,
     train_examples: list[Chat],
@@ -275,7 +266,7 @@ def fit_lora(
     resources_per_worker: dict[str, float] | None = None,
     base_spec: dict[str, str] | None = None,
 ) -> FitResult:
-    """``run_training`` with the whole result. ``run_dir``: a local path (one machine) or
+    """Fine-tune a LoRA with a ``TorchTrainer``; raises ``TrainingError`` when the run fails. ``run_dir``: a local path (one machine) or
     a path or URI every node reaches (``file:///shared/train``, ``s3://bucket/train``);
     ``init_adapter``: a local directory or, for workers on other nodes, a
     ``RegistryVersion``; ``resources_per_worker``: custom resources placing the workers
@@ -287,10 +278,6 @@ def fit_lora(
         os.environ.setdefault(name, value)
     if isinstance(progress_actor, str):
         progress_actor = ray.get_actor(progress_actor)
-    if progress_actor is not None:
-        # Waited for: the workers' updates come from other callers, so no order is implied.
-        info = {"examples": len(train_examples), "epochs": config.epochs}
-        _quietly(lambda: ray.get(progress_actor.start.remote(run_name, info)))
     storage = str(run_dir) if "://" in str(run_dir) else str(Path(run_dir).resolve())
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {}), **(resources_per_worker or {})}
 
@@ -320,18 +307,12 @@ def fit_lora(
         adapter_dir = adapter_here(result.checkpoint)
         validate_adapter_dir(adapter_dir)
     except Exception as exc:
-        if progress_actor is not None:
-            error = str(exc)[-2000:]
-            _quietly(lambda: ray.get(progress_actor.finish.remote(run_name, "failed", error=error)))
         if isinstance(exc, TrainingError):
             raise
         if isinstance(exc, InvalidAdapterError):
             raise TrainingError(f"training run {run_name} saved an unusable adapter: {exc}") from exc
         raise TrainingError(f"training run {run_name} failed: {exc}") from exc
     metrics = dict(result.metrics or {})
-    if progress_actor is not None:
-        done = {"adapter_dir": str(adapter_dir), "wall_s": time.perf_counter() - started, "metrics": metrics}
-        _quietly(lambda: ray.get(progress_actor.finish.remote(run_name, "succeeded", **done)))
     logger.info("Training run %s finished in %.1f s on node %s: %s", run_name, time.perf_counter() - started,
                 metrics.get("node_id"), adapter_dir)
     return FitResult(adapter_dir, result.checkpoint, metrics)

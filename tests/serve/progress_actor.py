@@ -1,7 +1,6 @@
-"""A progress actor that keeps every report of a ``run_training`` run, for the Ray Train
+"""A progress actor that keeps every report of a ``fit_lora`` run, for the Ray Train
 test and the fine-tuning benchmark. In the service the collector actor takes these
-reports instead (``start`` / ``update`` / ``finish``: the protocol of
-``deployments.training.run_training``)."""
+reports instead (``update``: the protocol of ``deployments.training.fit_lora``)."""
 
 from __future__ import annotations
 
@@ -23,28 +22,19 @@ class TrainingProgress:
         self._max_steps = max_steps
         self._latest: str | None = None
 
-    def start(self, run_id: str, info: dict[str, Any] | None = None) -> None:
-        if run_id not in self._runs:
-            self._runs[run_id] = {"run_id": run_id, "status": "running", "started_at": time.time()}
-            self._steps[run_id] = deque(maxlen=self._max_steps)
-            self._epochs[run_id] = []
-        self._runs[run_id] |= info or {}
-        self._latest = run_id
-
     def update(self, info: dict[str, Any]) -> None:
         """A step (``kind="step"``, the default) or an epoch summary (``kind="epoch"``)."""
         run_id = info["run_id"]
-        if run_id not in self._runs:  # a worker that reports before start() (or without it)
-            self.start(run_id)
+        if run_id not in self._runs:  # the run's first report
+            self._runs[run_id] = {"run_id": run_id, "started_at": time.time()}
+            self._steps[run_id] = deque(maxlen=self._max_steps)
+            self._epochs[run_id] = []
+            self._latest = run_id
         if info.get("kind", "step") == "epoch":
             self._epochs[run_id].append(info)
         else:
             self._steps[run_id].append(info)
             self._runs[run_id] |= {k: v for k, v in info.items() if k != "kind"} | {"updated_at": time.time()}
-
-    def finish(self, run_id: str, status: str, **extra: Any) -> None:
-        run = self._runs.setdefault(run_id, {"run_id": run_id})
-        run |= {"status": status, "ended_at": time.time(), **extra}
 
     def get(self, run_id: str | None = None) -> dict[str, Any] | None:
         """The latest state of ``run_id`` (default: the most recent run), or None."""

@@ -27,7 +27,7 @@ CHATS = [
 def test_torch_trainer_run_saves_a_loadable_adapter_and_reports_every_step(ray_cluster, tiny_model_path, tmp_path):
     import ray
 
-    from deployments.training import run_training
+    from deployments.training import fit_lora
     from tests.serve.progress_actor import TrainingProgress
 
     name = f"test-progress-{uuid.uuid4().hex[:6]}"
@@ -35,9 +35,8 @@ def test_torch_trainer_run_saves_a_loadable_adapter_and_reports_every_step(ray_c
     run_name = f"test-run-{uuid.uuid4().hex[:6]}"
     config = TrainConfig(epochs=1, learning_rate=5e-3, batch_size=2, max_length=128)
     try:
-        adapter = run_training(
-            tiny_model_path, CHATS, config, tmp_path / "runs", progress_actor=name, run_name=run_name
-        )
+        fit = fit_lora(tiny_model_path, CHATS, config, tmp_path / "runs", progress_actor=name, run_name=run_name)
+        adapter = fit.adapter_dir
 
         assert adapter.is_dir() and adapter.is_relative_to(tmp_path / "runs" / run_name)
         validate_adapter_dir(adapter)
@@ -49,9 +48,8 @@ def test_torch_trainer_run_saves_a_loadable_adapter_and_reports_every_step(ray_c
         assert [s["step"] for s in steps] == [1, 2, 3]  # 6 chats, batch 2, 1 epoch
         assert all(s["total_steps"] == 3 and math.isfinite(s["loss"]) and s["eta_s"] >= 0 for s in steps)
         assert steps[-1]["progress"] == 1.0
-        state = ray.get(progress.get.remote(run_name))
-        assert state["status"] == "succeeded" and state["adapter_dir"] == str(adapter)
-        assert state["metrics"]["niceness"] == 19  # CPU training yields to serving from its first import
+        assert ray.get(progress.get.remote(run_name))["step"] == 3  # the last step, as the UI shows it
+        assert fit.metrics["niceness"] == 19  # CPU training yields to serving from its first import
         assert [e["epoch"] for e in ray.get(progress.epochs.remote(run_name))] == [0]
     finally:
         ray.kill(progress)
