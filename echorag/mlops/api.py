@@ -23,7 +23,7 @@ EVENTS_LIMIT_MAX = 1000
 CONVERSATIONS_LIMIT_MAX = 1000
 
 # Runtime setting (API field name) -> key in the store's settings table, which is also the
-# ``echorag.config.Settings`` field that gives its default (where Settings has one).
+# ``echorag.config.Settings`` field that gives its default.
 SETTING_KEYS: dict[str, str] = {
     "batch_size": "finetune_batch_size",
     "auto_trigger": "finetune_auto_trigger",
@@ -56,45 +56,39 @@ class _Request(BaseModel):
 
 
 class RuntimeSettings(BaseModel):
-    """The learning loop's settings as they apply now: ``Settings`` defaults, overridden by
-    what ``POST /mlops/settings`` stored (persisted in SQLite, so restarts keep them)."""
+    """The learning loop's settings as they apply now: ``Settings`` gives every default (each
+    written once, there), overridden by what ``POST /mlops/settings`` stored (persisted in
+    SQLite, so restarts keep them). Here: only their bounds and what they mean."""
 
     model_config = ConfigDict(validate_assignment=True)
 
-    batch_size: int = Field(100, ge=1, le=1_000_000, description="New turns that trigger a run.")
-    auto_trigger: bool = Field(True, description="Start a run by itself when a batch has accumulated.")
-    finetune_enabled: bool = Field(True, description="Master switch of fine-tuning (manual runs too).")
-    collection_enabled: bool = Field(True, description="Store conversations at all.")
-    epochs: int = Field(2, ge=1, le=100)
-    learning_rate: float = Field(1e-4, gt=0, le=1)
+    batch_size: int = Field(ge=1, le=1_000_000, description="New turns that trigger a run.")
+    auto_trigger: bool = Field(description="Start a run by itself when a batch has accumulated.")
+    finetune_enabled: bool = Field(description="Master switch of fine-tuning (manual runs too).")
+    collection_enabled: bool = Field(description="Store conversations at all.")
+    epochs: int = Field(ge=1, le=100)
+    learning_rate: float = Field(gt=0, le=1)
     gate_tolerance: float = Field(
-        0.0, gt=-1, le=10, description="Relative: 0.02 promotes a candidate up to 2 % worse on held-out turns."
+        gt=-1, le=10, description="Relative: 0.02 promotes a candidate up to 2 % worse on held-out turns."
     )
-    max_attempts: int = Field(3, ge=1, le=20, description="Tries per slice of data, the first included.")
-    retry_backoff_s: float = Field(30.0, ge=0, le=86_400, description="Delay before the first retry (doubles).")
-    replay_fraction: float = Field(0.25, ge=0, le=10, description="Earlier turns mixed in, per new turn.")
-    holdout_fraction: float = Field(
-        0.2, ge=0, lt=1, description="New turns kept out of training for the gate (0: no gate)."
-    )
-    seed: int = Field(0, ge=0)
+    max_attempts: int = Field(ge=1, le=20, description="Tries per slice of data, the first included.")
+    retry_backoff_s: float = Field(ge=0, le=86_400, description="Delay before the first retry (doubles).")
+    replay_fraction: float = Field(ge=0, le=10, description="Earlier turns mixed in, per new turn.")
+    holdout_fraction: float = Field(ge=0, lt=1, description="New turns kept out of training for the gate (0: no gate).")
+    seed: int = Field(ge=0)
     train_on: TrainOn = Field(
-        "teacher", description="Which labels train: teacher (a teacher's answers, 👍, corrections), rated, corrected, all."
+        description="Which labels train: teacher (a teacher's answers, 👍, corrections), rated, corrected, all."
     )
-    gate_min_examples: int = Field(20, ge=1, le=1_000_000, description="No promotion with fewer evaluation-pool turns.")
+    gate_min_examples: int = Field(ge=1, le=1_000_000, description="No promotion with fewer evaluation-pool turns.")
     gate_agreement_tolerance: float = Field(
-        0.02, ge=0, le=1, description="Absolute: a candidate may agree with the labels this much less than the active version."
+        ge=0, le=1, description="Absolute: a candidate may agree with the labels this much less than the active version."
     )
 
     @classmethod
     def resolve(cls, settings: Any, persisted: dict[str, Any] | None = None) -> RuntimeSettings:
-        """Defaults from ``settings`` (Settings fields that exist), then the persisted values.
+        """Defaults from ``settings`` (``echorag.config.Settings``), then the persisted values.
         A persisted value that no longer validates is logged and ignored."""
-        values: dict[str, Any] = {}
-        for name, key in SETTING_KEYS.items():
-            value = getattr(settings, key, None)
-            if value is not None:
-                values[name] = value
-        resolved = cls(**values)
+        resolved = cls(**{name: getattr(settings, key) for name, key in SETTING_KEYS.items()})
         for name, key in SETTING_KEYS.items():
             if persisted and key in persisted:
                 try:
