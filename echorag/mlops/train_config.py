@@ -6,51 +6,42 @@ passes a run's config (the learning loop, the Ray collector) never imports torch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from echorag.config import Settings
+
+
+def _setting(name: str, default: Any = None) -> Any:
+    """A field that ``from_settings`` reads from ``Settings.<name>``; its default is that
+    setting's (each default is written once, in ``echorag.config``) unless given here."""
+    value = Settings.model_fields[name].default if default is None else default
+    return field(default=value, metadata={"setting": name})
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 2
-    learning_rate: float = 1e-4
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    max_length: int = 2048  # tokens per chat (a served RAG prompt is ~1,000-2,000); longer ones are cut at the end
-    batch_size: int = 4  # chats per micro-batch (per worker)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    seed: int = 0
-    replay_fraction: float = 0.25  # earlier turns mixed in, as a share of the new turns
-    holdout_fraction: float = 0.2  # share of each run's new turns that joins the evaluation pool
-    train_on: str = "teacher"  # which labels train (echorag.mlops.dataset): teacher, rated, corrected, all
-    correction_weight: int = 3  # a corrected turn trains this many times
-    pool_size: int = 64  # the gate judges on the newest this many pool turns
-    eval_max_new_tokens: int = 64  # length of the greedy answers the gate compares with the labels
+    epochs: int = _setting("finetune_epochs")
+    learning_rate: float = _setting("finetune_learning_rate")
+    lora_r: int = _setting("finetune_lora_r")
+    lora_alpha: int = _setting("finetune_lora_alpha")
+    lora_dropout: float = _setting("finetune_lora_dropout")
+    target_modules: tuple[str, ...] = _setting("finetune_target_modules")
+    max_length: int = _setting("finetune_max_length")  # tokens per chat (a served RAG prompt is ~1,000-2,000); longer ones are cut at the end
+    batch_size: int = _setting("finetune_train_batch_size")  # chats per micro-batch (per worker); not finetune_batch_size, the trigger size
+    grad_accum: int = _setting("finetune_grad_accum")  # micro-batches per optimizer step
+    seed: int = _setting("finetune_seed")
+    replay_fraction: float = _setting("finetune_replay_fraction")  # earlier turns mixed in, as a share of the new turns
+    holdout_fraction: float = _setting("finetune_holdout_fraction")  # share of each run's new turns that joins the evaluation pool
+    train_on: str = _setting("finetune_train_on")  # which labels train (echorag.mlops.dataset): teacher, rated, corrected, all
+    correction_weight: int = _setting("finetune_correction_weight")  # a corrected turn trains this many times
+    pool_size: int = _setting("finetune_gate_pool_size")  # the gate judges on the newest this many pool turns
+    # Length of the greedy answers the gate compares with the labels: the service's answer
+    # length (max_new_tokens) there, 64 where a config is built alone (tests, benches).
+    eval_max_new_tokens: int = _setting("max_new_tokens", 64)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     dtype: str = "auto"  # "auto": bfloat16 on a GPU that supports it, else float32
-
-    # TrainConfig field -> Settings field; Settings fields that do not exist keep the default.
-    _SETTINGS: ClassVar[dict[str, str]] = {
-        "epochs": "finetune_epochs",
-        "learning_rate": "finetune_learning_rate",
-        "lora_r": "finetune_lora_r",
-        "lora_alpha": "finetune_lora_alpha",
-        "lora_dropout": "finetune_lora_dropout",
-        "target_modules": "finetune_target_modules",
-        "max_length": "finetune_max_length",
-        "batch_size": "finetune_train_batch_size",  # not finetune_batch_size: that is the trigger size
-        "grad_accum": "finetune_grad_accum",
-        "seed": "finetune_seed",
-        "replay_fraction": "finetune_replay_fraction",
-        "holdout_fraction": "finetune_holdout_fraction",
-        "train_on": "finetune_train_on",
-        "correction_weight": "finetune_correction_weight",
-        "pool_size": "finetune_gate_pool_size",
-        "eval_max_new_tokens": "max_new_tokens",
-    }
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, str):
@@ -65,13 +56,9 @@ class TrainConfig:
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> TrainConfig:
-        """Read what ``echorag.config.Settings`` has (today ``finetune_epochs``); defaults
-        for the rest. ``overrides`` win (e.g. runtime settings from the collector)."""
-        values = {}
-        for name, setting in cls._SETTINGS.items():
-            value = getattr(settings, setting, None)
-            if value is not None:
-                values[name] = value
+        """The fields ``echorag.config.Settings`` gives (see ``_setting``); ``overrides`` win
+        (e.g. the runtime settings from the collector)."""
+        values = {f.name: getattr(settings, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata}
         return cls(**values | overrides)
 
     def to_dict(self) -> dict[str, Any]:
