@@ -13,6 +13,7 @@ This process imports no model library (torch, transformers, peft): it only route
 
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -38,7 +39,7 @@ from echorag.memory import SessionMemory
 from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError
 from echorag.pipeline import ChatPipeline
 from echorag.ratelimit import RateLimiter
-from echorag.schemas import ChatRequest
+from echorag.schemas import ChatRequest, ChatResponse
 from echorag.security import ensure_admin_token
 from echorag.types import BASE, EmbedderInfo, ModelInfo
 
@@ -51,7 +52,8 @@ for _routes in (ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRoutes)
 @dataclass
 class ChatCounters:
     """What ``/stats`` reports of this replica's chat routes (``/chat``, ``/chat/stream``,
-    ``/v1/chat/completions``, streamed or not), counted in one place."""
+    ``/v1/chat/completions``, streamed or not), counted in one place, which also hands
+    each answer's timings to the Prometheus metrics."""
 
     requests: int = 0
     errors: int = 0
@@ -61,8 +63,20 @@ class ChatCounters:
         self.requests += 1
         return time.perf_counter()
 
-    def answered(self, started: float) -> None:
+    def answered(self, started: float, response: ChatResponse) -> None:
         self.latency_total += time.perf_counter() - started
+        metrics.record_chat(response.timing, response.search_results)
+
+    async def answer(self, call: Awaitable[ChatResponse]) -> ChatResponse:
+        """A request answered in one piece (not streamed), counted."""
+        started = self.start()
+        try:
+            response = await call
+        except Exception:
+            self.failed()
+            raise
+        self.answered(started, response)
+        return response
 
     def failed(self) -> None:
         self.errors += 1

@@ -144,7 +144,6 @@ class Collector(PrivacyDesk, LearningLoop):
             self._progress_sink.deliver(info["run_id"], info)
 
 
-
 def collector_name(app_name: str = "echorag") -> str:
     """One collector per application: two EchoRAG apps in a cluster keep their data apart."""
     return COLLECTOR_NAME if app_name == "echorag" else f"{COLLECTOR_NAME}-{app_name}"

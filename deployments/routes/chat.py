@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from fastapi import Header, Query, Request, Security
 from fastapi.responses import FileResponse, StreamingResponse
 
-from deployments import metrics
 from deployments.auth import require_caller
 from deployments.http_app import UI_DIR, Admin, app, user_message
 from echorag.identity import Caller
@@ -52,15 +51,7 @@ class ChatRoutes:
         request, limit_key = await self.scoped(caller, request)
         self.admit(http, request, limit_key)
         pipeline = await self._ready()
-        started = self.counters.start()
-        try:
-            response = await pipeline.chat(request, request_key=idempotency_key)
-        except Exception:
-            self.counters.failed()
-            raise
-        self.counters.answered(started)
-        metrics.record_chat(response.timing, response.search_results)
-        return response
+        return await self.counters.answer(pipeline.chat(request, request_key=idempotency_key))
 
     @app.post("/chat/stream", response_class=StreamingResponse, responses=USER_ERRORS | {429: {"model": ErrorResponse}})
     async def chat_stream(
@@ -77,8 +68,7 @@ class ChatRoutes:
             try:
                 async for event in pipeline.chat_stream(request, request_key=idempotency_key):
                     if isinstance(event, DoneEvent):
-                        self.counters.answered(started)
-                        metrics.record_chat(event.response.timing, event.response.search_results)
+                        self.counters.answered(started, event.response)
                     yield event.sse()
             except Exception as exc:
                 self.counters.failed()

@@ -9,7 +9,6 @@ import numpy as np
 from fastapi import HTTPException, Request, Security
 from fastapi.responses import StreamingResponse
 
-from deployments import metrics
 from deployments.auth import require_caller
 from deployments.http_app import app, user_message
 from deployments.serve_services import retrying
@@ -46,18 +45,12 @@ class OpenAIRoutes:
         """Retrieval-augmented like ``/chat``; ``stream: true`` answers in OpenAI's chunk format."""
         chat, history = await self._openai_request(request, http, caller)
         pipeline = await self._ready()
-        started = self.counters.start()
         if not request.stream:
-            try:
-                response = await pipeline.chat(chat, history)
-            except Exception:
-                self.counters.failed()
-                raise
-            self.counters.answered(started)
-            metrics.record_chat(response.timing, response.search_results)
+            response = await self.counters.answer(pipeline.chat(chat, history))
             usage = response.usage
             return oai.completion(response, request.model, usage.prompt_tokens, usage.completion_tokens)
 
+        started = self.counters.start()
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
 
         async def chunks() -> AsyncIterator[str]:
@@ -73,8 +66,7 @@ class OpenAIRoutes:
                         yield sse(oai.chunk(completion_id, request.model, created, {"content": event.text}))
                     elif isinstance(event, DoneEvent):
                         response = event.response
-                        self.counters.answered(started)
-                        metrics.record_chat(response.timing, response.search_results)
+                        self.counters.answered(started, response)
                         yield sse(oai.chunk(completion_id, request.model, created, {}, finish="stop"))
                         if include_usage:
                             usage = response.usage
