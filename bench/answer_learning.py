@@ -36,10 +36,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from echorag.answer_eval import containment_references, select_split  # noqa: E402
-from echorag.answer_metrics import abstained, contains  # noqa: E402
+from echorag.answering.prompts import NO_ANSWER  # noqa: E402
 from echorag.documents import read_documents, read_jsonl, sample_path  # noqa: E402
-from echorag.prompts import NO_ANSWER  # noqa: E402
+from echorag.evaluation.answer_metrics import abstained, contains  # noqa: E402
+from echorag.evaluation.answers import containment_references, select_split  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 TOKEN = "bench-admin-token"
@@ -54,7 +54,7 @@ def bucket(text: str) -> float:
 def belebele(shared: Path) -> tuple[list[dict], dict[str, list[dict]]]:
     """(passages to ingest, question sets): stream and eval halves by passage, each with
     answerable questions (a verbatim gold span) and unanswerable ones (passage left out)."""
-    from echorag.answer_metrics import normalize_answer
+    from echorag.evaluation.answer_metrics import normalize_answer
 
     corpus = {d["id"]: d for d in read_jsonl(shared / "belebele_ko" / "corpus.jsonl")}
     absent = {i for i in corpus if bucket("absent:" + i) < 0.25}
@@ -150,7 +150,7 @@ def main() -> None:
     from ray import serve
 
     from deployments.app import build_app
-    from echorag.tiny_model import build_tiny_model
+    from echorag.models.tiny_model import build_tiny_model
 
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="echorag-answer-learning-"))

@@ -1,6 +1,6 @@
 """Answer quality per backend, and what the extractive answerer costs to serve.
 
-1. Quality (``echorag.answer_eval``, the ``echorag eval-answers`` path: the service's
+1. Quality (``echorag.evaluation.answers``, the ``echorag eval-answers`` path: the service's
    retrieval, prompt, evidence gate and backend, in-process): the extractive answerer,
    the tiny model (``generator_model: tiny``) and KANANA where it loads, on both halves
    of the bundled dev set (thresholds were chosen on ``dev``: ``test`` is the report)
@@ -43,8 +43,8 @@ TOKEN = "bench-admin-token"
 
 
 def quality(backends: dict[str, object], settings, shared: Path | None, shared_limit: int) -> dict:
-    from echorag.answer_eval import AnswerBench, select_split
     from echorag.documents import read_jsonl, sample_path
+    from echorag.evaluation.answers import AnswerBench, select_split
 
     sets = {"sample_kb": (read_jsonl(sample_path("sample_kb.jsonl")), read_jsonl(sample_path("dev_queries.jsonl")))}
     if shared is not None and (shared / "belebele_ko" / "corpus.jsonl").is_file():
@@ -157,11 +157,11 @@ def main() -> None:
                         help="parts not to measure again (their last results are kept)")
     args = parser.parse_args()
 
-    from echorag.answering import ExtractiveGenerator
+    from echorag.answering.extractive import ExtractiveGenerator
     from echorag.config import load_settings
-    from echorag.generation import LocalGenerator
-    from echorag.models import resolve_answerer, resolve_generator
-    from echorag.tiny_model import build_tiny_model
+    from echorag.models.generation import LocalGenerator
+    from echorag.models.resolution import resolve_answerer, resolve_generator
+    from echorag.models.tiny_model import build_tiny_model
 
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="echorag-answers-"))

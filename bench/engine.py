@@ -49,7 +49,7 @@ def random_llama(out: Path, layers: int, hidden: int) -> tuple[Path, int]:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from echorag.tiny_model import build_tiny_model
+    from echorag.models.tiny_model import build_tiny_model
 
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(out.parent / "tiny-ko"))
     config = LlamaConfig(
@@ -72,7 +72,7 @@ def register_versions(model: Path, adapters_root: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from echorag.mlops.registry import AdapterRegistry
+    from echorag.learning.registry import AdapterRegistry
 
     registry = AdapterRegistry(adapters_root)
     for seed, version in enumerate(("v1", "v2", "v3")):
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level and mix")
     parser.add_argument("--port", type=int, default=8125)
     args = parser.parse_args()
-    from echorag.engine import engine_status
+    from echorag.models.engine import engine_status
 
     if (why := engine_status()) is not None:
         sys.exit(why)

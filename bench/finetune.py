@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.serve: the
 import torch  # noqa: E402
 
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
-from echorag.mlops.train_config import TrainConfig  # noqa: E402
-from echorag.chat_tokens import Chat  # noqa: E402
-from echorag.mlops.training import save_adapter, train_lora  # noqa: E402
-from echorag.models import ensure_tiny_model  # noqa: E402
+from echorag.learning.train_config import TrainConfig  # noqa: E402
+from echorag.learning.training import save_adapter, train_lora  # noqa: E402
+from echorag.models.chat_tokens import Chat  # noqa: E402
+from echorag.models.resolution import ensure_tiny_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_RATIO = 1.5

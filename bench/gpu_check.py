@@ -42,7 +42,7 @@ def build(out: Path, args) -> tuple[Path, list[Path], int]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from echorag.tiny_model import build_tiny_model
+    from echorag.models.tiny_model import build_tiny_model
 
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(out / "tiny-ko"))
     config = LlamaConfig(
@@ -92,7 +92,7 @@ def engine_runs(base: Path, adapters: list[Path], args) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from echorag.engine import cpu_dtype
+    from echorag.models.engine import cpu_dtype
 
     gpu = torch.cuda.is_available()
     llm = LLM(model=str(base), dtype="bfloat16" if gpu else cpu_dtype(), enable_lora=True, max_loras=3,
@@ -116,8 +116,8 @@ def engine_runs(base: Path, adapters: list[Path], args) -> dict:
 
 
 def training_step(base: Path, args) -> dict:
-    from echorag.mlops.train_config import TrainConfig
-    from echorag.mlops.training import train_lora
+    from echorag.learning.train_config import TrainConfig
+    from echorag.learning.training import train_lora
 
     text = "세종대왕은 1443년에 훈민정음을 만들었고 1446년에 반포하였다. " * 40
     chats = [[{"role": "user", "content": f"{i}번 질문: 훈민정음에 대해 알려 주세요."},

@@ -33,10 +33,10 @@ import torch
 
 from echorag.config import load_settings
 from echorag.documents import read_jsonl, sample_path
-from echorag.embedding import E5Embedder, KananaEmbedder
+from echorag.evaluation.retrieval import RetrievalBench
 from echorag.inversion import Inverter, LanguageModel, evaluate
-from echorag.retrieval_eval import RetrievalBench
-from echorag.rotation import RotatedEmbedder, estimate_rotation
+from echorag.retrieval.embedding import E5Embedder, KananaEmbedder
+from echorag.retrieval.rotation import RotatedEmbedder, estimate_rotation
 
 RESULTS = Path(__file__).parent / "results"
 KEY = "bench-inversion-secret"
@@ -79,7 +79,7 @@ class Memo:
 
 def tiny_model(out: Path, hidden: int) -> Path:
     """The project's tiny model, optionally wider (same tokenizer, corpus and warm-up)."""
-    from echorag import tiny_model as models
+    from echorag.models import tiny_model as models
 
     if hidden == models.TINY_CONFIG["hidden_size"]:
         return models.build_tiny_model(out)

@@ -23,12 +23,18 @@ import numpy as np
 import torch
 
 from echorag.documents import read_jsonl, sample_path
-from echorag.embedding import KananaEmbedder
 from echorag.inversion import (
-    LanguageModel, TokenBigrams, corpus_sentences, eval_morphemes, order_tokens, recover_token_bag, token_f1,
+    LanguageModel,
+    TokenBigrams,
+    corpus_sentences,
+    eval_morphemes,
+    order_tokens,
+    recover_token_bag,
+    token_f1,
 )
 from echorag.inversion.token_bag import _leading_special
 from echorag.korean import split_sentences
+from echorag.retrieval.embedding import KananaEmbedder
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,6 +1,6 @@
 """Which Kiwi tags (and BM25 k1/b) make the best Korean BM25?
 
-Evaluates echorag.lexical.BM25Index on belebele_ko and kobest_boolq_ko for several
+Evaluates echorag.retrieval.lexical.BM25Index on belebele_ko and kobest_boolq_ko for several
 tag sets and (k1, b), writes bench/results/kiwi_tags.json and prints a table.
 The winner is the config with the best nDCG@10 averaged over BOTH sets.
 
@@ -25,9 +25,9 @@ import kiwipiepy
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from echorag.evaluation import evaluate, load_jsonl, ndcg_at_k  # noqa: E402
+from echorag.evaluation.retrieval_metrics import evaluate, load_jsonl, ndcg_at_k  # noqa: E402
 from echorag.korean import BM25_TAGS, morphemes_many, normalize  # noqa: E402
-from echorag.lexical import BM25Index  # noqa: E402
+from echorag.retrieval.lexical import BM25Index  # noqa: E402
 
 DATASETS = ("belebele_ko", "kobest_boolq_ko")
 NOUNS = {"NNG", "NNP"}

@@ -4,7 +4,7 @@ fixed set of held-out questions against base.
 
 1. Questions: the bundled dev set over the sample knowledge base, plus belebele (ko)
    over its passages with ``--shared``. Each is retrieved and prompted exactly as the
-   service does (``echorag.answer_eval.AnswerBench``: chunking, e5, Chroma + BM25, the
+   service does (``echorag.evaluation.answers.AnswerBench``: chunking, e5, Chroma + BM25, the
    evidence gate, ``prompts.build_messages``); questions the gate declines are answered
    NO_ANSWER without any model in the service, so they teach nothing and are left out.
 2. A fixed held-out set (a hash of the question, ``--holdout`` of them) is never shown
@@ -38,16 +38,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from echorag.answer_eval import AnswerBench, references  # noqa: E402
-from echorag.answer_metrics import token_f1  # noqa: E402
-from echorag.answering import ExtractiveGenerator  # noqa: E402
+from echorag.answering.extractive import ExtractiveGenerator  # noqa: E402
 from echorag.config import Settings  # noqa: E402
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
-from echorag.mlops import LearningLoop, local_train_fn  # noqa: E402
-from echorag.mlops.evaluation import evaluate_versions  # noqa: E402
-from echorag.mlops.train_config import TrainConfig  # noqa: E402
-from echorag.models import ensure_tiny_model  # noqa: E402
-from echorag.tiny_model import TINY_MARKER  # noqa: E402
+from echorag.evaluation.answer_metrics import token_f1  # noqa: E402
+from echorag.evaluation.answers import AnswerBench, references  # noqa: E402
+from echorag.learning import LearningLoop, local_train_fn  # noqa: E402
+from echorag.learning.evaluation import evaluate_versions  # noqa: E402
+from echorag.learning.train_config import TrainConfig  # noqa: E402
+from echorag.models.resolution import ensure_tiny_model  # noqa: E402
+from echorag.models.tiny_model import TINY_MARKER  # noqa: E402
 from echorag.types import Turn  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -246,7 +246,7 @@ def main() -> None:
 
     import deployments.app as app_module
     from echorag.documents import read_documents, sample_path
-    from echorag.tiny_model import build_tiny_model
+    from echorag.models.tiny_model import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="echorag-load-"))
     build_tiny_model(work / "models" / "tiny-ko")

@@ -1,9 +1,9 @@
 """Retrieval benchmark: bm25 / dense / hybrid and a fusion-weight sweep on every
-evaluation set, with the service's own code (``echorag.retrieval_eval``).
+evaluation set, with the service's own code (``echorag.evaluation.retrieval``).
 
     python bench/retrieval.py [--data ../shared/data] [--cache DIR]   # writes bench/results/retrieval.{json,png}
 
-``--cache`` keeps passage vectors on disk between runs (``echorag.embedding.VectorCache``); queries
+``--cache`` keeps passage vectors on disk between runs (``echorag.retrieval.embedding.VectorCache``); queries
 are always embedded live, one at a time, so the latency is what a user sees.
 
 Sets: the bundled dev set (sample knowledge base + dev questions) and, when
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from echorag.config import load_settings  # noqa: E402
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
-from echorag.embedding import VectorCache, make_embedder  # noqa: E402
-from echorag.retrieval_eval import RetrievalBench  # noqa: E402
+from echorag.evaluation.retrieval import RetrievalBench  # noqa: E402
+from echorag.retrieval.embedding import VectorCache, make_embedder  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def plot(report: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--cache", type=Path, help="keep passage vectors here (echorag.embedding.VectorCache)")
+    parser.add_argument("--cache", type=Path, help="keep passage vectors here (echorag.retrieval.embedding.VectorCache)")
     parser.add_argument("--sets", nargs="+", help="only these sets")
     args = parser.parse_args()
     settings = load_settings()

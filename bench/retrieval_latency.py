@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO))
 
 from echorag.config import load_settings  # noqa: E402
 from echorag.documents import read_jsonl  # noqa: E402
-from echorag.embedding import VectorCache, make_embedder  # noqa: E402
-from echorag.retrieval_eval import RetrievalBench  # noqa: E402
+from echorag.evaluation.retrieval import RetrievalBench  # noqa: E402
+from echorag.retrieval.embedding import VectorCache, make_embedder  # noqa: E402
 
 
 def subset(data: Path, documents: int = 1000, questions: int = 500) -> tuple[list[dict], list[dict]]:
@@ -42,7 +42,7 @@ def subset(data: Path, documents: int = 1000, questions: int = 500) -> tuple[lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--cache", type=Path, help="keep passage vectors here (echorag.embedding.VectorCache)")
+    parser.add_argument("--cache", type=Path, help="keep passage vectors here (echorag.retrieval.embedding.VectorCache)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     settings = load_settings()

@@ -3,11 +3,11 @@ weight and sentence re-scoring on every evaluation set, chosen leave-one-set-out
 
     python bench/retrieval_tune.py [--data ../shared/data] [--cache ~/.cache/echorag/bench]
 
-For each query the candidates are what the service scores (``echorag.retrieval``):
+For each query the candidates are what the service scores (``echorag.retrieval.hybrid``):
 the top 30 chunks of BM25 and of e5 (chunk cosine), each scored exactly by both;
 the dense score is ``(1 - s) * cos(query, chunk) + s * max cos(query, sentence)``
 (``s`` = sentence weight; a one-sentence chunk is its own sentence). The fused list
-comes from ``echorag.lexical.fuse``, the service's own function. e5 vectors come from
+comes from ``echorag.retrieval.lexical.fuse``, the service's own function. e5 vectors come from
 the service's embedder and are cached on disk by content (embedding kobest takes
 minutes on two cores); nothing else is cached.
 
@@ -31,12 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
-from echorag.embedding import E5Embedder, VectorCache  # noqa: E402
-from echorag.evaluation import evaluate  # noqa: E402
+from echorag.evaluation.retrieval import doc_ranking  # noqa: E402
+from echorag.evaluation.retrieval_metrics import evaluate  # noqa: E402
 from echorag.korean import morphemes_many, split_sentences  # noqa: E402
-from echorag.lexical import fuse  # noqa: E402
-from echorag.retrieval import chunk_documents  # noqa: E402
-from echorag.retrieval_eval import doc_ranking  # noqa: E402
+from echorag.retrieval.embedding import E5Embedder, VectorCache  # noqa: E402
+from echorag.retrieval.hybrid import chunk_documents  # noqa: E402
+from echorag.retrieval.lexical import fuse  # noqa: E402
 
 CANDIDATES = 30
 WEIGHTS = [round(w / 10, 1) for w in range(11)]
@@ -53,7 +53,7 @@ def eval_sets(data: Path) -> dict[str, tuple[list[dict], list[dict]]]:
 
 
 class Embeddings:
-    """The service's e5 embedder behind its on-disk passage vectors (``echorag.embedding.VectorCache``)."""
+    """The service's e5 embedder behind its on-disk passage vectors (``echorag.retrieval.embedding.VectorCache``)."""
 
     def __init__(self, cache: Path) -> None:
         self.cached = VectorCache(_LazyE5(), path=cache)

@@ -152,7 +152,7 @@ def main() -> None:
 
     from deployments.app import build_app
     from echorag.documents import read_documents, sample_path
-    from echorag.tiny_model import build_tiny_model
+    from echorag.models.tiny_model import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="echorag-rollout-"))
     build_tiny_model(work / "models" / "tiny-ko")

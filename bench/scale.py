@@ -331,7 +331,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=6, help="turns per training run in the training-node kill")
     args = parser.parse_args()
     from echorag.documents import read_documents, sample_path
-    from echorag.tiny_model import build_tiny_model
+    from echorag.models.tiny_model import build_tiny_model
 
     started = time.time()
     cluster = LocalCluster(NODES, env={

@@ -28,16 +28,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from echorag.answer_eval import AnswerBench, containment_references, select_split  # noqa: E402
-from echorag.answer_metrics import contains  # noqa: E402
-from echorag.answering import ExtractiveGenerator  # noqa: E402
+from echorag.answering.evidence import RULE_THRESHOLD, strongest  # noqa: E402
+from echorag.answering.extractive import ExtractiveGenerator  # noqa: E402
+from echorag.answering.selector import Example, features, fit  # noqa: E402
 from echorag.config import load_settings  # noqa: E402
 from echorag.documents import read_jsonl, sample_path  # noqa: E402
-from echorag.embedding import E5Embedder, VectorCache  # noqa: E402
-from echorag.evidence import RULE_THRESHOLD, strongest  # noqa: E402
+from echorag.evaluation.answer_metrics import contains  # noqa: E402
+from echorag.evaluation.answers import AnswerBench, containment_references, select_split  # noqa: E402
+from echorag.learning.selector_learning import save_examples  # noqa: E402
+from echorag.retrieval.embedding import E5Embedder, VectorCache  # noqa: E402
 from echorag.types import Analysis  # noqa: E402
-from echorag.mlops.selector_learning import save_examples  # noqa: E402
-from echorag.selector import Example, features, fit  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 BASE_FILE = REPO / "echorag" / "data" / "selector_base.json"

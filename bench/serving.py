@@ -94,19 +94,19 @@ def settle(url: str) -> None:
 
 
 async def inprocess_chat(settings, qs: list[str], total: int, pause_s: float = 0.0) -> dict:
-    from echorag.canary import Answerer
-    from echorag.embedding import make_embedder
-    from echorag.generation import LocalGenerator
-    from echorag.memory import SessionMemory
-    from echorag.mlops.jobs import local_train_fn
-    from echorag.mlops.loop import LearningLoop
-    from echorag.models import resolve_generator
-    from echorag.pipeline import ChatPipeline
-    from echorag.retrieval import Retriever
-    from echorag.schemas import ChatRequest
-    from echorag.services import LocalServices
-    from echorag.store import VectorStore
     from echorag.documents import read_documents, sample_path
+    from echorag.learning.jobs import local_train_fn
+    from echorag.learning.loop import LearningLoop
+    from echorag.models.generation import LocalGenerator
+    from echorag.models.resolution import resolve_generator
+    from echorag.retrieval.embedding import make_embedder
+    from echorag.retrieval.hybrid import Retriever
+    from echorag.retrieval.vector_store import VectorStore
+    from echorag.serving.memory import SessionMemory
+    from echorag.serving.pipeline import ChatPipeline
+    from echorag.serving.routing import Answerer
+    from echorag.serving.schemas import ChatRequest
+    from echorag.serving.services import LocalServices
 
     embedder = make_embedder(settings)
     store = VectorStore.from_settings(settings, embedder.id, embedder.dim)
@@ -194,7 +194,7 @@ def main() -> None:
     from deployments.embedder import Embedder
     from echorag.config import load_settings
     from echorag.documents import read_documents, sample_path
-    from echorag.tiny_model import build_tiny_model
+    from echorag.models.tiny_model import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="echorag-bench-"))
     build_tiny_model(work / "serve" / "models" / "tiny-ko")

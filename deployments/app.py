@@ -19,7 +19,7 @@ from deployments.generator import Generator
 from deployments.ingress import EchoRAGIngress
 from deployments.retriever import Retriever
 from echorag.config import load_settings
-from echorag.models import has_teacher
+from echorag.models.resolution import has_teacher
 
 
 def cluster_gpus() -> float:

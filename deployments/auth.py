@@ -1,6 +1,6 @@
 """Who is calling, and which session they hold: the dependency of every user route
 (``/chat``, ``/chat/stream``, ``/memory``, ``/feedback``, ``/sessions``, ``/v1/*``) and
-the server-issued sessions (``echorag/identity.py``).
+the server-issued sessions (``echorag/identity/access.py``).
 
 - ``open``: nobody is authenticated; a session is held by presenting its id.
 - ``api_keys``: ``Authorization: Bearer <user key>``; the collector checks the key on
@@ -20,8 +20,14 @@ from typing import Any, ClassVar
 from fastapi import HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from echorag.identity import Caller, SessionSigner, header_user, parse_networks, session_owner
-from echorag.security import token_matches
+from echorag.identity.access import (
+    Caller,
+    SessionSigner,
+    header_user,
+    parse_networks,
+    session_owner,
+)
+from echorag.identity.admin_token import token_matches
 
 # Korean: a person reads these in the web UI and in chat clients.
 KEY_REQUIRED = "사용자 키가 필요합니다. 관리자에게 발급받은 키를 Authorization: Bearer <사용자 키>로 보내 주세요."

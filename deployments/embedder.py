@@ -8,7 +8,7 @@ import numpy as np
 from ray import serve
 
 from echorag.config import Settings
-from echorag.embedding import VectorCache, make_embedder
+from echorag.retrieval.embedding import VectorCache, make_embedder
 from echorag.types import EmbedderInfo
 
 

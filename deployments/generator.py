@@ -2,11 +2,11 @@
 extractive answerer where no language model loads (``models.resolve_answerer``).
 
 Where a teacher answers, a second deployment of this class (``Student``) serves the
-student's versions to the canary's share of sessions (echorag.canary).
+student's versions to the canary's share of sessions (echorag.serving.routing).
 
 The adapter version is the Serve multiplexed model id (``base`` = no adapter):
 requests for the same version go to replicas that already hold it. vLLM
-(``echorag.engine``, where installed) batches every request continuously with its own
+(``echorag.models.engine``, where installed) batches every request continuously with its own
 adapter; under transformers one batched ``generate`` call serves rows with different
 adapters (peft mixed batch, ``@serve.batch``).
 """
@@ -20,14 +20,14 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from deployments import metrics
-from echorag.answering import ExtractiveGenerator
+from echorag.answering.extractive import ExtractiveGenerator
 from echorag.config import Settings
-from echorag.engine import VLLMGenerator, local_generator
-from echorag.generation import LocalGenerator, OpenAIGenerator
+from echorag.learning.registry import AdapterRegistry
+from echorag.models.engine import VLLMGenerator, local_generator
+from echorag.models.generation import LocalGenerator, OpenAIGenerator
+from echorag.models.resolution import resolve_answerer, resolve_student
+from echorag.serving.services import adapter_arg, iterate_in_thread
 from echorag.types import BASE, Analysis, Generation, ModelInfo
-from echorag.mlops.registry import AdapterRegistry
-from echorag.models import resolve_answerer, resolve_student
-from echorag.services import adapter_arg, iterate_in_thread
 
 logger = logging.getLogger("ray.serve")
 BATCH = 8  # rows per transformers generate call (static batches)

@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from echorag.security import token_matches
+from echorag.identity.admin_token import token_matches
 
 bearer = HTTPBearer(auto_error=False, description="ECHORAG_ADMIN_TOKEN")
 

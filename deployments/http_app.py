@@ -19,9 +19,9 @@ from fastapi.staticfiles import StaticFiles
 import echorag
 from deployments import metrics
 from deployments.guard import RequestGuard, require_admin
-from echorag import openai_compat as oai
-from echorag.mlops.jobs import MlopsError
-from echorag.schemas import ErrorResponse
+from echorag.learning.jobs import MlopsError
+from echorag.serving import openai as oai
+from echorag.serving.schemas import ErrorResponse
 
 app = FastAPI(
     title="EchoRAG",

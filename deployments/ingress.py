@@ -4,7 +4,7 @@
 at runtime, and Serve's class-based ingress cannot resolve postponed ones.)
 
 Follow ``POST /chat``: ``ChatRoutes.chat`` (deployments/routes/chat.py) →
-``ChatPipeline.chat`` (echorag/pipeline.py) → ``ServeServices``
+``ChatPipeline.chat`` (echorag/serving/pipeline.py) → ``ServeServices``
 (deployments/serve_services.py) → the Embedder, Retriever and Generator deployments,
 and the collector actor (deployments/mlops.py).
 
@@ -25,6 +25,7 @@ from deployments.auth import Sessions, UserAuth, owner
 from deployments.guard import RequestGuard
 from deployments.http_app import RATE_LIMITED, app
 from deployments.mlops import get_collector
+
 # Routes register on import; this order is the order of /openapi.json's paths.
 from deployments.routes.chat import ChatRoutes  # isort: skip
 from deployments.routes.openai import OpenAIRoutes  # isort: skip
@@ -32,15 +33,15 @@ from deployments.routes.vectors import VectorRoutes  # isort: skip
 from deployments.routes.mlops import MlopsRoutes  # isort: skip
 from deployments.routes.users import UserRoutes  # isort: skip
 from deployments.serve_services import ServeServices
-from echorag.canary import Answerer
 from echorag.config import Settings
-from echorag.identity import Caller
-from echorag.memory import SessionMemory
-from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError
-from echorag.pipeline import ChatPipeline
-from echorag.ratelimit import RateLimiter
-from echorag.schemas import ChatRequest, ChatResponse
-from echorag.security import ensure_admin_token
+from echorag.identity.access import Caller
+from echorag.identity.admin_token import ensure_admin_token
+from echorag.learning.registry import AdapterRegistry, InvalidAdapterError
+from echorag.serving.memory import SessionMemory
+from echorag.serving.pipeline import ChatPipeline
+from echorag.serving.ratelimit import RateLimiter
+from echorag.serving.routing import Answerer
+from echorag.serving.schemas import ChatRequest, ChatResponse
 from echorag.types import BASE, EmbedderInfo, ModelInfo
 
 # The route groups travel to the replica by value: Serve rewrites each route method's

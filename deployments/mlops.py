@@ -1,5 +1,5 @@
 """The learning loop on Ray: one named, detached actor owns the conversation store
-and coordinates training runs (``echorag.mlops.LearningLoop``).
+and coordinates training runs (``echorag.learning.LearningLoop``).
 
 - ``Collector`` is created by the ingress with ``get_if_exists``; it survives Serve
   redeploys, and Ray restarts it (state rebuilt from SQLite) and retries calls in
@@ -26,9 +26,9 @@ import ray
 
 from deployments import metrics
 from echorag.config import Settings
-from echorag.mlops.loop import LearningLoop
-from echorag.mlops.privacy import PrivacyDesk
-from echorag.models import has_teacher, resolve_student
+from echorag.learning.loop import LearningLoop
+from echorag.learning.privacy import PrivacyDesk
+from echorag.models.resolution import has_teacher, resolve_student
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,9 @@ class Collector(PrivacyDesk, LearningLoop):
     so are the users, keys and erasures of ``PrivacyDesk``."""
 
     def __init__(self, settings: Settings, app_name: str = "echorag") -> None:
-        from deployments.training import ray_train_fn  # torch and Ray Train: this actor only
+        from deployments.training import (
+            ray_train_fn,  # torch and Ray Train: this actor only
+        )
 
         self.app_name = app_name
         self.started_at = time.time()

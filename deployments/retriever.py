@@ -12,11 +12,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from echorag.config import Settings
-from echorag.mlops.selector_registry import SelectorRegistry
-from echorag.retrieval import Retriever as HybridRetriever
-from echorag.schemas import DocumentsResponse
-from echorag.store import VectorStore
-from echorag.types import ChatContext, Turn
+from echorag.learning.selector_registry import SelectorRegistry
+from echorag.retrieval.hybrid import Retriever as HybridRetriever
+from echorag.retrieval.vector_store import VectorStore
+from echorag.types import ChatContext, DocumentsResponse, Turn
 
 logger = logging.getLogger("ray.serve")
 SYNC_EVERY_S = 5.0  # how soon a replica's BM25 has documents written through another one

@@ -18,11 +18,10 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.http_app import STORE_DOWN, ServiceUnavailable
-from echorag.canary import Traffic
 from echorag.config import Settings
-from echorag.mlops.registry import AdapterRegistry
-from echorag.schemas import MlopsInfo
-from echorag.types import Analysis, ChatContext, Generation, Turn
+from echorag.learning.registry import AdapterRegistry
+from echorag.serving.routing import Traffic
+from echorag.types import Analysis, ChatContext, Generation, MlopsInfo, Turn
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class ServeServices:
     def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, generator: DeploymentHandle,
                  collector, registry: AdapterRegistry, settings: Settings,
                  student: DeploymentHandle | None = None) -> None:
-        """``student``: the separate student deployment where a teacher answers (echorag.canary)."""
+        """``student``: the separate student deployment where a teacher answers (echorag.serving.routing)."""
         self.embedder, self.retriever, self.generator, self.student = embedder, retriever, generator, student
         self.collector, self.registry, self.settings = collector, registry, settings
         self._versions: dict[tuple[str, bool, bool], DeploymentHandle] = {}

@@ -1,4 +1,4 @@
-"""The Ray layer of LoRA fine-tuning: the core loop (``echorag.mlops.training``) inside a
+"""The Ray layer of LoRA fine-tuning: the core loop (``echorag.learning.training``) inside a
 Ray Train ``TorchTrainer``.
 
 - ``ray_train_fn`` is the collector's ``train_fn``: a ``fit_lora`` run. The gate's
@@ -39,20 +39,22 @@ from typing import Any, Protocol
 
 import ray
 import ray.train
-import torch
 import ray.train.torch
+import torch
 from ray.actor import ActorHandle
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from deployments import metrics
 from echorag.config import Settings
-from echorag.mlops.jobs import TrainFn, TrainingJob, TrainingOutcome
-from echorag.mlops.registry import AdapterRegistry, InvalidAdapterError, validate_adapter_dir
-from echorag.mlops.train_config import TrainConfig
-from echorag.models import resolve_generator, student_spec
-from echorag.chat_tokens import Chat
-from echorag.mlops.training import (
+from echorag.learning.jobs import TrainFn, TrainingJob, TrainingOutcome
+from echorag.learning.registry import (
+    AdapterRegistry,
+    InvalidAdapterError,
+    validate_adapter_dir,
+)
+from echorag.learning.train_config import TrainConfig
+from echorag.learning.training import (
     EpochInfo,
     StepInfo,
     TrainingError,
@@ -60,6 +62,8 @@ from echorag.mlops.training import (
     save_adapter,
     train_lora,
 )
+from echorag.models.chat_tokens import Chat
+from echorag.models.resolution import resolve_generator, student_spec
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # Ray Train's runs beside shared adapter versions (the registry lists only v1, v2, ...).
 TRAIN_RUNS_DIR = ".train-runs"
 
@@ -33,7 +32,7 @@ class Settings(BaseSettings):
     # Storage and access
     data_dir: Path = Field(Path("./data"), validation_alias=_env("data_dir"))
     admin_token: str | None = Field(None, validation_alias=_env("admin_token"))
-    # Identity (echorag.identity): "open" = no user identity, every session private;
+    # Identity (echorag.identity.access): "open" = no user identity, every session private;
     # "api_keys" = per-user keys issued by the admin; "trusted_header" = an authenticating
     # proxy names the user in `trusted_user_header`, believed only from `trusted_proxies`.
     auth_mode: Literal["open", "api_keys", "trusted_header"] = Field("open", validation_alias=_env("auth_mode"))
@@ -87,15 +86,15 @@ class Settings(BaseSettings):
     # a fractional-CPU replica one thread, which made adding documents 1.7x slower on 2
     # cores. 0: every core of the machine that builds the application.
     embedder_threads: int = Field(0, ge=0, validation_alias=_env("embedder_threads"))
-    # Document vectors on disk by text (echorag.embedding.VectorCache): adding a document
+    # Document vectors on disk by text (echorag.retrieval.embedding.VectorCache): adding a document
     # again, after a restart or to another application on the machine, embeds nothing.
     document_vectors_dir: Path | None = Field(
         None, validation_alias=_env("document_vectors_dir"), description="default: data_dir/vectors")
     device: str = Field("auto", validation_alias=_env("device"))
-    # Secret orthogonal rotation of every stored and query vector (echorag.rotation):
+    # Secret orthogonal rotation of every stored and query vector (echorag.retrieval.rotation):
     # retrieval is unchanged, leaked vectors no longer invert. Changing it means re-index.
     vector_rotation_key: str | None = Field(None, validation_alias=_env("vector_rotation_key"), repr=False)
-    # What runs local models (echorag.engine): "auto" = vLLM where it is installed (continuous
+    # What runs local models (echorag.models.engine): "auto" = vLLM where it is installed (continuous
     # batching, one LoRA per version, prefix caching), else transformers.
     engine: Literal["auto", "vllm", "transformers"] = Field("auto", validation_alias=_env("engine"))
     # Adapter versions in one batch (Serve multiplexing keeps 4 models a replica, base among them).
@@ -136,7 +135,7 @@ class Settings(BaseSettings):
     )
 
     # Answers. When no retrieved sentence answers the question (the answer selector's own
-    # threshold, echorag.selector) no backend is called and the answer is NO_ANSWER.
+    # threshold, echorag.answering.selector) no backend is called and the answer is NO_ANSWER.
     # The extractive backend quotes at most this many sentences.
     extractive_max_sentences: int = Field(3, ge=1, le=10, validation_alias=_env("extractive_max_sentences"))
 
@@ -188,7 +187,7 @@ class Settings(BaseSettings):
     finetune_replay_fraction: float = Field(0.25, ge=0, le=10, validation_alias=_env("finetune_replay_fraction"))
     finetune_holdout_fraction: float = Field(0.2, ge=0, lt=1, validation_alias=_env("finetune_holdout_fraction"))
     finetune_gate_tolerance: float = Field(0.0, gt=-1, le=10, validation_alias=_env("finetune_gate_tolerance"))
-    # Which labels train (echorag.mlops.dataset): "teacher" = a teacher's answers, 👍 and
+    # Which labels train (echorag.learning.dataset): "teacher" = a teacher's answers, 👍 and
     # corrections; "rated" = 👍 and corrections; "corrected"; "all" = the student's own too.
     finetune_train_on: Literal["teacher", "rated", "corrected", "all"] = Field(
         "teacher", validation_alias=_env("finetune_train_on"))
@@ -200,7 +199,7 @@ class Settings(BaseSettings):
     finetune_gate_min_examples: int = Field(20, ge=1, validation_alias=_env("finetune_gate_min_examples"))
     finetune_gate_agreement_tolerance: float = Field(
         0.02, ge=0, le=1, validation_alias=_env("finetune_gate_agreement_tolerance"))
-    # Canary (echorag.canary), where a teacher answers: this share of sessions (sticky) goes
+    # Canary (echorag.serving.routing), where a teacher answers: this share of sessions (sticky) goes
     # to the student's newest promoted version until `POST /mlops/promote` moves it; a
     # promoted version whose gate agreement reaches `canary_graduate_at` takes all traffic.
     canary_fraction: float = Field(0.0, ge=0, le=1, validation_alias=_env("canary_fraction"))

@@ -1,17 +1,48 @@
 """Small types shared across the Ray boundary: what the ingress, the generator and the
-collector exchange. Plain Python only (no torch, no peft), so the ingress process never
-loads a model library just to name an adapter or hold a turn."""
+collector exchange, and the bodies the HTTP contract shares with the core (a search result,
+the learning loop's state, an ingestion). Plain Python and pydantic only (no torch, no peft),
+so the ingress process never loads a model library just to name an adapter or hold a turn."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from echorag.schemas import SearchResult
+from pydantic import BaseModel, Field
 
 BASE = "base"  # the adapter version that means "no adapter": the bare base model
+
+
+class SearchResult(BaseModel):
+    """A passage found for a question, with its fused score: a document chunk or a remembered
+    turn. What retrieval returns, the prompt numbers and ``/chat`` shows as a source."""
+
+    id: str
+    text: str
+    score: float
+    collection: Literal["documents", "memory"]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class MlopsInfo(BaseModel):
+    """The learning loop as one answer saw it: whether its turn was kept, and what serves."""
+
+    collected: bool = False
+    total_collected: int = 0
+    new_data_count: int = 0
+    should_train: bool = False
+    training_queued: bool = False
+    current_version: str = "base"
+    selector_version: str | None = Field(None, description="The answer selector version that chose the answer.")
+
+
+class DocumentsResponse(BaseModel):
+    """What adding documents did: their ids and the chunks indexed."""
+
+    ids: list[str] = Field(..., description="Ids of the documents as stored.")
+    chunks: int = Field(..., description="Number of chunks indexed.")
+    total_documents: int = Field(..., description="Chunks in the documents collection after ingestion.")
 
 
 @dataclass(frozen=True)
@@ -44,12 +75,12 @@ class Generation:
 
 @dataclass
 class Selection:
-    """What the answer selector saw for one turn (echorag.selector): kept with the turn, so
+    """What the answer selector saw for one turn (echorag.answering.selector): kept with the turn, so
     feedback on it labels these very sentences and features (nothing is retrieved again)."""
 
     selector: str  # the version that scored them
     sentences: list[str]
-    rows: list[list[float]]  # echorag.selector.FEATURES of each sentence
+    rows: list[list[float]]  # echorag.answering.selector.FEATURES of each sentence
 
 
 @dataclass
@@ -67,12 +98,12 @@ class Unit:
     cosine: float | None = None  # calibrated to [0, 1]; None without vectors
     passage_score: float = 0.0  # the retriever's fused score of its passage
     passage_cosine: float = 0.0  # calibrated cosine of the question and the whole passage
-    probability: float = 0.0  # that it answers the question (echorag.selector)
+    probability: float = 0.0  # that it answers the question (echorag.answering.selector)
 
 
 @dataclass
 class Analysis:
-    """A question against its retrieved passages, sentence by sentence (echorag.evidence):
+    """A question against its retrieved passages, sentence by sentence (echorag.answering.evidence):
     computed once, in the retriever, and what every answerer consumes (the extractive one
     quotes from it)."""
 

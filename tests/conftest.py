@@ -8,7 +8,7 @@ from pathlib import Path
 _HF_HOME = tempfile.mkdtemp(prefix="echorag-hf-")
 os.environ.update(
     # Every application, cluster and offline evaluation of the session embeds the sample
-    # documents once, as the applications of one machine do (echorag.embedding.VectorCache).
+    # documents once, as the applications of one machine do (echorag.retrieval.embedding.VectorCache).
     ECHORAG_DOCUMENT_VECTORS_DIR=tempfile.mkdtemp(prefix="echorag-vectors-"),
     HF_HUB_OFFLINE="1",
     TRANSFORMERS_OFFLINE="1",
@@ -28,6 +28,6 @@ ARTIFACTS = REPO / "test-artifacts"
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
     """The project's tiny offline Korean model, built once for the whole session."""
-    from echorag.tiny_model import build_tiny_model
+    from echorag.models.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-ko")

@@ -12,8 +12,8 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from deployments.auth import require_caller
 from deployments.http_app import UI_DIR, Admin, app, user_message
-from echorag.identity import Caller
-from echorag.schemas import (
+from echorag.identity.access import Caller
+from echorag.serving.schemas import (
     ChatRequest,
     ChatResponse,
     DocumentsRequest,
@@ -25,7 +25,6 @@ from echorag.schemas import (
     MemoryResponse,
     StatsResponse,
 )
-
 
 # What a user route may answer besides its result: no key (401), a session not theirs (404).
 USER_ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}

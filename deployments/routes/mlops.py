@@ -5,11 +5,10 @@ from fastapi import Path, Query, Security
 
 from deployments.auth import UnknownSession, owner, require_caller
 from deployments.http_app import Admin, app
-from echorag.identity import Caller
-from echorag.mlops import api as mlops_api
-from echorag.mlops.records import StoredTurn
-from echorag.schemas import ErrorResponse
-
+from echorag.identity.access import Caller
+from echorag.learning import api as mlops_api
+from echorag.learning.records import StoredTurn
+from echorag.serving.schemas import ErrorResponse
 
 TURN_ID = Path(..., min_length=1, max_length=128, description="The ``turn_id`` of a /chat response.")
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API (``echorag/openai_compat.py``): models, chat completions, embeddings."""
+"""The OpenAI-compatible API (``echorag/serving/openai.py``): models, chat completions, embeddings."""
 
 import asyncio
 import json
@@ -12,9 +12,9 @@ from fastapi.responses import StreamingResponse
 from deployments.auth import require_caller
 from deployments.http_app import app, user_message
 from deployments.serve_services import retrying
-from echorag import openai_compat as oai
-from echorag.identity import Caller
-from echorag.schemas import DoneEvent, TokenEvent
+from echorag.identity.access import Caller
+from echorag.serving import openai as oai
+from echorag.serving.schemas import DoneEvent, TokenEvent
 from echorag.types import BASE
 
 

@@ -2,7 +2,7 @@
 admin, users and their keys, erasing and exporting one user's (or session's) data.
 
 Erasure: the collector deletes the stored turns, scrubs backups and exported training
-sets and records the subject as erased (``echorag/mlops/privacy.py``); then the
+sets and records the subject as erased (``echorag/learning/privacy.py``); then the
 remembered turns are deleted from the vector store and short-term memory here.
 """
 
@@ -13,11 +13,11 @@ from fastapi import Path, Query, Security
 
 from deployments.auth import optional_caller, require_caller
 from deployments.http_app import Admin, app
-from echorag.identity import Caller, MeResponse, SessionResponse
-from echorag.mlops.erasure import ErasureReport, SubjectKind
-from echorag.mlops.privacy import SubjectConversations
-from echorag.mlops.users import IssuedKey, NewUserRequest, UserInfo, UsersResponse
-from echorag.schemas import ErrorResponse
+from echorag.identity.access import Caller, MeResponse, SessionResponse
+from echorag.learning.erasure import ErasureReport, SubjectKind
+from echorag.learning.privacy import SubjectConversations
+from echorag.learning.users import IssuedKey, NewUserRequest, UserInfo, UsersResponse
+from echorag.serving.schemas import ErrorResponse
 
 USER_ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
 USER_ID = Path(..., min_length=1, max_length=200, description="A user id (usr_…, or the proxy's name for them).")

@@ -4,7 +4,7 @@ import numpy as np
 from fastapi import HTTPException
 
 from deployments.http_app import Admin, app
-from echorag.schemas import InvertRequest, InvertResponse
+from echorag.serving.schemas import InvertRequest, InvertResponse
 
 HTTP_INVERT_BUDGET = 2000  # about 15 s of e5 embedding on one CPU core
 

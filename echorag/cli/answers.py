@@ -7,10 +7,10 @@ import json
 
 
 def cmd_eval_answers(args) -> None:
-    from echorag.answer_eval import AnswerBench, make_generator, select_split
+    from echorag.answering.selector import AnswerSelector
     from echorag.config import load_settings
     from echorag.documents import read_jsonl, sample_path
-    from echorag.selector import AnswerSelector
+    from echorag.evaluation.answers import AnswerBench, make_generator, select_split
 
     corpus = read_jsonl(args.corpus or sample_path("sample_kb.jsonl"))
     queries = select_split(read_jsonl(args.queries or sample_path("dev_queries.jsonl")), args.split)

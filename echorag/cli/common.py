@@ -18,7 +18,7 @@ def admin_token() -> str | None:
     if token := os.environ.get("ECHORAG_ADMIN_TOKEN"):
         return token
     from echorag.config import load_settings
-    from echorag.security import TOKEN_FILE
+    from echorag.identity.admin_token import TOKEN_FILE
 
     path = load_settings().data_dir / TOKEN_FILE
     return path.read_text(encoding="utf-8").strip() if path.is_file() else None

@@ -11,9 +11,9 @@ from echorag.cli.common import CommandError
 def cmd_eval_inversion(args) -> None:
     from echorag.config import load_settings
     from echorag.documents import read_jsonl
-    from echorag.embedding import make_embedder
     from echorag.inversion import METHODS, Inverter, default_lm, evaluate
-    from echorag.rotation import unwrap
+    from echorag.retrieval.embedding import make_embedder
+    from echorag.retrieval.rotation import unwrap
 
     targets = [row["text"] for row in read_jsonl(args.texts) if str(row.get("text", "")).strip()]
     if args.limit:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 def cmd_build_tiny_model(args) -> None:
     from echorag.config import load_settings
-    from echorag.tiny_model import build_tiny_model, tiny_model_dir
+    from echorag.models.tiny_model import build_tiny_model, tiny_model_dir
 
     models_dir = load_settings().models_dir
     if args.size == "tiny":
@@ -18,7 +18,7 @@ def cmd_build_tiny_model(args) -> None:
             raise SystemExit("--corpus is for --size small: the tiny model is built from the project's own text")
         print(build_tiny_model(Path(args.out) if args.out else tiny_model_dir(models_dir), seed=args.seed))
         return
-    from echorag.small_model import build_small_model, small_model_dir
+    from echorag.models.small_model import build_small_model, small_model_dir
 
     missing = [c for c in args.corpus if not Path(c).is_file()]
     if missing:
@@ -36,8 +36,8 @@ def cmd_build_tiny_model(args) -> None:
 
 def cmd_reindex(args) -> None:
     from echorag.config import load_settings
-    from echorag.embedding import make_embedder
-    from echorag.store import connect, reindex
+    from echorag.retrieval.embedding import make_embedder
+    from echorag.retrieval.vector_store import connect, reindex
 
     settings = load_settings()
     embedder = make_embedder(settings)
@@ -49,7 +49,7 @@ def cmd_reindex(args) -> None:
 def register(sub) -> None:
     p = sub.add_parser("build-tiny-model", help="build the tiny offline Korean demo model (or the small student)")
     p.add_argument("--size", choices=["tiny", "small"], default="tiny",
-                   help="tiny: the demo model, seconds; small: a student that can learn to quote (echorag.small_model), "
+                   help="tiny: the demo model, seconds; small: a student that can learn to quote (echorag.models.small_model), "
                         "about 25 minutes on 2 CPU cores")
     p.add_argument("--corpus", action="append", default=[], metavar="JSONL",
                    help="with --size small: Korean text to pretrain on (a 'text' field per line); repeatable")

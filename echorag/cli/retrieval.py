@@ -9,7 +9,7 @@ import sys
 def cmd_eval_retrieval(args) -> None:
     from echorag.config import load_settings
     from echorag.documents import read_jsonl, sample_path
-    from echorag.retrieval_eval import MODES, RetrievalBench
+    from echorag.evaluation.retrieval import MODES, RetrievalBench
 
     corpus = read_jsonl(args.corpus or sample_path("sample_kb.jsonl"))
     queries = read_jsonl(args.queries or sample_path("dev_queries.jsonl"))

@@ -20,7 +20,7 @@ Restorers, from the cheapest to the most general:
 
 ``Inverter`` (``inverter``) runs them; ``metrics`` scores a restoration and ``evaluation``
 measures a set of targets. The defence, a secret rotation of every vector, is
-``echorag.rotation``; the HTTP models of ``POST /vectors/invert`` are in ``echorag.schemas``.
+``echorag.retrieval.rotation``; ``results`` holds the result types ``POST /vectors/invert`` answers with.
 
 Plain Python (numpy, torch only through the embedder and the LM); no Ray.
 """

@@ -7,8 +7,8 @@ from typing import Any
 
 from echorag.inversion.inverter import DEFAULT_BUDGET, METHODS, Inverter
 from echorag.inversion.metrics import bleu, exact_match, token_f1
+from echorag.inversion.results import Side
 from echorag.korean import normalize
-from echorag.schemas import Side
 
 
 def check_no_overlap(targets: list[str], corpus: list[str]) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from echorag.rotation import unwrap
-from echorag.vectors import Embedder
+from echorag.retrieval.rotation import unwrap
+from echorag.retrieval.vectors import Embedder
 
 
 @dataclass

@@ -11,7 +11,6 @@ import pytest
 
 from echorag.documents import read_documents, sample_path
 
-
 CHROMIUM = Path("/usr/bin/chromium")
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from echorag.documents import read_jsonl, sample_path
-from echorag.engine import engine_status
+from echorag.models.engine import engine_status
 from tests.serve.conftest import ADMIN
 
 pytestmark = pytest.mark.serve

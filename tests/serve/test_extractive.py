@@ -13,8 +13,8 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from echorag.answering.prompts import NO_ANSWER
 from echorag.documents import read_documents, sample_path
-from echorag.prompts import NO_ANSWER
 from tests.conftest import ARTIFACTS
 from tests.serve.conftest import ADMIN
 
@@ -164,7 +164,7 @@ def test_web_page_shows_the_extractive_banner(extractive, browser):
 def test_greetings_get_a_polite_reply_on_every_route(extractive):
     import openai
 
-    from echorag.small_talk import REPLIES
+    from echorag.answering.small_talk import REPLIES
 
     body = extractive.post("/chat", json={"message": "안녕하세요!"}).json()
     assert body["response"] == REPLIES["greeting"] and not body["abstained"] and body["search_results"] == []
@@ -339,9 +339,9 @@ def test_eval_answers_gives_the_service_s_own_answers(extractive):
     module: its chats are collected turns, which the training tests above must not see.)"""
     from concurrent.futures import ThreadPoolExecutor
 
-    from echorag.answer_eval import AnswerBench, select_split
     from echorag.config import load_settings
     from echorag.documents import read_jsonl
+    from echorag.evaluation.answers import AnswerBench, select_split
 
     queries = select_split(read_jsonl(sample_path("dev_queries.jsonl")), "dev")
     with ThreadPoolExecutor(4) as pool:  # four users at once; each answer is its own

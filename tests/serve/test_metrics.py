@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from echorag.engine import engine_status
+from echorag.models.engine import engine_status
 
 pytestmark = pytest.mark.serve
 

@@ -22,7 +22,7 @@ def _make_adapter(base_path, out_dir, seed):
 @pytest.fixture(scope="module")
 def adapters(data_dir, tiny_model_path, tmp_path_factory):
     """Two random LoRA adapters registered as new versions (as a training run would)."""
-    from echorag.mlops.registry import AdapterRegistry
+    from echorag.learning.registry import AdapterRegistry
 
     registry = AdapterRegistry(data_dir / "adapters")
     versions = []

@@ -5,9 +5,9 @@ import uuid
 
 import pytest
 
-from echorag.generation import LocalGenerator
-from echorag.mlops import validate_adapter_dir
-from echorag.mlops.train_config import TrainConfig
+from echorag.learning import validate_adapter_dir
+from echorag.learning.train_config import TrainConfig
+from echorag.models.generation import LocalGenerator
 
 pytestmark = pytest.mark.serve
 

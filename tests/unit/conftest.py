@@ -11,7 +11,7 @@ from tests.unit.loop_helpers import make, receiver  # noqa: F401  (the learning-
 @pytest.fixture(scope="session")
 def models_dir(tiny_model_path: Path) -> Path:
     """A models directory that already holds the tiny model, so ``auto`` never rebuilds it."""
-    from echorag.tiny_model import tiny_model_dir
+    from echorag.models.tiny_model import tiny_model_dir
 
     assert tiny_model_dir(tiny_model_path.parent) == tiny_model_path
     return tiny_model_path.parent

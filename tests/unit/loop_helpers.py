@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from echorag.config import Settings
-from echorag.mlops import LearningLoop, TrainingJob, TrainingOutcome, local_train_fn
+from echorag.learning import LearningLoop, TrainingJob, TrainingOutcome, local_train_fn
 from echorag.types import Turn
 from tests.korean_qa import QA
 from tests.webhook_receiver import Receiver

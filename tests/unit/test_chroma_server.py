@@ -13,9 +13,9 @@ from chromadb.config import Settings as ChromaSettings
 
 from echorag.config import load_settings
 from echorag.documents import read_documents, read_jsonl, sample_path
-from echorag.embedding import E5Embedder
-from echorag.retrieval import Retriever, chunk_documents
-from echorag.store import VectorStore, connect
+from echorag.retrieval.embedding import E5Embedder
+from echorag.retrieval.hybrid import Retriever, chunk_documents
+from echorag.retrieval.vector_store import VectorStore, connect
 
 CHROMA = Path(sys.executable).with_name("chroma")
 

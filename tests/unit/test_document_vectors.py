@@ -6,7 +6,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from echorag.embedding import E5Embedder, VectorCache
+from echorag.retrieval.embedding import E5Embedder, VectorCache
 
 
 class Counting:

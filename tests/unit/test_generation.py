@@ -8,9 +8,9 @@ import httpx2
 import pytest
 import torch
 
-from echorag.generation import LocalGenerator, OpenAIGenerator
+from echorag.answering.prompts import build_messages
+from echorag.models.generation import LocalGenerator, OpenAIGenerator
 from echorag.types import BASE, Generation
-from echorag.prompts import build_messages
 
 SEOUL = build_messages(
     "서울의 명소는 어디인가요?",

@@ -5,7 +5,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from deployments.guard import RequestGuard
-from echorag.ratelimit import RateLimiter
+from echorag.serving.ratelimit import RateLimiter
 
 
 class FakeClock:

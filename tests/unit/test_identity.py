@@ -9,12 +9,19 @@ import threading
 import pytest
 
 from echorag.config import Settings
-from echorag.identity import (
-    SessionSigner, header_user, new_key, parse_key, parse_networks, secret_matches, session_owner, valid_user_id,
+from echorag.identity.access import (
+    SessionSigner,
+    header_user,
+    new_key,
+    parse_key,
+    parse_networks,
+    secret_matches,
+    session_owner,
+    valid_user_id,
 )
-from echorag.mlops import Conflict, ConversationStore, LearningLoop, NotFound
-from echorag.mlops.privacy import PrivacyDesk
-from echorag.mlops.users import UserDirectory
+from echorag.learning import Conflict, ConversationStore, LearningLoop, NotFound
+from echorag.learning.privacy import PrivacyDesk
+from echorag.learning.users import UserDirectory
 from echorag.types import Turn
 
 

@@ -7,11 +7,24 @@ import numpy as np
 import pytest
 
 from echorag.inversion import (
-    Inverter, LanguageModel, TokenBigrams, bleu, check_no_overlap, corpus_sentences, eval_morphemes, exact_match,
-    order_tokens, recover_token_bag, token_f1,
+    Inverter,
+    LanguageModel,
+    TokenBigrams,
+    bleu,
+    check_no_overlap,
+    corpus_sentences,
+    eval_morphemes,
+    exact_match,
+    order_tokens,
+    recover_token_bag,
+    token_f1,
 )
-from echorag.rotation import RotatedEmbedder, VectorRotation, estimate_rotation
-from echorag.schemas import InvertRequest
+from echorag.retrieval.rotation import (
+    RotatedEmbedder,
+    VectorRotation,
+    estimate_rotation,
+)
+from echorag.serving.schemas import InvertRequest
 
 # A few documents the restorer may consult, and sentences that are not in them.
 CORPUS = [
@@ -25,7 +38,7 @@ TARGETS = ["제주도에는 한라산과 바다가 있다.", "배추를 소금�
 
 @pytest.fixture(scope="module")
 def e5():
-    from echorag.embedding import E5Embedder
+    from echorag.retrieval.embedding import E5Embedder
 
     return E5Embedder()
 
@@ -33,7 +46,7 @@ def e5():
 @pytest.fixture(scope="module")
 def tiny(tiny_model_path, one_torch_thread):
     """The tiny model as a KANANA-style input_embedding_mean embedder, and as the LM."""
-    from echorag.embedding import KananaEmbedder
+    from echorag.retrieval.embedding import KananaEmbedder
 
     embedder = KananaEmbedder(str(tiny_model_path), pooling="input_embedding_mean", device="cpu")
     return embedder, LanguageModel.load(str(tiny_model_path))
@@ -210,7 +223,7 @@ def test_rotated_embedder_id_trips_the_store_guard(e5, tmp_path):
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
-    from echorag.store import EmbedderMismatchError, VectorStore
+    from echorag.retrieval.vector_store import EmbedderMismatchError, VectorStore
 
     rotated = RotatedEmbedder(e5, "secret")
     assert rotated.id != e5.id and rotated.rotation.fingerprint in rotated.id and "secret" not in rotated.id
@@ -222,7 +235,7 @@ def test_rotated_embedder_id_trips_the_store_guard(e5, tmp_path):
 
 def test_settings_key_rotates_the_service_embedder(monkeypatch):
     from echorag.config import load_settings
-    from echorag.embedding import E5Embedder, make_embedder
+    from echorag.retrieval.embedding import E5Embedder, make_embedder
 
     assert isinstance(make_embedder(load_settings(embedder="e5")), E5Embedder)
     monkeypatch.setenv("ECHORAG_VECTOR_ROTATION_KEY", "from-the-environment")

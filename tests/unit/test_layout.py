@@ -1,6 +1,8 @@
-"""The layout's promises, checked on the source: the core never imports Ray, no module
-imports itself back through others (imports inside functions count), no source file
-grows past the line limit, and the ingress process loads no model library."""
+"""The layout's promises, checked on the source: the core is folders by layer and every
+import points down them, the core never imports Ray and only the serving layer and above
+see the HTTP contract, no module imports itself back through others (imports inside
+functions count), no source file grows past the line limit, and the ingress process loads
+no model library."""
 
 import ast
 import subprocess
@@ -9,7 +11,31 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("echorag", "deployments")
-MAX_LINES = 600
+MAX_LINES = 400
+
+# The core's layers, lowest first: a module may import its own layer and the ones below.
+FOUNDATION = ("echorag.config", "echorag.types", "echorag.korean", "echorag.documents")
+LAYERS = (
+    FOUNDATION,
+    ("echorag.identity",),
+    ("echorag.answering",),
+    ("echorag.models",),
+    ("echorag.retrieval",),
+    ("echorag.inversion",),
+    ("echorag.serving",),
+    ("echorag.evaluation",),
+    ("echorag.learning",),
+    ("echorag.cli",),
+    ("deployments",),
+)
+HTTP_SCHEMAS = "echorag.serving.schemas"
+
+
+def _layer(name: str) -> int | None:
+    for number, members in enumerate(LAYERS):
+        if any(name == member or name.startswith(member + ".") for member in members):
+            return number
+    return None
 
 
 def _modules() -> dict[str, Path]:
@@ -88,6 +114,31 @@ def test_no_import_cycles_among_project_modules():
     assert _cycles(_graph()) == []
 
 
+def test_the_core_is_folders_named_for_its_layers():
+    """Beside the foundation, every core module lives in a layer's folder."""
+    loose = sorted(name for name in _modules() if name.startswith("echorag.") and _layer(name) is None)
+    assert loose == []
+    top = {p.stem for p in (REPO / "echorag").glob("*.py")} - {"__init__"}
+    assert {f"echorag.{stem}" for stem in top} == set(FOUNDATION)
+
+
+def test_imports_point_down_the_layers():
+    upward = sorted(
+        f"{source} -> {target}"
+        for source, targets in _graph().items() for target in targets
+        if _layer(source) is not None and _layer(target) is not None and _layer(target) > _layer(source)
+    )
+    assert upward == []
+
+
+def test_only_the_serving_layer_and_above_see_the_http_contract():
+    """Retrieval, answering, models and the learning loop exchange core types
+    (``echorag.types``), never request or response bodies."""
+    allowed = tuple(_layer(layer) for layer in ("echorag.serving", "echorag.evaluation", "echorag.cli", "deployments"))
+    readers = sorted(name for name, targets in _graph().items() if HTTP_SCHEMAS in targets and _layer(name) not in allowed)
+    assert readers == []
+
+
 def test_the_core_never_imports_ray():
     offenders = [
         str(path.relative_to(REPO)) for name, path in _modules().items()
@@ -122,10 +173,10 @@ def test_the_ingress_imports_no_model_library():
 
 
 def test_models_and_engines_never_import_training_code():
-    """Building or serving a model needs the chat encoding (echorag.chat_tokens), not the
+    """Building or serving a model needs the chat encoding (echorag.models.chat_tokens), not the
     fine-tuning loop: the training layer sits above them."""
     graph = _graph()
-    serving = ("echorag.tiny_model", "echorag.small_model", "echorag.generation", "echorag.engine",
-               "echorag.chat_tokens", "deployments.generator")
-    training = {"echorag.mlops.training", "echorag.mlops.evaluation", "echorag.mlops.dataset", "deployments.training"}
+    serving = ("echorag.models.tiny_model", "echorag.models.small_model", "echorag.models.generation", "echorag.models.engine",
+               "echorag.models.chat_tokens", "deployments.generator")
+    training = {"echorag.learning.training", "echorag.learning.evaluation", "echorag.learning.dataset", "deployments.training"}
     assert {name: sorted(graph[name] & training) for name in serving} == {name: [] for name in serving}

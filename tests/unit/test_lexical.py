@@ -5,8 +5,14 @@ import unicodedata
 import numpy as np
 import pytest
 
-from echorag.evaluation import evaluate, load_jsonl, mrr_at_k, ndcg_at_k, recall_at_k
-from echorag.lexical import BM25Index, fuse
+from echorag.evaluation.retrieval_metrics import (
+    evaluate,
+    load_jsonl,
+    mrr_at_k,
+    ndcg_at_k,
+    recall_at_k,
+)
+from echorag.retrieval.lexical import BM25Index, fuse
 
 DOCS = {
     "seoul": "서울은 대한민국의 수도이며 한강이 도시를 가로질러 흐른다.",

@@ -1,4 +1,4 @@
-from echorag.memory import SessionMemory
+from echorag.serving.memory import SessionMemory
 
 
 def test_keeps_the_last_turns_per_session():

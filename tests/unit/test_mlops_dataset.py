@@ -1,12 +1,12 @@
-"""Which stored turns train and which judge (echorag.mlops.dataset), on a real SQLite store."""
+"""Which stored turns train and which judge (echorag.learning.dataset), on a real SQLite store."""
 
 import json
 
 import pytest
 
-from echorag.mlops import ConversationStore
-from echorag.mlops.dataset import export_jsonl, run_data, training_turns
-from echorag.mlops.train_config import TrainConfig
+from echorag.learning import ConversationStore
+from echorag.learning.dataset import export_jsonl, run_data, training_turns
+from echorag.learning.train_config import TrainConfig
 from echorag.types import Turn
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from echorag.mlops import TurnFilter, scrub_pii
+from echorag.learning import TurnFilter, scrub_pii
 from echorag.types import Turn
 
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from echorag.mlops import EvaluationGate, VersionScore, split_holdout
+from echorag.learning import EvaluationGate, VersionScore, split_holdout
 
 
 @pytest.mark.parametrize(

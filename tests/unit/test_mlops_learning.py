@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from echorag.mlops import BASE
+from echorag.learning import BASE
 from tests.unit.loop_helpers import WAIT, Trainer, turn, types
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

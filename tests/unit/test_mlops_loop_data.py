@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from echorag.mlops import BASE, Conflict, LearningLoop, NotFound, TrainingJob, TrainingOutcome
+from echorag.learning import (
+    BASE,
+    Conflict,
+    LearningLoop,
+    NotFound,
+    TrainingJob,
+    TrainingOutcome,
+)
 from tests.unit.loop_helpers import WAIT, Trainer, turn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,7 +60,13 @@ def test_synchronous_submit_and_schedule_run_everything_inline(make, prebuilt_ad
 
 
 def test_api_models_reject_nonsense():
-    from echorag.mlops.api import CleanupRequest, FeedbackRequest, FinetuneRequest, PromoteRequest, RollbackRequest
+    from echorag.learning.api import (
+        CleanupRequest,
+        FeedbackRequest,
+        FinetuneRequest,
+        PromoteRequest,
+        RollbackRequest,
+    )
 
     assert FinetuneRequest().model_dump() == {"force": False, "backup_existing": True}
     assert FeedbackRequest(turn_id="t", rating="up").value == 1
@@ -178,7 +191,7 @@ def test_restore_brings_back_a_cleared_backup_and_trains_each_turn_once(make, pr
 
 
 def test_restore_refuses_names_outside_the_backups_dir(make, prebuilt_adapter, tmp_path):
-    from echorag.mlops import MlopsError
+    from echorag.learning import MlopsError
 
     loop = make(adapter_trainer(prebuilt_adapter, []), finetune_auto_trigger=False)
     loop.record(turn(0))
@@ -280,7 +293,7 @@ def test_the_gate_judges_what_is_served_with_the_registered_candidate(make, preb
 def test_a_traffic_poll_answers_as_soon_as_the_pointer_moves(make, prebuilt_adapter):
     """What ingress replicas keep in memory: ``traffic_after`` holds a poll while nothing
     changes and answers within moments of a promotion, a canary share or a rollback."""
-    from echorag.canary import Traffic
+    from echorag.serving.routing import Traffic
 
     loop = make(adapter_trainer(prebuilt_adapter, []))
     loop.registry.add(prebuilt_adapter)

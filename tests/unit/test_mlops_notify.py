@@ -1,8 +1,8 @@
 
 import pytest
 
-from echorag.mlops import Event, payload_for, send_webhook
-from echorag.mlops.events import training_failed, training_succeeded
+from echorag.learning import Event, payload_for, send_webhook
+from echorag.learning.events import training_failed, training_succeeded
 from tests.webhook_receiver import Receiver
 
 

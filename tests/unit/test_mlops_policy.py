@@ -1,6 +1,13 @@
 import random
 
-from echorag.mlops import MarkPending, Nothing, PolicyConfig, RetryLater, StartRun, TrainingPolicy
+from echorag.learning import (
+    MarkPending,
+    Nothing,
+    PolicyConfig,
+    RetryLater,
+    StartRun,
+    TrainingPolicy,
+)
 
 
 def policy(**config) -> TrainingPolicy:

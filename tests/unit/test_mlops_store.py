@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from echorag.mlops import ConversationStore, Event
-from echorag.mlops.dataset import export_jsonl, labelled
+from echorag.learning import ConversationStore, Event
+from echorag.learning.dataset import export_jsonl, labelled
 from echorag.types import Turn
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from echorag import models
-from echorag.models import KANANA_ID, ResolvedModel, resolve_generator
+from echorag.models import resolution as models
+from echorag.models.resolution import KANANA_ID, ResolvedModel, resolve_generator
 
 
 @pytest.fixture()
@@ -41,7 +41,7 @@ def _fake_kanana_cache(hub: Path, with_weights: bool = True) -> Path:
 
 
 def test_auto_offline_with_empty_cache_serves_the_tiny_demo(offline_empty_cache, models_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="echorag.models"):
+    with caplog.at_level(logging.WARNING, logger="echorag.models.resolution"):
         resolved = resolve_generator("auto", models_dir)
     assert resolved == ResolvedModel(str(models_dir / "tiny-ko"), "tiny", models.TINY_NAME)
     assert resolved.is_demo

@@ -5,7 +5,7 @@ import unicodedata
 import pytest
 from pydantic import ValidationError
 
-from echorag import openai_compat as oai
+from echorag.serving import openai as oai
 
 
 def test_model_names_pick_the_active_a_pinned_or_the_base_version():
@@ -38,8 +38,8 @@ def test_messages_become_the_question_and_the_conversation_so_far():
 def test_a_prompt_with_its_own_passages_is_answered_by_its_question():
     """Another EchoRAG (this one as its teacher) or any RAG client sends its passages and
     then the question: EchoRAG answers from its own documents, so the question is what counts."""
-    from echorag.prompts import build_messages
-    from echorag.schemas import SearchResult
+    from echorag.answering.prompts import build_messages
+    from echorag.types import SearchResult
 
     faq = SearchResult(id="f#0", text="자주 묻는 질문\n\n질문: 환불은 언제까지 되나요?\n답변: 7일 이내입니다.",
                        score=1.0, collection="documents", metadata={})

@@ -5,18 +5,18 @@ import asyncio
 
 import pytest
 
-from echorag.canary import Answerer
 from echorag.config import load_settings
-from echorag.embedding import E5Embedder
-from echorag.generation import LocalGenerator
-from echorag.memory import SessionMemory
-from echorag.mlops.jobs import local_train_fn
-from echorag.mlops.loop import LearningLoop
-from echorag.pipeline import ChatPipeline
-from echorag.retrieval import Retriever
-from echorag.schemas import ChatRequest
-from echorag.services import LocalServices
-from echorag.store import VectorStore
+from echorag.learning.jobs import local_train_fn
+from echorag.learning.loop import LearningLoop
+from echorag.models.generation import LocalGenerator
+from echorag.retrieval.embedding import E5Embedder
+from echorag.retrieval.hybrid import Retriever
+from echorag.retrieval.vector_store import VectorStore
+from echorag.serving.memory import SessionMemory
+from echorag.serving.pipeline import ChatPipeline
+from echorag.serving.routing import Answerer
+from echorag.serving.schemas import ChatRequest
+from echorag.serving.services import LocalServices
 
 DOCS = [
     {"id": "jeju", "text": "제주도는 화산섬으로 한라산이 있다. 감귤과 돌하르방으로 유명하다."},
@@ -92,8 +92,8 @@ class CountingServices(LocalServices):
 
 
 def test_the_selector_answers_no_answer_without_calling_the_model(tmp_path, tiny_model_path, one_torch_thread):
-    from echorag.prompts import NO_ANSWER
-    from echorag.schemas import DoneEvent, TokenEvent
+    from echorag.answering.prompts import NO_ANSWER
+    from echorag.serving.schemas import DoneEvent, TokenEvent
 
     settings, embedder, retriever = parts(tmp_path, tiny_model_path)
     services = CountingServices(settings, embedder, retriever, LocalGenerator(str(tiny_model_path)))
@@ -116,8 +116,8 @@ def test_the_selector_answers_no_answer_without_calling_the_model(tmp_path, tiny
 
 
 def test_a_greeting_gets_a_polite_reply_from_no_model_and_is_not_collected(tmp_path, tiny_model_path, one_torch_thread):
-    from echorag.schemas import DoneEvent, TokenEvent
-    from echorag.small_talk import REPLIES
+    from echorag.answering.small_talk import REPLIES
+    from echorag.serving.schemas import DoneEvent, TokenEvent
 
     settings, embedder, retriever = parts(tmp_path, tiny_model_path)
     loop = LearningLoop(settings, local_train_fn(tiny_model_path))
@@ -145,9 +145,9 @@ def test_a_greeting_gets_a_polite_reply_from_no_model_and_is_not_collected(tmp_p
 def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp_path, tiny_model_path, one_torch_thread):
     """No train/serve skew: the stored turn keeps the served messages, and the prompt part
     of its training example is token for token what LocalGenerator encoded."""
-    from echorag.mlops.dataset import run_data
-    from echorag.chat_tokens import IGNORE, encode_chat
-    from echorag.mlops.train_config import TrainConfig
+    from echorag.learning.dataset import run_data
+    from echorag.learning.train_config import TrainConfig
+    from echorag.models.chat_tokens import IGNORE, encode_chat
 
     settings, embedder, retriever = parts(tmp_path, tiny_model_path)
     generator = LocalGenerator(str(tiny_model_path))

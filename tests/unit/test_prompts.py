@@ -2,7 +2,12 @@
 
 import re
 
-from echorag.prompts import NO_CONTEXT, SYSTEM_PROMPT, build_messages, format_passages
+from echorag.answering.prompts import (
+    NO_CONTEXT,
+    SYSTEM_PROMPT,
+    build_messages,
+    format_passages,
+)
 
 PASSAGES = [
     {"text": "서울은 대한민국의 수도이다.", "metadata": {"title": "서울"}, "collection": "documents"},

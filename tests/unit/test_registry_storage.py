@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from echorag.mlops import BASE, AdapterRegistry, InvalidAdapterError, VersionExistsError
-from echorag.mlops.registry import METADATA_FILE
+from echorag.learning import (
+    BASE,
+    AdapterRegistry,
+    InvalidAdapterError,
+    VersionExistsError,
+)
+from echorag.learning.registry import METADATA_FILE
 from tests.conftest import REPO
 from tests.unit.test_mlops_registry import saved_adapter
 
@@ -55,7 +60,7 @@ def test_an_adapter_written_through_a_uri_is_loaded_by_another_process(tiny_mode
         import json, torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
-        from echorag.mlops import AdapterRegistry
+        from echorag.learning import AdapterRegistry
 
         registry = AdapterRegistry({uri!r}, cache_dir={str(reader_cache)!r})
         version = registry.active

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from chromadb.config import Settings as ChromaSettings
 
-from echorag.bm25_snapshots import BM25Snapshots
-from echorag.embedding import E5Embedder
 from echorag.korean import morphemes_many, split_sentences
-from echorag.retrieval import Retriever, chunk_documents
-from echorag.store import EmbedderMismatchError, VectorStore, reindex
+from echorag.retrieval.bm25_snapshots import BM25Snapshots
+from echorag.retrieval.embedding import E5Embedder
+from echorag.retrieval.hybrid import Retriever, chunk_documents
+from echorag.retrieval.vector_store import EmbedderMismatchError, VectorStore, reindex
 from echorag.types import Turn
 
 DOCS = [
@@ -222,7 +222,7 @@ def test_a_replica_s_bm25_follows_documents_written_through_another(client, embe
 def test_a_new_replica_loads_the_bm25_snapshot_of_the_current_documents(client, embedder, tmp_path, monkeypatch):
     """The first replica builds BM25 from the store and leaves a snapshot; the next one loads
     it without reading a chunk's terms, ranks the same, and takes later writes."""
-    from echorag import passages
+    from echorag.retrieval import passages
 
     snapshots = BM25Snapshots(tmp_path / "bm25")
     store = VectorStore(client, embedder.id, embedder.dim)

@@ -5,20 +5,20 @@ versions as files; and the small-talk replies every backend gives."""
 import numpy as np
 import pytest
 
-from echorag.answer_metrics import contains
+from echorag.answering import small_talk
+from echorag.answering.evidence import analyse
+from echorag.answering.selector import FEATURES, AnswerSelector, Example, features, fit
 from echorag.documents import read_jsonl, sample_path
-from echorag.embedding import VectorCache
-from echorag.evidence import analyse
-from echorag.schemas import SearchResult
-from echorag.selector import FEATURES, AnswerSelector, Example, features, fit
-from echorag import small_talk
+from echorag.evaluation.answer_metrics import contains
+from echorag.retrieval.embedding import VectorCache
+from echorag.types import SearchResult
 
 
 @pytest.fixture(scope="module")
 def examples():
     """Twenty bundled questions (dev half: 14 answerable, 6 not) against their own document
     and two others."""
-    from echorag.embedding import E5Embedder
+    from echorag.retrieval.embedding import E5Embedder
 
     e5 = VectorCache(E5Embedder())
     kb = {d["id"]: d for d in read_jsonl(sample_path("sample_kb.jsonl"))}

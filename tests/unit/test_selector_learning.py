@@ -7,19 +7,19 @@ import asyncio
 import numpy as np
 import pytest
 
-from echorag.answering import ExtractiveGenerator
-from echorag.canary import Answerer
+from echorag.answering.extractive import ExtractiveGenerator
+from echorag.answering.prompts import NO_ANSWER
 from echorag.documents import read_jsonl, sample_path
-from echorag.embedding import E5Embedder
-from echorag.memory import SessionMemory
-from echorag.mlops.selector_learning import drawn_on, example_of, labelled_turns
-from echorag.pipeline import ChatPipeline
-from echorag.prompts import NO_ANSWER
-from echorag.retrieval import Retriever
-from echorag.schemas import ChatRequest
-from echorag.services import LocalServices
-from echorag.store import VectorStore
-from echorag.mlops import local_train_fn
+from echorag.learning import local_train_fn
+from echorag.learning.selector_learning import drawn_on, example_of, labelled_turns
+from echorag.retrieval.embedding import E5Embedder
+from echorag.retrieval.hybrid import Retriever
+from echorag.retrieval.vector_store import VectorStore
+from echorag.serving.memory import SessionMemory
+from echorag.serving.pipeline import ChatPipeline
+from echorag.serving.routing import Answerer
+from echorag.serving.schemas import ChatRequest
+from echorag.serving.services import LocalServices
 from tests.unit.loop_helpers import WAIT
 
 KB = ("kb-hunminjeongeum", "kb-jeju-island", "kb-korean-war", "kb-dokdo")

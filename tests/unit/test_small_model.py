@@ -1,13 +1,13 @@
-"""The small student's recipe (``echorag.small_model``): its pretraining examples and a
+"""The small student's recipe (``echorag.models.small_model``): its pretraining examples and a
 build of a few steps, loaded as the learning loop loads a student."""
 
 import json
 import random
 
-from echorag import small_model
-from echorag.chat_tokens import encode_chat
-from echorag.models import resolve_model
-from echorag.prompts import build_messages
+from echorag.answering.prompts import build_messages
+from echorag.models import small_model
+from echorag.models.chat_tokens import encode_chat
+from echorag.models.resolution import resolve_model
 
 
 def test_a_repeat_is_learned_only_where_it_comes_again(tiny_tokenizer):

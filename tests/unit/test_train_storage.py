@@ -33,7 +33,7 @@ def test_worker_resources_come_from_json_in_the_environment(monkeypatch):
 
 def test_the_active_version_is_read_through_the_registry_uri_on_each_node(tmp_path, monkeypatch):
     from deployments.training import RegistryVersion, adapter_here
-    from echorag.mlops.registry import AdapterRegistry
+    from echorag.learning.registry import AdapterRegistry
 
     uri = f"file://{tmp_path}/shared/adapters"
     AdapterRegistry(uri, cache_dir=tmp_path / "head-cache").add(_adapter(tmp_path / "trained"))

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from echorag.config import Settings
-from echorag.generation import LocalGenerator
-from echorag.mlops.evaluation import evaluate_versions
-from echorag.mlops.train_config import TrainConfig
-from echorag.chat_tokens import IGNORE, encode_chat, supports_assistant_mask
-from echorag.mlops.training import StepInfo, TrainingError, save_adapter, train_lora
-from echorag.tiny_model import CHAT_TEMPLATE, EOT
+from echorag.learning.evaluation import evaluate_versions
+from echorag.learning.train_config import TrainConfig
+from echorag.learning.training import StepInfo, TrainingError, save_adapter, train_lora
+from echorag.models.chat_tokens import IGNORE, encode_chat, supports_assistant_mask
+from echorag.models.generation import LocalGenerator
+from echorag.models.tiny_model import CHAT_TEMPLATE, EOT
 from tests.korean_qa import QA
 
 CHATS = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QA]

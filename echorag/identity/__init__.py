@@ -1,0 +1,1 @@
+"""Who is asking: authentication modes, user keys, owner scopes and the admin token."""

@@ -1,0 +1,118 @@
+"""Identity and privacy in the collector: users and keys, the session secret, erasing
+a user's (or a session's) data and exporting it.
+
+``PrivacyDesk`` is a mixin of the learning loop: the collector actor is
+``Collector(PrivacyDesk, LearningLoop)``, so each method here is a typed remote call
+(``await collector.authenticate.remote(key)``). What is stored about people lives in
+the loop's SQLite database; the vectors in Chroma are the retriever's, and the
+ingress deletes those (``routes/users.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+import echorag.learning.erasure as erasure
+from echorag.identity.access import Caller
+from echorag.learning.archive import BACKUP_GLOB
+from echorag.learning.database import StoredTurn
+from echorag.learning.erasure import ErasureReport, SubjectKind
+from echorag.learning.events import Event
+from echorag.learning.filters import _pseudonym
+from echorag.learning.users import IssuedKey, UserDirectory, UserInfo, UsersResponse
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from echorag.learning.database import ConversationStore
+
+
+class SubjectConversations(BaseModel):
+    """Everything stored of one user (or session): ``GET /admin/users/{id}/conversations``."""
+
+    kind: SubjectKind
+    subject: str
+    count: int
+    conversations: list[StoredTurn]
+
+
+def _event(event_type: str, message: str, **data: Any) -> Event:
+    return Event(type=event_type, message=message, data=data)
+
+
+class PrivacyDesk:
+    """Needs the ``LearningLoop`` attributes ``store``, ``backups_dir``, ``exports_dir``,
+    ``policy``, ``_lock``, ``_event`` and ``_current_run_id``."""
+
+    store: ConversationStore
+    backups_dir: Path
+    exports_dir: Path
+
+    def _users(self) -> UserDirectory:
+        directory = getattr(self, "_user_directory", None)
+        if directory is None:
+            directory = self._user_directory = UserDirectory(self.store)
+        return directory
+
+    # -- sessions and keys ------------------------------------------------------------------
+
+    def session_secret(self) -> str:
+        """The secret every ingress replica signs and verifies session ids with."""
+        return self._users().secret("session")
+
+    def authenticate(self, key: str) -> Caller | None:
+        """The user of a key, or None; a revoked key is refused at once."""
+        return self._users().authenticate(key)
+
+    def users(self) -> UsersResponse:
+        return self._users().list()
+
+    def add_user(self, name: str) -> IssuedKey:
+        issued = self._users().add(name)
+        self._event(_event("user_added", f"👤 사용자 추가: {issued.user.id}", user_id=issued.user.id))
+        return issued
+
+    def issue_key(self, user_id: str) -> IssuedKey:
+        issued = self._users().issue_key(user_id)
+        key_id = issued.user.keys[-1].id
+        self._event(_event("user_key_issued", f"🔑 사용자 키 발급: {user_id}", user_id=user_id, key_id=key_id))
+        return issued
+
+    def revoke_user(self, user_id: str, key_id: str | None = None) -> UserInfo:
+        user = self._users().revoke(user_id, key_id)
+        self._event(_event("user_revoked", f"⛔ 사용자 키 폐기: {user_id}", user_id=user_id, key_id=key_id))
+        return user
+
+    # -- erasure and export -----------------------------------------------------------------
+
+    def erase(self, kind: SubjectKind, subject: str) -> ErasureReport:
+        """Delete a user (their keys too) or a session from the database, the backups and
+        the exported training sets, and keep them out of every later run. Idempotent."""
+        keys = self._users().delete(subject) if kind == "user" else 0
+        deleted = self.store.erase(kind, subject)
+        with self._lock:
+            watermark, run_id = self.policy.watermark, self._current_run_id()
+        backups = erasure.scrub_backups(sorted(self.backups_dir.glob(BACKUP_GLOB)), kind, subject)
+        # An export written before a correction holds the original answer.
+        lines = {t.export_line(answer) for t in deleted for answer in {t.assistant, t.answer}}
+        exported = erasure.scrub_exports(sorted(self.exports_dir.glob("*.jsonl")), lines)
+        report = ErasureReport(
+            kind=kind, subject=subject, conversations=len(deleted),
+            pending=sum(t.seq > watermark for t in deleted), backups=backups, exported=exported,
+            keys_revoked=keys, run_in_progress=run_id,
+        )
+        counts = report.model_dump(exclude={"kind", "subject", "vectors"})
+        # A session id is a bearer secret in open mode: the log names it by a hash.
+        shown = _pseudonym(subject) if kind == "user" else f"session-{erasure.subject_hash(subject)[:16]}"
+        self._event(_event(
+            "data_erased",
+            f"🗑️ 데이터 삭제: {'사용자' if kind == 'user' else '세션'} {shown} (대화 {len(deleted)}건)",
+            kind=kind, subject=shown, **counts,
+        ))
+        return report
+
+    def subject_conversations(self, kind: SubjectKind, subject: str) -> SubjectConversations:
+        turns = self.store.turns_of(kind, subject)
+        return SubjectConversations(kind=kind, subject=subject, count=len(turns), conversations=turns)
