@@ -20,13 +20,7 @@ from typing import Any, ClassVar
 from fastapi import HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from echorag.identity.access import (
-    Caller,
-    SessionSigner,
-    header_user,
-    parse_networks,
-    session_owner,
-)
+from echorag.identity.access import Caller, SessionSigner, header_user, parse_networks, session_owner
 from echorag.identity.admin_token import token_matches
 
 # Korean: a person reads these in the web UI and in chat clients.

@@ -36,7 +36,8 @@ from deployments.serve_services import ServeServices
 from echorag.config import Settings
 from echorag.identity.access import Caller
 from echorag.identity.admin_token import ensure_admin_token
-from echorag.learning.registry import AdapterRegistry, InvalidAdapterError
+from echorag.learning.adapter_storage import InvalidAdapterError
+from echorag.learning.registry import AdapterRegistry
 from echorag.serving.memory import SessionMemory
 from echorag.serving.pipeline import ChatPipeline
 from echorag.serving.ratelimit import RateLimiter

@@ -115,9 +115,7 @@ class Collector(PrivacyDesk, LearningLoop):
     so are the users, keys and erasures of ``PrivacyDesk``."""
 
     def __init__(self, settings: Settings, app_name: str = "echorag") -> None:
-        from deployments.training import (
-            ray_train_fn,  # torch and Ray Train: this actor only
-        )
+        from deployments.training import ray_train_fn  # torch and Ray Train: this actor only
 
         self.app_name = app_name
         self.started_at = time.time()

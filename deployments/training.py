@@ -47,21 +47,11 @@ from ray.train.torch import TorchTrainer
 
 from deployments import metrics
 from echorag.config import Settings
+from echorag.learning.adapter_storage import InvalidAdapterError, validate_adapter_dir
 from echorag.learning.jobs import TrainFn, TrainingJob, TrainingOutcome
-from echorag.learning.registry import (
-    AdapterRegistry,
-    InvalidAdapterError,
-    validate_adapter_dir,
-)
+from echorag.learning.registry import AdapterRegistry
 from echorag.learning.train_config import TrainConfig
-from echorag.learning.training import (
-    EpochInfo,
-    StepInfo,
-    TrainingError,
-    read_chats_jsonl,
-    save_adapter,
-    train_lora,
-)
+from echorag.learning.training import EpochInfo, StepInfo, TrainingError, read_chats_jsonl, save_adapter, train_lora
 from echorag.models.chat_tokens import Chat
 from echorag.models.resolution import resolve_generator, student_spec
 

@@ -8,6 +8,7 @@ from deployments.http_app import Admin, app
 from echorag.identity.access import Caller
 from echorag.learning import api as mlops_api
 from echorag.learning.records import StoredTurn
+from echorag.learning.runtime_settings import RuntimeSettings, SettingsUpdate
 from echorag.serving.schemas import ErrorResponse
 
 TURN_ID = Path(..., min_length=1, max_length=128, description="The ``turn_id`` of a /chat response.")
@@ -72,8 +73,8 @@ class MlopsRoutes:
         request = request or mlops_api.FinetuneRequest()
         return await self.collector.finetune.remote(request.force, request.backup_existing)
 
-    @app.post("/mlops/settings", response_model=mlops_api.RuntimeSettings, dependencies=[Admin])
-    async def update_settings(self, update: mlops_api.SettingsUpdate):
+    @app.post("/mlops/settings", response_model=RuntimeSettings, dependencies=[Admin])
+    async def update_settings(self, update: SettingsUpdate):
         return await self.collector.update_settings.remote(update)
 
     @app.post("/mlops/rollback", response_model=mlops_api.AdapterChange, dependencies=[Admin])

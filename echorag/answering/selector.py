@@ -109,9 +109,7 @@ class Logistic:
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, c: float = 1.0) -> "Logistic":
-        from sklearn.linear_model import (
-            LogisticRegression,  # training only: serving reads JSON
-        )
+        from sklearn.linear_model import LogisticRegression  # training only: serving reads JSON
 
         x = np.asarray(x, np.float64)
         mean, scale = x.mean(0), x.std(0)

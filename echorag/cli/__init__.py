@@ -1,7 +1,8 @@
 """The ``echorag`` command.
 
-Each module registers its subcommands: ``remote`` talks to a running server over
-HTTP (``--url``); ``retrieval`` and ``local`` work in-process.
+Each module registers its subcommands: ``remote``, ``chat`` and ``users`` talk to a
+running server over HTTP (``--url``); ``retrieval``, ``answers``, ``inversion`` and
+``local`` work in-process. ``output`` prints for people or as JSON.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from echorag.cli import answers, inversion, local, remote, retrieval, users
+from echorag.cli import answers, chat, inversion, local, remote, retrieval, users
 from echorag.cli.common import DEFAULT_URL, CommandError
 
-COMMAND_MODULES = (remote, users, retrieval, answers, inversion, local)
+COMMAND_MODULES = (chat, remote, users, retrieval, answers, inversion, local)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,9 +38,16 @@ def call(client: httpx.Client, method: str, path: str, **kwargs) -> dict:
     except httpx.HTTPError as exc:
         raise CommandError(f"cannot reach EchoRAG at {client.base_url}: {exc}") from None
     if response.is_error:
-        try:
-            message = response.json().get("error", response.text)
-        except ValueError:
-            message = response.text
-        raise CommandError(f"{method} {path} failed ({response.status_code}): {message}")
+        hint = ""
+        if response.status_code == 401 and "authorization" not in client.headers:
+            hint = " -- no admin token found: set ECHORAG_ADMIN_TOKEN (or run this where the server's data dir is)"
+        raise CommandError(f"{method} {path} failed ({response.status_code}): {error_text(response)}{hint}")
     return response.json()
+
+
+def error_text(response: httpx.Response) -> str:
+    """The ``error`` of an EchoRAG error body, else the body as it is."""
+    try:
+        return response.json().get("error", response.text)
+    except ValueError:
+        return response.text

@@ -1,5 +1,6 @@
-"""Commands that talk to a running server over HTTP (``--url``; the admin token comes from
-``ECHORAG_ADMIN_TOKEN`` or the local data dir).
+"""Commands about a running server (``--url``; the admin token comes from
+``ECHORAG_ADMIN_TOKEN`` or the local data dir): its status, adding documents, and the
+learning loop's runs, events, exports, settings and backups.
 
 Output is for people by default (aligned ``key: value`` lines and tables; Korean text
 passes through) and JSON with ``--json``. Errors are a ``CommandError``: one line on
@@ -9,11 +10,8 @@ stderr and exit status 1.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-import unicodedata
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,210 +19,15 @@ import httpx
 from tqdm import tqdm
 
 from echorag.cli.common import CommandError, call, client
-
-# -- output -------------------------------------------------------------------------------
-
-
-def display_width(text: str) -> int:
-    """Terminal columns: Hangul and other wide characters take two."""
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
-def pad(text: str, width: int) -> str:
-    return text + " " * max(0, width - display_width(text))
-
-
-def shorten(text: Any, limit: int = 80) -> str:
-    text = " ".join(str(text).split())
-    if display_width(text) <= limit:
-        return text
-    out = ""
-    for char in text:
-        if display_width(out + char) > limit - 1:
-            break
-        out += char
-    return out + "…"
-
-
-def print_kv(rows: Iterable[tuple[str, Any]], indent: int = 0) -> None:
-    rows = [(k, v) for k, v in rows if v is not None]
-    width = max((display_width(k) for k, _ in rows), default=0)
-    for key, value in rows:
-        print(" " * indent + pad(key + ":", width + 1) + " " + str(value))
-
-
-def print_table(headers: list[str], rows: list[list[Any]], indent: int = 0) -> None:
-    cells = [[str(c) for c in row] for row in [headers, *rows]]
-    widths = [max(display_width(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        line = "  ".join(pad(c, w) for c, w in zip(row, widths)).rstrip()
-        print(" " * indent + line)
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, ensure_ascii=False, indent=2))
-
-
-def when(timestamp: float | None) -> str:
-    return "-" if timestamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s" if minutes else f"{secs}s"
-
-
-def loss(value: float | None) -> str:
-    return "?" if value is None else f"{value:.3f}"
-
-
-def on_off(value: bool) -> str:
-    return "on" if value else "off"
-
-
-def add_json_flag(parser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
-
-
-# -- HTTP ---------------------------------------------------------------------------------
-
-
-def api(http: httpx.Client, method: str, path: str, **kwargs) -> Any:
-    """``common.call`` with a hint when the server wants an admin token we do not have."""
-    try:
-        return call(http, method, path, **kwargs)
-    except CommandError as exc:
-        if "(401)" in str(exc) and "authorization" not in http.headers:
-            raise CommandError(
-                f"{exc} -- no admin token found: set ECHORAG_ADMIN_TOKEN "
-                "(or run this where the server's data dir is)"
-            ) from None
-        raise
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        return response.json().get("error", response.text)
-    except ValueError:
-        return response.text
-
-
-# -- chat ---------------------------------------------------------------------------------
-
-
-def stream_chat(http: httpx.Client, body: dict, on_token: Callable[[str], None]) -> dict:
-    """``POST /chat/stream`` (server-sent events): ``on_token`` gets each piece as it
-    arrives; returns the full ``/chat`` response carried by the ``done`` event."""
-    try:
-        with http.stream("POST", "/chat/stream", json=body) as response:
-            if response.is_error:
-                response.read()
-                raise CommandError(f"POST /chat/stream failed ({response.status_code}): {_error_text(response)}")
-            for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue  # "event:" names repeat the data's "event" field; blank lines end events
-                event = json.loads(line[5:])
-                if event["event"] == "token":
-                    on_token(event["text"])
-                elif event["event"] == "done":
-                    return event["response"]
-                elif event["event"] == "error":
-                    raise CommandError(f"the server could not answer: {event.get('error')}")
-    except httpx.HTTPError as exc:
-        raise CommandError(f"cannot reach EchoRAG at {http.base_url}: {exc}") from None
-    raise CommandError("the answer stream ended before it was complete")
-
-
-def print_sources(answer: dict) -> None:
-    results = answer.get("search_results") or []
-    if not results:
-        print("출처: 없음")
-        return
-    print("출처:")
-    rows = []
-    for n, r in enumerate(results, 1):
-        source = r["metadata"].get("doc_id", r["id"]) if r["collection"] == "documents" else "이전 대화"
-        rows.append([f"[{n}]", source, f"{r['score']:.3f}", shorten(r["text"], 60)])
-    print_table(["", "source", "score", "text"], rows, indent=2)
-
-
-def ask(http: httpx.Client, args, message: str) -> dict:
-    """One question: streamed to the terminal (or one JSON line with ``--json``)."""
-    body = {"message": message, "session_id": args.session} | ({"user_id": args.user} if args.user else {})
-    if args.adapter:
-        body["adapter_version"] = args.adapter
-    if args.json:
-        answer = api(http, "POST", "/chat", json=body) if args.no_stream else stream_chat(http, body, lambda _: None)
-        print(json.dumps(answer, ensure_ascii=False), flush=True)
-        return answer
-    if args.no_stream:
-        answer = api(http, "POST", "/chat", json=body)
-        print(answer["response"])
-    else:
-        answer = stream_chat(http, body, lambda piece: print(piece, end="", flush=True))
-        print()
-    if not args.no_sources:
-        print_sources(answer)
-    total = sum(answer.get("timing", {}).values())
-    print(f"({answer['model']} · {answer['adapter_version']} · {total:.2f}s)\n", flush=True)
-    return answer
-
-
-def cmd_chat(args) -> None:
-    with client(args) as http:
-        # Chat sends the user key (api_keys mode), never the admin token.
-        http.headers.pop("Authorization", None)
-        if key := args.key or os.environ.get("ECHORAG_API_KEY"):
-            http.headers["Authorization"] = f"Bearer {key}"
-        if not args.session:  # a new private session, issued by the server
-            try:
-                args.session = call(http, "POST", "/sessions")["session_id"]
-            except CommandError as exc:
-                if "(401)" in str(exc):
-                    raise CommandError(f"{exc} -- this server needs a user key: set ECHORAG_API_KEY or pass --key") from None
-                raise
-        if args.message:  # one-shot: echorag chat "질문"
-            ask(http, args, " ".join(args.message))
-        elif not sys.stdin.isatty():  # one question per line: echo "질문" | echorag chat
-            for line in sys.stdin:
-                if line.strip():
-                    ask(http, args, line.strip())
-        else:
-            repl(http, args)
-
-
-def repl(http: httpx.Client, args) -> None:
-    health = api(http, "GET", "/health")
-    demo = " (데모 모델)" if health["demo_model"] else " (문서 인용)" if health["model_kind"] == "extractive" else ""
-    print(f"EchoRAG {health['model']}{demo} · 어댑터 {health['adapter_version']} · 세션 {args.session}")
-    print("질문을 입력하세요. 끝내려면 빈 줄, /exit 또는 Ctrl-D.\n")
-    while True:
-        try:
-            message = input("질문> ").strip()
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return
-        if message in ("", "/exit", "/quit", "exit", "quit"):
-            return
-        try:
-            ask(http, args, message)
-        except CommandError as exc:  # keep the conversation going after one failed answer
-            print(f"echorag: error: {exc}", file=sys.stderr)
-        except KeyboardInterrupt:
-            print("\n(중단됨)")
-
+from echorag.cli.output import add_json_flag, duration, loss, on_off, print_json, print_kv, print_table, shorten, when
 
 # -- status -------------------------------------------------------------------------------
 
 
 def cmd_status(args) -> None:
     with client(args) as http:
-        health = api(http, "GET", "/health")
-        mlops = api(http, "GET", "/mlops/status")
+        health = call(http, "GET", "/health")
+        mlops = call(http, "GET", "/mlops/status")
     if args.json:
         print_json({"health": health, "mlops": mlops})
         return
@@ -278,7 +81,7 @@ def follow_run(http: httpx.Client, run_id: int, poll_s: float) -> dict:
     bar = tqdm(desc=f"run {run_id}", unit="step", file=sys.stderr, dynamic_ncols=True)
     try:
         while True:
-            progress = api(http, "GET", "/mlops/training-progress")
+            progress = call(http, "GET", "/mlops/training-progress")
             if progress["run_id"] != run_id or progress["status"] != "training":
                 break  # ended (a pending follow-up run may already have started)
             if progress["total_steps"] and bar.total != progress["total_steps"]:
@@ -295,7 +98,7 @@ def follow_run(http: httpx.Client, run_id: int, poll_s: float) -> dict:
         bar.refresh()
     finally:
         bar.close()
-    for run in api(http, "GET", "/mlops/training-history", params={"limit": 100})["runs"]:
+    for run in call(http, "GET", "/mlops/training-history", params={"limit": 100})["runs"]:
         if run["run_id"] == run_id:
             return run
     raise CommandError(f"run {run_id} is not in the training history")
@@ -318,7 +121,7 @@ def describe_run(run: dict) -> str:
 def cmd_finetune(args) -> None:
     body = {"force": args.force, "backup_existing": not args.no_backup}
     with client(args) as http:
-        started = api(http, "POST", "/mlops/finetune", json=body)
+        started = call(http, "POST", "/mlops/finetune", json=body)
         if not started["started"] or not args.wait:
             if args.json:
                 print_json(started)
@@ -341,7 +144,7 @@ def cmd_finetune(args) -> None:
 def cmd_rollback(args) -> None:
     body = {"version": args.version} if args.version else {}
     with client(args) as http:
-        change = api(http, "POST", "/mlops/rollback", json=body)
+        change = call(http, "POST", "/mlops/rollback", json=body)
     if args.json:
         print_json(change)
     else:
@@ -356,7 +159,7 @@ def cmd_events(args) -> None:
     if args.type:
         params["event_type"] = args.type
     with client(args) as http:
-        found = api(http, "GET", "/mlops/events", params=params)
+        found = call(http, "GET", "/mlops/events", params=params)
     if args.json:
         print_json(found)
     elif not found["events"]:
@@ -368,7 +171,7 @@ def cmd_events(args) -> None:
 
 def cmd_export(args) -> None:
     with client(args) as http:
-        exported = api(http, "POST", "/mlops/export", json={"inline": True})
+        exported = call(http, "POST", "/mlops/export", json={"inline": True})
     if args.out:
         out = Path(args.out)
         try:
@@ -418,9 +221,9 @@ def cmd_settings(args) -> None:
     changes = {name: getattr(args, name) for name, *_ in SETTINGS_FLAGS if getattr(args, name) is not None}
     with client(args) as http:
         if changes:
-            current = api(http, "POST", "/mlops/settings", json=changes)
+            current = call(http, "POST", "/mlops/settings", json=changes)
         else:
-            current = api(http, "GET", "/mlops/status")["settings"]
+            current = call(http, "GET", "/mlops/status")["settings"]
     if args.json:
         print_json(current)
         return
@@ -432,9 +235,9 @@ def cmd_settings(args) -> None:
 def cmd_restore(args) -> None:
     with client(args) as http:
         if not args.backup:
-            listed = api(http, "GET", "/mlops/backups")
+            listed = call(http, "GET", "/mlops/backups")
         else:
-            restored = api(http, "POST", "/mlops/restore", json={"backup": args.backup})
+            restored = call(http, "POST", "/mlops/restore", json={"backup": args.backup})
     if not args.backup:
         if args.json:
             print_json(listed)
@@ -492,17 +295,6 @@ def register(sub) -> None:
     p.add_argument("--sample", action="store_true", help="also ingest the bundled Korean sample knowledge base")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=cmd_ingest)
-
-    p = sub.add_parser("chat", help="chat in Korean (interactive; or one question, or one per stdin line)")
-    p.add_argument("message", nargs="*", help="ask this one question and exit")
-    p.add_argument("--session", help="a session id the server issued (default: a new private one)")
-    p.add_argument("--user", help="a label only (the server never finds data by it)")
-    p.add_argument("--key", help="user key for api_keys mode (default: $ECHORAG_API_KEY)")
-    p.add_argument("--adapter", help="pin an adapter version (v2, base); default: the active one")
-    p.add_argument("--no-stream", action="store_true", help="POST /chat instead of streaming")
-    p.add_argument("--no-sources", action="store_true", help="do not list the retrieved passages")
-    add_json_flag(p)
-    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("status", help="health, model, adapter and the learning loop at a glance")
     add_json_flag(p)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from echorag.cli.common import CommandError, client
-from echorag.cli.remote import add_json_flag, api, print_json, print_table, when
+from echorag.cli.common import CommandError, call, client
+from echorag.cli.output import add_json_flag, print_json, print_table, when
 
 
 def _key_lines(issued: dict) -> None:
@@ -21,13 +21,13 @@ def _key_lines(issued: dict) -> None:
 def cmd_users(args) -> None:
     with client(args) as http:
         if args.action == "add":
-            issued = api(http, "POST", "/admin/users", json={"name": args.target})
+            issued = call(http, "POST", "/admin/users", json={"name": args.target})
             print_json(issued) if args.json else _key_lines(issued)
         elif args.action == "key":
-            issued = api(http, "POST", f"/admin/users/{args.target}/keys")
+            issued = call(http, "POST", f"/admin/users/{args.target}/keys")
             print_json(issued) if args.json else _key_lines(issued)
         elif args.action == "list":
-            listing = api(http, "GET", "/admin/users")
+            listing = call(http, "GET", "/admin/users")
             if args.json:
                 print_json(listing)
                 return
@@ -36,12 +36,12 @@ def cmd_users(args) -> None:
             print_table(["id", "name", "created", "valid keys", "keys"], rows)
         elif args.action == "revoke":
             params = {"key_id": args.key_id} if args.key_id else None
-            user = api(http, "POST", f"/admin/users/{args.target}/revoke", params=params)
+            user = call(http, "POST", f"/admin/users/{args.target}/revoke", params=params)
             print_json(user) if args.json else print(f"revoked: {args.key_id or 'every key'} of {user['id']}")
         elif args.action == "delete":
             if not args.yes:
                 raise CommandError(f"this deletes every stored turn of {args.target} and their keys; add --yes")
-            report = api(http, "DELETE", f"/admin/users/{args.target}")
+            report = call(http, "DELETE", f"/admin/users/{args.target}")
             if args.json:
                 print_json(report)
             else:
@@ -49,7 +49,7 @@ def cmd_users(args) -> None:
                       f"trained), {report['vectors']} remembered turns, {report['backups']} in backups, "
                       f"{report['exported']} exported lines, {report['keys_revoked']} keys")
         elif args.action == "export":
-            data = api(http, "GET", f"/admin/users/{args.target}/conversations")
+            data = call(http, "GET", f"/admin/users/{args.target}/conversations")
             text = json.dumps(data, ensure_ascii=False, indent=2)
             if args.out:
                 Path(args.out).write_text(text + "\n", encoding="utf-8")

@@ -20,13 +20,7 @@ from echorag.answering.extractive import ExtractiveGenerator
 from echorag.answering.prompts import NO_ANSWER, build_messages
 from echorag.answering.selector import AnswerSelector
 from echorag.config import Settings
-from echorag.evaluation.answer_metrics import (
-    abstained,
-    citation_precision,
-    contains,
-    strip_citations,
-    token_f1,
-)
+from echorag.evaluation.answer_metrics import abstained, citation_precision, contains, strip_citations, token_f1
 from echorag.evaluation.retrieval import RetrievalBench
 from echorag.retrieval.embedding import document_embedder
 from echorag.serving.memory import SessionMemory

@@ -11,22 +11,11 @@ from typing import Any, get_args
 
 import numpy as np
 
-from echorag.inversion.iterative import (
-    _content_morphemes,
-    _edits,
-    _is_noun,
-    _lm_continuations,
-    _units,
-)
+from echorag.inversion.iterative import _content_morphemes, _edits, _is_noun, _lm_continuations, _units
 from echorag.inversion.language_model import LanguageModel
 from echorag.inversion.morphemes import MorphemeDecoder, join_morphemes, random_spans
 from echorag.inversion.results import InvertResponse, InvertStep, Method, Side
-from echorag.inversion.token_bag import (
-    TokenBigrams,
-    _leading_special,
-    order_tokens,
-    recover_token_bag,
-)
+from echorag.inversion.token_bag import TokenBigrams, _leading_special, order_tokens, recover_token_bag
 from echorag.korean import normalize, split_sentences
 from echorag.retrieval.rotation import unwrap
 from echorag.retrieval.vectors import Embedder

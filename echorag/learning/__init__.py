@@ -2,22 +2,12 @@
 the evaluation gate, the adapter registry, events and webhooks. Ray actors and Train
 jobs in ``deployments/`` wrap these; nothing here imports Ray."""
 
-from echorag.learning.api import RuntimeSettings, SettingsUpdate, TrainingProgress
-from echorag.learning.database import (
-    AddResult,
-    ConversationStore,
-    Counts,
-    Run,
-    StoredTurn,
-)
+from echorag.learning.adapter_storage import InvalidAdapterError, VersionExistsError, validate_adapter_dir
+from echorag.learning.api import TrainingProgress
+from echorag.learning.database import ConversationStore
 from echorag.learning.events import Event
 from echorag.learning.filters import Screened, TurnFilter, scrub_pii
-from echorag.learning.gate import (
-    EvaluationGate,
-    GateDecision,
-    VersionScore,
-    split_holdout,
-)
+from echorag.learning.gate import EvaluationGate, GateDecision, VersionScore, split_holdout
 from echorag.learning.jobs import (
     Conflict,
     MlopsError,
@@ -29,23 +19,10 @@ from echorag.learning.jobs import (
 )
 from echorag.learning.loop import LearningLoop
 from echorag.learning.notify import payload_for, send_webhook
-from echorag.learning.policy import (
-    Decision,
-    MarkPending,
-    Nothing,
-    PolicyConfig,
-    RetryLater,
-    StartRun,
-    TrainingPolicy,
-)
-from echorag.learning.registry import (
-    BASE,
-    AdapterInfo,
-    AdapterRegistry,
-    InvalidAdapterError,
-    VersionExistsError,
-    validate_adapter_dir,
-)
+from echorag.learning.policy import Decision, MarkPending, Nothing, PolicyConfig, RetryLater, StartRun, TrainingPolicy
+from echorag.learning.records import AddResult, Counts, Run, StoredTurn
+from echorag.learning.registry import BASE, AdapterInfo, AdapterRegistry
+from echorag.learning.runtime_settings import RuntimeSettings, SettingsUpdate
 
 __all__ = [
     "BASE",

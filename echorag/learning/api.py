@@ -8,136 +8,21 @@ models; the Ray layer only maps its exceptions to status codes.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from echorag.learning.events import Event
-from echorag.learning.records import StoredTurn, TrainOn
-
-log = logging.getLogger(__name__)
+from echorag.learning.records import StoredTurn
+from echorag.learning.runtime_settings import RuntimeSettings
 
 VERSION_PATTERN = r"^(v[1-9]\d*|base)$"
 EVENTS_LIMIT_MAX = 1000
 CONVERSATIONS_LIMIT_MAX = 1000
 
-# Runtime setting (API field name) -> key in the store's settings table, which is also the
-# ``echorag.config.Settings`` field that gives its default.
-SETTING_KEYS: dict[str, str] = {
-    "batch_size": "finetune_batch_size",
-    "auto_trigger": "finetune_auto_trigger",
-    "finetune_enabled": "finetune_enabled",
-    "collection_enabled": "conversation_collection_enabled",
-    "epochs": "finetune_epochs",
-    "learning_rate": "finetune_learning_rate",
-    "gate_tolerance": "finetune_gate_tolerance",
-    "max_attempts": "finetune_max_attempts",
-    "retry_backoff_s": "finetune_retry_backoff_s",
-    "replay_fraction": "finetune_replay_fraction",
-    "holdout_fraction": "finetune_holdout_fraction",
-    "seed": "finetune_seed",
-    "train_on": "finetune_train_on",
-    "gate_min_examples": "finetune_gate_min_examples",
-    "gate_agreement_tolerance": "finetune_gate_agreement_tolerance",
-}
-
-
-def _names(field: str) -> AliasChoices:
-    """Accept the short name and the Settings / environment-style name."""
-    return AliasChoices(field, SETTING_KEYS[field])
-
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-# -- settings ---------------------------------------------------------------------------
-
-
-class RuntimeSettings(BaseModel):
-    """The learning loop's settings as they apply now: ``Settings`` gives every default (each
-    written once, there), overridden by what ``POST /mlops/settings`` stored (persisted in
-    SQLite, so restarts keep them). Here: only their bounds and what they mean."""
-
-    model_config = ConfigDict(validate_assignment=True)
-
-    batch_size: int = Field(ge=1, le=1_000_000, description="New turns that trigger a run.")
-    auto_trigger: bool = Field(description="Start a run by itself when a batch has accumulated.")
-    finetune_enabled: bool = Field(description="Master switch of fine-tuning (manual runs too).")
-    collection_enabled: bool = Field(description="Store conversations at all.")
-    epochs: int = Field(ge=1, le=100)
-    learning_rate: float = Field(gt=0, le=1)
-    gate_tolerance: float = Field(
-        gt=-1, le=10, description="Relative: 0.02 promotes a candidate up to 2 % worse on held-out turns."
-    )
-    max_attempts: int = Field(ge=1, le=20, description="Tries per slice of data, the first included.")
-    retry_backoff_s: float = Field(ge=0, le=86_400, description="Delay before the first retry (doubles).")
-    replay_fraction: float = Field(ge=0, le=10, description="Earlier turns mixed in, per new turn.")
-    holdout_fraction: float = Field(ge=0, lt=1, description="New turns kept out of training for the gate (0: no gate).")
-    seed: int = Field(ge=0)
-    train_on: TrainOn = Field(
-        description="Which labels train: teacher (a teacher's answers, 👍, corrections), rated, corrected, all."
-    )
-    gate_min_examples: int = Field(ge=1, le=1_000_000, description="No promotion with fewer evaluation-pool turns.")
-    gate_agreement_tolerance: float = Field(
-        ge=0, le=1, description="Absolute: a candidate may agree with the labels this much less than the active version."
-    )
-
-    @classmethod
-    def resolve(cls, settings: Any, persisted: dict[str, Any] | None = None) -> RuntimeSettings:
-        """Defaults from ``settings`` (``echorag.config.Settings``), then the persisted values.
-        A persisted value that no longer validates is logged and ignored."""
-        resolved = cls(**{name: getattr(settings, key) for name, key in SETTING_KEYS.items()})
-        for name, key in SETTING_KEYS.items():
-            if persisted and key in persisted:
-                try:
-                    setattr(resolved, name, persisted[key])
-                except ValidationError as exc:
-                    log.warning("ignoring the stored setting %s=%r: %s", key, persisted[key], exc.errors()[0]["msg"])
-        return resolved
-
-    def train_config(self) -> dict[str, Any]:
-        """The overrides a training run takes (``echorag.learning.train_config.TrainConfig`` names)."""
-        return {
-            "epochs": self.epochs,
-            "learning_rate": self.learning_rate,
-            "seed": self.seed,
-            "replay_fraction": self.replay_fraction,
-            "holdout_fraction": self.holdout_fraction,
-            "train_on": self.train_on,
-        }
-
-
-class SettingsUpdate(_Request):
-    """``POST /mlops/settings``: only the fields given change. Short names or the original
-    environment-style names (``finetune_batch_size``) are accepted."""
-
-    batch_size: int | None = Field(None, ge=1, le=1_000_000, validation_alias=_names("batch_size"))
-    auto_trigger: bool | None = Field(None, validation_alias=_names("auto_trigger"))
-    finetune_enabled: bool | None = Field(None, validation_alias=AliasChoices("finetune_enabled", "enabled"))
-    collection_enabled: bool | None = Field(None, validation_alias=_names("collection_enabled"))
-    epochs: int | None = Field(None, ge=1, le=100, validation_alias=_names("epochs"))
-    learning_rate: float | None = Field(None, gt=0, le=1, validation_alias=_names("learning_rate"))
-    gate_tolerance: float | None = Field(None, gt=-1, le=10, validation_alias=_names("gate_tolerance"))
-    max_attempts: int | None = Field(None, ge=1, le=20, validation_alias=_names("max_attempts"))
-    retry_backoff_s: float | None = Field(None, ge=0, le=86_400, validation_alias=_names("retry_backoff_s"))
-    replay_fraction: float | None = Field(None, ge=0, le=10, validation_alias=_names("replay_fraction"))
-    holdout_fraction: float | None = Field(None, ge=0, lt=1, validation_alias=_names("holdout_fraction"))
-    seed: int | None = Field(None, ge=0, validation_alias=_names("seed"))
-    train_on: TrainOn | None = Field(None, validation_alias=_names("train_on"))
-    gate_min_examples: int | None = Field(None, ge=1, le=1_000_000, validation_alias=_names("gate_min_examples"))
-    gate_agreement_tolerance: float | None = Field(None, ge=0, le=1, validation_alias=_names("gate_agreement_tolerance"))
-
-    def changes(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
 
 
 # -- requests ---------------------------------------------------------------------------

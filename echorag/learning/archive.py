@@ -16,16 +16,11 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import echorag.learning.dataset as dataset
-from echorag.learning.api import (
-    BackupInfo,
-    BackupsResponse,
-    CleanupResponse,
-    ExportResponse,
-    RestoreResponse,
-)
-from echorag.learning.database import ConversationStore, Run
+from echorag.learning.api import BackupInfo, BackupsResponse, CleanupResponse, ExportResponse, RestoreResponse
+from echorag.learning.database import ConversationStore
 from echorag.learning.events import Event
 from echorag.learning.jobs import MlopsError, NotFound
+from echorag.learning.records import Run
 from echorag.types import MlopsInfo
 
 BACKUP_GLOB = "conversations-*.sqlite"  # what ConversationStore.backup writes

@@ -22,108 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import echorag.learning.erasure as erasure
+import echorag.learning.tables as tables
 from echorag.learning.events import Event
 from echorag.learning.filters import TurnFilter, clean
 from echorag.learning.records import AddResult, Counts, Run, RunStatus, StoredTurn
-from echorag.types import Selection
 
 if TYPE_CHECKING:
     from echorag.types import Turn
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
-    id              TEXT NOT NULL UNIQUE,
-    session_id      TEXT NOT NULL,
-    user_id         TEXT NOT NULL,
-    user            TEXT NOT NULL,
-    assistant       TEXT NOT NULL,
-    adapter_version TEXT NOT NULL,
-    model           TEXT NOT NULL,
-    sources         TEXT NOT NULL DEFAULT '[]',
-    created_at      REAL NOT NULL,
-    feedback        INTEGER NOT NULL DEFAULT 0 CHECK (feedback IN (-1, 0, 1)),
-    fingerprint     TEXT NOT NULL UNIQUE
-);
-CREATE INDEX IF NOT EXISTS conversations_created_at ON conversations (created_at);
-CREATE TABLE IF NOT EXISTS filter_counts (
-    reason TEXT PRIMARY KEY,
-    count  INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS settings (
-    key        TEXT PRIMARY KEY,
-    value      TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    status     TEXT NOT NULL,
-    from_seq   INTEGER NOT NULL,
-    to_seq     INTEGER NOT NULL,
-    version    TEXT,
-    started_at REAL NOT NULL,
-    ended_at   REAL,
-    attempts   INTEGER NOT NULL DEFAULT 1,
-    error      TEXT,
-    metrics    TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS events (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    type       TEXT NOT NULL,
-    message    TEXT NOT NULL,
-    data       TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
-CREATE TABLE IF NOT EXISTS answers (
-    turn_id    TEXT PRIMARY KEY,
-    backend    TEXT NOT NULL,
-    model      TEXT NOT NULL,
-    version    TEXT NOT NULL,
-    latency_ms REAL,
-    created_at REAL NOT NULL
-);
-"""
-# `answers`: one row per answered request, stored or not (a duplicate or filtered turn was
-# still served): what answered and how fast, for /mlops/performance. No user data.
-
-# Columns added after the first release, added in place to older databases (and read as
-# their defaults from older backups): the exact messages the answerer was served (JSON;
-# NULL for turns stored before, which train closed-book), which backend answered, and
-# where the answer comes from as a training label ("teacher", "self"), an admin's
-# correction kept beside the original answer, and membership of the evaluation pool.
-_ADDED_COLUMNS = {
-    "prompt": "TEXT", "backend": "TEXT NOT NULL DEFAULT ''", "label": "TEXT NOT NULL DEFAULT 'self'",
-    "corrected": "TEXT", "corrected_at": "REAL", "pool": "INTEGER NOT NULL DEFAULT 0",
-    "selection": "TEXT",  # JSON of types.Selection: what the answer selector saw
-}
-_TURN_COLUMNS = (
-    "seq, id, session_id, user_id, user, assistant, adapter_version, model,"
-    " sources, created_at, feedback, fingerprint, " + ", ".join(_ADDED_COLUMNS)
-)
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _turn(row: sqlite3.Row) -> StoredTurn:
-    fields = {k: row[k] for k in row.keys() if k != "fingerprint"}
-    prompt = json.loads(row["prompt"]) if row["prompt"] else None
-    selection = Selection(**json.loads(row["selection"])) if row["selection"] else None
-    return StoredTurn(**fields | {"sources": json.loads(row["sources"]), "prompt": prompt, "pool": bool(row["pool"]),
-                                  "selection": selection})
-
-
-def _columns(db: sqlite3.Connection, schema: str = "main") -> set[str]:
-    return {r[1] for r in db.execute(f"PRAGMA {schema}.table_info(conversations)")}
-
-
-def _run(row: sqlite3.Row) -> Run:
-    return Run(**dict(row) | {"metrics": json.loads(row["metrics"])})
-
-
-def _event(row: sqlite3.Row) -> Event:
-    return Event(**dict(row) | {"data": json.loads(row["data"])})
-
 
 class ConversationStore:
     def __init__(self, path: str | Path, turn_filter: TurnFilter | None = None) -> None:
@@ -137,10 +42,10 @@ class ConversationStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")  # deleted turns are overwritten, not left in free pages
-        self._db.executescript(SCHEMA + erasure.SCHEMA)
+        self._db.executescript(tables.SCHEMA + erasure.SCHEMA)
         with self._tx() as db:  # migrate in place: old rows get the defaults
-            for name, kind in _ADDED_COLUMNS.items():
-                if name not in _columns(db):
+            for name, kind in tables.ADDED_COLUMNS.items():
+                if name not in tables.columns(db):
                     db.execute(f"ALTER TABLE conversations ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
@@ -205,9 +110,9 @@ class ConversationStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     turn.id, screened.session_id, screened.user_id, screened.user, screened.assistant,
-                    turn.adapter_version, turn.model, _dumps(list(turn.sources)), turn.created_at,
-                    screened.fingerprint, None if screened.prompt is None else _dumps(screened.prompt),
-                    turn.backend, turn.label, None if turn.selection is None else _dumps(asdict(turn.selection)),
+                    turn.adapter_version, turn.model, tables.dumps(list(turn.sources)), turn.created_at,
+                    screened.fingerprint, None if screened.prompt is None else tables.dumps(screened.prompt),
+                    turn.backend, turn.label, None if turn.selection is None else tables.dumps(asdict(turn.selection)),
                 ),
             )
             if screened.pii:
@@ -235,8 +140,8 @@ class ConversationStore:
             return db.execute(sql, params).rowcount > 0
 
     def get_turn(self, turn_id: str) -> StoredTurn | None:
-        rows = self._query(f"SELECT {_TURN_COLUMNS} FROM conversations WHERE id = ?", (turn_id,))
-        return _turn(rows[0]) if rows else None
+        rows = self._query(f"SELECT {tables.TURN_COLUMNS} FROM conversations WHERE id = ?", (turn_id,))
+        return tables.turn_record(rows[0]) if rows else None
 
     def max_seq(self) -> int:
         """The highest seq ever assigned: the top of the data watermark, even after clear()."""
@@ -267,41 +172,41 @@ class ConversationStore:
 
     def turns_after(self, seq: int, limit: int | None = None) -> list[StoredTurn]:
         rows = self._query(
-            f"SELECT {_TURN_COLUMNS} FROM conversations WHERE seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT {tables.TURN_COLUMNS} FROM conversations WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, -1 if limit is None else limit),
         )
-        return [_turn(r) for r in rows]
+        return [tables.turn_record(r) for r in rows]
 
     def recent_turns(self, limit: int = 50) -> list[StoredTurn]:
-        rows = self._query(f"SELECT {_TURN_COLUMNS} FROM conversations ORDER BY seq DESC LIMIT ?", (limit,))
-        return [_turn(r) for r in rows]
+        rows = self._query(f"SELECT {tables.TURN_COLUMNS} FROM conversations ORDER BY seq DESC LIMIT ?", (limit,))
+        return [tables.turn_record(r) for r in rows]
 
     def turns_of(self, kind: erasure.SubjectKind, subject: str) -> list[StoredTurn]:
         """Every stored turn of a user (or of a session), oldest first."""
         clause, params = erasure.where(kind, subject)
-        return [_turn(r) for r in self._query(f"SELECT {_TURN_COLUMNS} FROM conversations WHERE {clause} ORDER BY seq", params)]
+        return [tables.turn_record(r) for r in self._query(f"SELECT {tables.TURN_COLUMNS} FROM conversations WHERE {clause} ORDER BY seq", params)]
 
     def erase(self, kind: erasure.SubjectKind, subject: str) -> list[StoredTurn]:
         """Delete a subject's turns and record the subject as erased (its turns are never
         stored again, nor restored); returns the deleted turns."""
         clause, params = erasure.where(kind, subject)
         with self._tx() as db:
-            rows = db.execute(f"SELECT {_TURN_COLUMNS} FROM conversations WHERE {clause}", params).fetchall()
+            rows = db.execute(f"SELECT {tables.TURN_COLUMNS} FROM conversations WHERE {clause}", params).fetchall()
             db.execute(f"DELETE FROM conversations WHERE {clause}", params)
             erasure.mark(db, kind, subject, time.time())
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the deleted text leaves the WAL too
-        return [_turn(r) for r in rows]
+        return [tables.turn_record(r) for r in rows]
 
     def select(self, where: str, params: Iterable[Any] = (), limit: int | None = None, newest_first: bool = False) -> list[StoredTurn]:
         """Turns matching an SQL condition on ``conversations`` (``echorag.learning.dataset``
         builds them), in seq order; with ``limit`` the first (or newest) ones."""
         order = "DESC" if newest_first else "ASC"
         rows = self._query(
-            f"SELECT {_TURN_COLUMNS} FROM conversations WHERE {where} ORDER BY seq {order} LIMIT ?",
+            f"SELECT {tables.TURN_COLUMNS} FROM conversations WHERE {where} ORDER BY seq {order} LIMIT ?",
             [*params, -1 if limit is None else limit],
         )
-        turns = [_turn(r) for r in rows]
+        turns = [tables.turn_record(r) for r in rows]
         return turns[::-1] if newest_first else turns
 
     def sample(self, where: str, params: Iterable[Any], n: int, seed: int = 0) -> list[StoredTurn]:
@@ -362,8 +267,8 @@ class ConversationStore:
                 ).fetchone():
                     raise ValueError(f"{path} is not an EchoRAG conversation backup")
                 # An older backup lacks the added columns: their defaults apply.
-                present = _columns(self._db, "backup")
-                every = ", ".join(c for c in _TURN_COLUMNS.split(", ") if c in present)
+                present = tables.columns(self._db, "backup")
+                every = ", ".join(c for c in tables.TURN_COLUMNS.split(", ") if c in present)
                 columns = every.removeprefix("seq, ")
                 with self._tx() as db:
                     before = db.total_changes
@@ -416,7 +321,7 @@ class ConversationStore:
             db.executemany(
                 "INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                [(k, _dumps(v), time.time()) for k, v in values.items()],
+                [(k, tables.dumps(v), time.time()) for k, v in values.items()],
             )
 
     def set_setting(self, key: str, value: Any) -> None:
@@ -433,7 +338,7 @@ class ConversationStore:
                 "INSERT INTO runs (status, from_seq, to_seq, started_at, attempts) VALUES ('running', ?, ?, ?, ?)",
                 (from_seq, to_seq, time.time(), attempts),
             )
-            return _run(db.execute("SELECT * FROM runs WHERE id = ?", (cursor.lastrowid,)).fetchone())
+            return tables.run_record(db.execute("SELECT * FROM runs WHERE id = ?", (cursor.lastrowid,)).fetchone())
 
     def finish_run(
         self,
@@ -447,15 +352,15 @@ class ConversationStore:
         with self._tx() as db:
             db.execute(
                 "UPDATE runs SET status = ?, version = ?, metrics = ?, error = ?, ended_at = ? WHERE id = ?",
-                (status, version, _dumps(metrics or {}), error, time.time(), run_id),
+                (status, version, tables.dumps(metrics or {}), error, time.time(), run_id),
             )
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise KeyError(f"no run {run_id}")
-        return _run(row)
+        return tables.run_record(row)
 
     def runs(self, limit: int = 50) -> list[Run]:
-        return [_run(r) for r in self._query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
+        return [tables.run_record(r) for r in self._query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))]
 
     def trained_watermark(self) -> int:
         """Everything with ``seq <=`` this has been trained on (by a run that completed,
@@ -477,7 +382,7 @@ class ConversationStore:
         with self._tx() as db:
             cursor = db.execute(
                 "INSERT INTO events (type, message, data, created_at) VALUES (?, ?, ?, ?)",
-                (event.type, event.message, _dumps(event.data), event.created_at),
+                (event.type, event.message, tables.dumps(event.data), event.created_at),
             )
         return event.model_copy(update={"id": cursor.lastrowid})
 
@@ -487,4 +392,4 @@ class ConversationStore:
             rows = self._query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
         else:
             rows = self._query("SELECT * FROM events WHERE type = ? ORDER BY id DESC LIMIT ?", (event_type, limit))
-        return [_event(r) for r in rows]
+        return [tables.event_record(r) for r in rows]

@@ -31,9 +31,9 @@ from echorag.learning.records import StoredTurn
 if TYPE_CHECKING:
     import threading
 
-    from echorag.learning.api import RuntimeSettings
     from echorag.learning.database import ConversationStore
     from echorag.learning.registry import AdapterRegistry
+    from echorag.learning.runtime_settings import RuntimeSettings
     from echorag.serving.routing import Traffic
 
 

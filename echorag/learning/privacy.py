@@ -17,10 +17,10 @@ from pydantic import BaseModel
 import echorag.learning.erasure as erasure
 from echorag.identity.access import Caller
 from echorag.learning.archive import BACKUP_GLOB
-from echorag.learning.database import StoredTurn
 from echorag.learning.erasure import ErasureReport, SubjectKind
 from echorag.learning.events import Event
 from echorag.learning.filters import _pseudonym
+from echorag.learning.records import StoredTurn
 from echorag.learning.users import IssuedKey, UserDirectory, UserInfo, UsersResponse
 
 if TYPE_CHECKING:

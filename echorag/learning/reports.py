@@ -24,7 +24,6 @@ from echorag.learning.api import (
     ModelsResponse,
     ModelVersion,
     PerformanceMetrics,
-    RuntimeSettings,
     SelectorVersion,
     StatusResponse,
     TrainingHistory,
@@ -32,10 +31,12 @@ from echorag.learning.api import (
     TrainingRunInfo,
     TrainingStatus,
 )
-from echorag.learning.database import ConversationStore, Counts, Run
+from echorag.learning.database import ConversationStore
 from echorag.learning.jobs import finite
 from echorag.learning.policy import TrainingPolicy
+from echorag.learning.records import Counts, Run
 from echorag.learning.registry import BASE, AdapterInfo, AdapterRegistry
+from echorag.learning.runtime_settings import RuntimeSettings
 from echorag.learning.selector_registry import SelectorRegistry
 
 ERROR_EVENTS = ("training_failed", "training_interrupted", "activation_failed")

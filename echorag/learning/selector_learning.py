@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -34,6 +35,8 @@ import numpy as np
 from echorag.answering.prompts import NO_ANSWER
 from echorag.answering.selector import AnswerSelector, Example, fit
 from echorag.evaluation.answer_metrics import normalize_answer, quoted_pieces
+from echorag.learning.events import Event, selector_judged, selector_rolled_back
+from echorag.learning.jobs import NotFound
 from echorag.learning.records import StoredTurn
 from echorag.learning.selector_registry import SelectorRegistry
 
@@ -188,3 +191,34 @@ def learn(turns: list[StoredTurn], registry: SelectorRegistry, min_examples: int
                                   f"{theirs.declined} on {mine.questions} pool questions")
     registry.add(candidate, "promoted" if promoted else "rejected", metrics | {"reason": reason})
     return SelectorOutcome(version, promoted, reason, metrics)
+
+
+def learn_in_run(store, selectors: SelectorRegistry, min_examples: int,
+                 record: Callable[[Event], Event]) -> dict[str, Any] | None:
+    """A run's first step: fit, judge and register a version from every labelled turn, and
+    tell it; its outcome, for the run's metrics (None: no label is new since the last one)."""
+    parent = selectors.active()
+    outcome = learn(labelled_turns(store), selectors, min_examples)
+    if outcome is None:
+        return None
+    record(selector_judged(outcome.version, outcome.promoted, outcome.reason, parent, outcome.metrics["trained_on"]))
+    return {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason, **outcome.metrics}
+
+
+def rollback(selectors: SelectorRegistry, version: str | None, record: Callable[[Event], Event]) -> str:
+    """Serve ``version`` (default: the previous one), and tell it."""
+    before = selectors.active()
+    try:
+        after = selectors.rollback(version)
+    except KeyError as exc:
+        raise NotFound(str(exc.args[0]), {"version": version}) from None
+    record(selector_rolled_back(before, after))
+    return after
+
+
+def promote(selectors: SelectorRegistry, version: str) -> str:
+    """Serve ``version``, one the gate held back too."""
+    try:
+        return selectors.promote(version)
+    except KeyError as exc:
+        raise NotFound(str(exc.args[0]), {"version": version}) from None

@@ -16,7 +16,7 @@ import time
 from typing import Any, Literal
 
 from echorag.answering.selector import BASE, AnswerSelector
-from echorag.learning.registry import LocalStorage, RemoteStorage, is_uri
+from echorag.learning.adapter_storage import LocalStorage, RemoteStorage, is_uri
 
 STATE_FILE = "state.json"
 _VERSION = re.compile(r"^s([1-9]\d*)$")

@@ -11,17 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from echorag.learning.adapter_storage import InvalidAdapterError
 from echorag.learning.announce import Announcer
 from echorag.learning.api import AdapterChange, PromoteRequest, RollbackRequest
-from echorag.learning.events import (
-    Event,
-    adapter_promoted,
-    adapter_refused,
-    adapter_rolled_back,
-    traffic_shifted,
-)
+from echorag.learning.events import Event, adapter_promoted, adapter_refused, adapter_rolled_back, traffic_shifted
 from echorag.learning.jobs import NotFound
-from echorag.learning.registry import BASE, AdapterRegistry, InvalidAdapterError
+from echorag.learning.registry import BASE, AdapterRegistry
 from echorag.serving.routing import Traffic
 
 log = logging.getLogger(__name__)

@@ -18,14 +18,7 @@ from typing import Literal
 
 from filelock import FileLock
 
-from echorag.models.tiny_model import (
-    KANANA_ID,
-    TINY_MARKER,
-    TINY_NAME,
-    TINY_VERSION,
-    build_tiny_model,
-    tiny_model_dir,
-)
+from echorag.models.tiny_model import KANANA_ID, TINY_MARKER, TINY_NAME, TINY_VERSION, build_tiny_model, tiny_model_dir
 
 logger = logging.getLogger(__name__)
 

@@ -36,13 +36,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from echorag.documents import read_jsonl
-from echorag.models.tiny_model import (
-    FALLBACK_CORPUS,
-    KANANA_ID,
-    save_model_dir,
-    tiny_llama,
-    train_tokenizer,
-)
+from echorag.models.tiny_corpus import FALLBACK_CORPUS
+from echorag.models.tiny_model import KANANA_ID, save_model_dir, tiny_llama, train_tokenizer
 
 logger = logging.getLogger(__name__)
 

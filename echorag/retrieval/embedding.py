@@ -61,10 +61,7 @@ class KananaEmbedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from echorag.models.devices import (  # torch: only when this embedder is used
-            pick_device,
-            pick_dtype,
-        )
+        from echorag.models.devices import pick_device, pick_dtype  # torch: only when this embedder is used
 
         self._torch = torch
         self.device = pick_device(device)

@@ -16,15 +16,7 @@ import numpy as np
 from echorag.config import Settings
 from echorag.retrieval.hybrid import Retriever
 from echorag.serving.routing import Traffic
-from echorag.types import (
-    BASE,
-    Analysis,
-    ChatContext,
-    DocumentsResponse,
-    Generation,
-    MlopsInfo,
-    Turn,
-)
+from echorag.types import BASE, Analysis, ChatContext, DocumentsResponse, Generation, MlopsInfo, Turn
 
 
 def adapter_arg(version: str) -> str | None:

@@ -127,3 +127,33 @@ def browser():
         )
         yield browser
         browser.close()
+
+
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+# Network failures and 4xx/5xx the page itself provokes are logged by Chromium as console
+# errors ("Failed to load resource"); only the error test expects them.
+RESOURCE_ERROR = "Failed to load resource"
+
+
+class Console:
+    """Console errors and uncaught exceptions of a page."""
+
+    def __init__(self, page):
+        self.errors: list[str] = []
+        page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def unexpected(self, allow_resource_errors=False):
+        return [e for e in self.errors if not (allow_resource_errors and RESOURCE_ERROR in e)]
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh desktop page of the application (Korean locale), its console watched."""
+    context = browser.new_context(viewport=DESKTOP, locale="ko-KR", accept_downloads=True, base_url=server)
+    page = context.new_page()
+    page.console = Console(page)
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()

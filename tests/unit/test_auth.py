@@ -8,14 +8,7 @@ from fastapi import FastAPI, HTTPException, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from deployments.auth import (
-    Sessions,
-    UnknownSession,
-    UserAuth,
-    optional_caller,
-    owner,
-    require_caller,
-)
+from deployments.auth import Sessions, UnknownSession, UserAuth, optional_caller, owner, require_caller
 from echorag.config import Settings
 from echorag.identity.access import Caller, SessionSigner
 from echorag.serving.memory import SessionMemory

@@ -10,12 +10,7 @@ import pytest
 import torch
 
 from echorag.config import Settings
-from echorag.models.engine import (
-    EngineOptions,
-    VLLMGenerator,
-    engine_status,
-    local_generator,
-)
+from echorag.models.engine import EngineOptions, VLLMGenerator, engine_status, local_generator
 from echorag.models.generation import LocalGenerator
 from echorag.models.resolution import resolve_model
 

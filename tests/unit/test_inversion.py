@@ -19,11 +19,7 @@ from echorag.inversion import (
     recover_token_bag,
     token_f1,
 )
-from echorag.retrieval.rotation import (
-    RotatedEmbedder,
-    VectorRotation,
-    estimate_rotation,
-)
+from echorag.retrieval.rotation import RotatedEmbedder, VectorRotation, estimate_rotation
 from echorag.serving.schemas import InvertRequest
 
 # A few documents the restorer may consult, and sentences that are not in them.

@@ -3,15 +3,7 @@ import unicodedata
 
 import pytest
 
-from echorag.korean import (
-    BM25_TAGS,
-    chunk_text,
-    get_kiwi,
-    morphemes,
-    morphemes_many,
-    normalize,
-    split_sentences,
-)
+from echorag.korean import BM25_TAGS, chunk_text, get_kiwi, morphemes, morphemes_many, normalize, split_sentences
 
 PARAGRAPH = (
     "서울은 대한민국의 수도이다. 한강이 도시를 가로질러 흐른다! "

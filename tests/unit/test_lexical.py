@@ -5,13 +5,7 @@ import unicodedata
 import numpy as np
 import pytest
 
-from echorag.evaluation.retrieval_metrics import (
-    evaluate,
-    load_jsonl,
-    mrr_at_k,
-    ndcg_at_k,
-    recall_at_k,
-)
+from echorag.evaluation.retrieval_metrics import evaluate, load_jsonl, mrr_at_k, ndcg_at_k, recall_at_k
 from echorag.retrieval.lexical import BM25Index, fuse
 
 DOCS = {

@@ -12,13 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from echorag.learning import (
-    BASE,
-    Conflict,
-    ConversationStore,
-    NotFound,
-    validate_adapter_dir,
-)
+from echorag.learning import BASE, Conflict, ConversationStore, NotFound, validate_adapter_dir
 from echorag.types import Turn
 from tests.korean_qa import QA
 from tests.unit.loop_helpers import WAIT, Trainer, turn, types

@@ -11,14 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from echorag.learning import (
-    BASE,
-    Conflict,
-    LearningLoop,
-    NotFound,
-    TrainingJob,
-    TrainingOutcome,
-)
+from echorag.learning import BASE, Conflict, LearningLoop, NotFound, TrainingJob, TrainingOutcome
 from tests.unit.loop_helpers import WAIT, Trainer, turn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -60,13 +53,7 @@ def test_synchronous_submit_and_schedule_run_everything_inline(make, prebuilt_ad
 
 
 def test_api_models_reject_nonsense():
-    from echorag.learning.api import (
-        CleanupRequest,
-        FeedbackRequest,
-        FinetuneRequest,
-        PromoteRequest,
-        RollbackRequest,
-    )
+    from echorag.learning.api import CleanupRequest, FeedbackRequest, FinetuneRequest, PromoteRequest, RollbackRequest
 
     assert FinetuneRequest().model_dump() == {"force": False, "backup_existing": True}
     assert FeedbackRequest(turn_id="t", rating="up").value == 1

@@ -1,13 +1,6 @@
 import random
 
-from echorag.learning import (
-    MarkPending,
-    Nothing,
-    PolicyConfig,
-    RetryLater,
-    StartRun,
-    TrainingPolicy,
-)
+from echorag.learning import MarkPending, Nothing, PolicyConfig, RetryLater, StartRun, TrainingPolicy
 
 
 def policy(**config) -> TrainingPolicy:

@@ -5,12 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from echorag.learning import (
-    BASE,
-    AdapterRegistry,
-    InvalidAdapterError,
-    VersionExistsError,
-)
+from echorag.learning import BASE, AdapterRegistry, InvalidAdapterError, VersionExistsError
 
 
 def saved_adapter(path: Path, value: float = 1.0) -> Path:

@@ -2,12 +2,7 @@
 
 import re
 
-from echorag.answering.prompts import (
-    NO_CONTEXT,
-    SYSTEM_PROMPT,
-    build_messages,
-    format_passages,
-)
+from echorag.answering.prompts import NO_CONTEXT, SYSTEM_PROMPT, build_messages, format_passages
 
 PASSAGES = [
     {"text": "서울은 대한민국의 수도이다.", "metadata": {"title": "서울"}, "collection": "documents"},

@@ -10,13 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from echorag.learning import (
-    BASE,
-    AdapterRegistry,
-    InvalidAdapterError,
-    VersionExistsError,
-)
-from echorag.learning.registry import METADATA_FILE
+from echorag.learning import BASE, AdapterRegistry, InvalidAdapterError, VersionExistsError
+from echorag.learning.adapter_storage import METADATA_FILE
 from tests.conftest import REPO
 from tests.unit.test_mlops_registry import saved_adapter
 
