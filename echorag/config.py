@@ -154,12 +154,17 @@ class Settings(BaseSettings):
     )
 
     # Learning loop (original names first)
-    finetune_enabled: bool = Field(True, validation_alias=_env("finetune_enabled", "FINETUNE_ENABLED"))
+    finetune_enabled: bool = Field(
+        True, validation_alias=_env("finetune_enabled", "FINETUNE_ENABLED"),
+        description="Master switch of fine-tuning (manual runs too).",
+    )
     finetune_batch_size: int = Field(
-        100, ge=1, validation_alias=_env("finetune_batch_size", "FINETUNE_BATCH_SIZE")
+        100, ge=1, le=1_000_000, validation_alias=_env("finetune_batch_size", "FINETUNE_BATCH_SIZE"),
+        description="New turns that trigger a run.",
     )
     finetune_auto_trigger: bool = Field(
-        True, validation_alias=_env("finetune_auto_trigger", "FINETUNE_AUTO_TRIGGER")
+        True, validation_alias=_env("finetune_auto_trigger", "FINETUNE_AUTO_TRIGGER"),
+        description="Start a run by itself when a batch has accumulated.",
     )
     finetune_webhook_url: str | None = Field(
         None, validation_alias=_env("finetune_webhook_url", "FINETUNE_WEBHOOK_URL")
@@ -170,8 +175,8 @@ class Settings(BaseSettings):
     )
     finetune_epochs: int = Field(2, ge=1, le=100, validation_alias=_env("finetune_epochs", "FINETUNE_EPOCHS"))
     conversation_collection_enabled: bool = Field(
-        True,
-        validation_alias=_env("conversation_collection_enabled", "CONVERSATION_COLLECTION_ENABLED"),
+        True, validation_alias=_env("conversation_collection_enabled", "CONVERSATION_COLLECTION_ENABLED"),
+        description="Store conversations at all.",
     )
     # Training run (the original's defaults: r=16, alpha=32, 2 epochs, lr 1e-4)
     finetune_learning_rate: float = Field(1e-4, gt=0, le=1, validation_alias=_env("finetune_learning_rate"))
@@ -184,28 +189,50 @@ class Settings(BaseSettings):
     finetune_max_length: int = Field(2048, ge=16, validation_alias=_env("finetune_max_length"))
     finetune_train_batch_size: int = Field(4, ge=1, validation_alias=_env("finetune_train_batch_size"))
     finetune_grad_accum: int = Field(1, ge=1, validation_alias=_env("finetune_grad_accum"))
-    finetune_replay_fraction: float = Field(0.25, ge=0, le=10, validation_alias=_env("finetune_replay_fraction"))
-    finetune_holdout_fraction: float = Field(0.2, ge=0, lt=1, validation_alias=_env("finetune_holdout_fraction"))
-    finetune_gate_tolerance: float = Field(0.0, gt=-1, le=10, validation_alias=_env("finetune_gate_tolerance"))
+    finetune_replay_fraction: float = Field(
+        0.25, ge=0, le=10, validation_alias=_env("finetune_replay_fraction"),
+        description="Earlier turns mixed in, per new turn.",
+    )
+    finetune_holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, validation_alias=_env("finetune_holdout_fraction"),
+        description="New turns kept out of training for the gate (0: no gate).",
+    )
+    finetune_gate_tolerance: float = Field(
+        0.0, gt=-1, le=10, validation_alias=_env("finetune_gate_tolerance"),
+        description="Relative: 0.02 promotes a candidate up to 2 % worse on held-out turns.",
+    )
     # Which labels train (echorag.learning.dataset): "teacher" = a teacher's answers, 👍 and
     # corrections; "rated" = 👍 and corrections; "corrected"; "all" = the student's own too.
     finetune_train_on: Literal["teacher", "rated", "corrected", "all"] = Field(
-        "teacher", validation_alias=_env("finetune_train_on"))
+        "teacher", validation_alias=_env("finetune_train_on"),
+        description="Which labels train: teacher (a teacher's answers, 👍, corrections), rated, corrected, all.",
+    )
     finetune_correction_weight: int = Field(3, ge=1, le=100, validation_alias=_env("finetune_correction_weight"))
     # The gate: candidate vs active on the newest `pool_size` turns of the evaluation pool,
     # by loss on the labels and by agreement (token F1) of greedy answers with them; no
     # promotion with fewer than `min_examples` pool turns.
     finetune_gate_pool_size: int = Field(64, ge=1, le=10_000, validation_alias=_env("finetune_gate_pool_size"))
-    finetune_gate_min_examples: int = Field(20, ge=1, validation_alias=_env("finetune_gate_min_examples"))
+    finetune_gate_min_examples: int = Field(
+        20, ge=1, le=1_000_000, validation_alias=_env("finetune_gate_min_examples"),
+        description="No promotion with fewer evaluation-pool turns.",
+    )
     finetune_gate_agreement_tolerance: float = Field(
-        0.02, ge=0, le=1, validation_alias=_env("finetune_gate_agreement_tolerance"))
+        0.02, ge=0, le=1, validation_alias=_env("finetune_gate_agreement_tolerance"),
+        description="Absolute: a candidate may agree with the labels this much less than the active version.",
+    )
     # Canary (echorag.serving.routing), where a teacher answers: this share of sessions (sticky) goes
     # to the student's newest promoted version until `POST /mlops/promote` moves it; a
     # promoted version whose gate agreement reaches `canary_graduate_at` takes all traffic.
     canary_fraction: float = Field(0.0, ge=0, le=1, validation_alias=_env("canary_fraction"))
     canary_graduate_at: float | None = Field(None, ge=0, le=1, validation_alias=_env("canary_graduate_at"))
-    finetune_max_attempts: int = Field(3, ge=1, le=20, validation_alias=_env("finetune_max_attempts"))
-    finetune_retry_backoff_s: float = Field(30.0, ge=0, validation_alias=_env("finetune_retry_backoff_s"))
+    finetune_max_attempts: int = Field(
+        3, ge=1, le=20, validation_alias=_env("finetune_max_attempts"),
+        description="Tries per slice of data, the first included.",
+    )
+    finetune_retry_backoff_s: float = Field(
+        30.0, ge=0, le=86_400, validation_alias=_env("finetune_retry_backoff_s"),
+        description="Delay before the first retry (doubles).",
+    )
     finetune_seed: int = Field(0, ge=0, validation_alias=_env("finetune_seed"))
     # Train workers: GPUs only where serving does not hold them; CPU workers otherwise.
     finetune_num_workers: int = Field(1, ge=1, validation_alias=_env("finetune_num_workers"))

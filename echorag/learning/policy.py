@@ -14,16 +14,23 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from echorag.config import Settings
+
+
+def _default(setting: str) -> Any:
+    """The default is the setting's, written once in ``echorag.config``."""
+    return Settings.model_fields[setting].default
+
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The loop builds it from the runtime settings (``LearningLoop._policy_config``)."""
+    """The loop builds it from the runtime settings (``RuntimeSettings.policy_config``)."""
 
-    batch_size: int = 100
-    auto_trigger: bool = True
-    enabled: bool = True
-    max_attempts: int = 3  # per slice of data, the first try included
-    retry_backoff_s: float = 30.0
+    batch_size: int = _default("finetune_batch_size")
+    auto_trigger: bool = _default("finetune_auto_trigger")
+    enabled: bool = _default("finetune_enabled")
+    max_attempts: int = _default("finetune_max_attempts")  # per slice of data, the first try included
+    retry_backoff_s: float = _default("finetune_retry_backoff_s")
     retry_backoff_factor: float = 2.0
     retry_backoff_max_s: float = 3600.0
 

@@ -1,8 +1,8 @@
 """The learning loop's settings as they apply now, and the change an admin asks for.
 
-``Settings`` (``echorag.config``) gives every default; ``POST /mlops/settings`` stores
-overrides in SQLite, so restarts keep them. ``RuntimeSettings`` declares each setting's
-bounds once; ``SettingsUpdate`` is derived from it (every field optional, same bounds).
+``Settings`` (``echorag.config``) declares each one once: type, bounds, meaning, default.
+``RuntimeSettings`` is derived from those fields (``POST /mlops/settings`` stores overrides
+in SQLite, so restarts keep them); ``SettingsUpdate`` from it (every field optional).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from echorag.config import Settings
 from echorag.learning.gate import EvaluationGate
 from echorag.learning.policy import PolicyConfig
-from echorag.learning.records import TrainOn
 
 log = logging.getLogger(__name__)
 
@@ -39,34 +39,8 @@ SETTING_KEYS: dict[str, str] = {
 }
 
 
-class RuntimeSettings(BaseModel):
-    """The learning loop's settings as they apply now: ``Settings`` gives every default (each
-    written once, there), overridden by what ``POST /mlops/settings`` stored (persisted in
-    SQLite, so restarts keep them). Here: only their bounds and what they mean."""
-
+class _Runtime(BaseModel):
     model_config = ConfigDict(validate_assignment=True)
-
-    batch_size: int = Field(ge=1, le=1_000_000, description="New turns that trigger a run.")
-    auto_trigger: bool = Field(description="Start a run by itself when a batch has accumulated.")
-    finetune_enabled: bool = Field(description="Master switch of fine-tuning (manual runs too).")
-    collection_enabled: bool = Field(description="Store conversations at all.")
-    epochs: int = Field(ge=1, le=100)
-    learning_rate: float = Field(gt=0, le=1)
-    gate_tolerance: float = Field(
-        gt=-1, le=10, description="Relative: 0.02 promotes a candidate up to 2 % worse on held-out turns."
-    )
-    max_attempts: int = Field(ge=1, le=20, description="Tries per slice of data, the first included.")
-    retry_backoff_s: float = Field(ge=0, le=86_400, description="Delay before the first retry (doubles).")
-    replay_fraction: float = Field(ge=0, le=10, description="Earlier turns mixed in, per new turn.")
-    holdout_fraction: float = Field(ge=0, lt=1, description="New turns kept out of training for the gate (0: no gate).")
-    seed: int = Field(ge=0)
-    train_on: TrainOn = Field(
-        description="Which labels train: teacher (a teacher's answers, 👍, corrections), rated, corrected, all."
-    )
-    gate_min_examples: int = Field(ge=1, le=1_000_000, description="No promotion with fewer evaluation-pool turns.")
-    gate_agreement_tolerance: float = Field(
-        ge=0, le=1, description="Absolute: a candidate may agree with the labels this much less than the active version."
-    )
 
     @classmethod
     def resolve(cls, settings: Any, persisted: dict[str, Any] | None = None) -> RuntimeSettings:
@@ -100,6 +74,21 @@ class RuntimeSettings(BaseModel):
             "holdout_fraction": self.holdout_fraction,
             "train_on": self.train_on,
         }
+
+
+def _setting(name: str) -> tuple[Any, Any]:
+    """``Settings.<SETTING_KEYS[name]>``'s type, bounds and meaning; no default (it is the setting's)."""
+    field = Settings.model_fields[SETTING_KEYS[name]]
+    value = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    return value, Field(description=field.description)
+
+
+RuntimeSettings = create_model(
+    "RuntimeSettings", __base__=_Runtime,
+    __doc__="The learning loop's settings as they apply now: ``Settings`` gives each one's type, bounds, "
+    "meaning and default, overridden by what ``POST /mlops/settings`` stored (persisted in SQLite).",
+    **{name: _setting(name) for name in SETTING_KEYS},
+)
 
 
 class _Update(BaseModel):
