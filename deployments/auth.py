@@ -3,7 +3,7 @@
 the server-issued sessions (``echorag/identity/access.py``).
 
 - ``open``: nobody is authenticated; a session is held by presenting its id.
-- ``api_keys``: ``Authorization: Bearer <user key>``; the collector checks the key on
+- ``api_keys``: ``Authorization: Bearer <user key>``; the identity service checks the key on
   every request (one actor call), so a revoked key fails on the next one.
 - ``trusted_header``: the user named by the configured header, believed only when
   the request comes from a configured proxy address.
@@ -54,14 +54,14 @@ class UnknownSession(HTTPException):
 
 class UserAuth:
     mode: ClassVar[str] = "open"
-    collector: ClassVar[Any] = None
+    identities: ClassVar[Any] = None
     admin_token: ClassVar[str | None] = None
     header: ClassVar[str] = "X-Forwarded-User"
     proxies: ClassVar[tuple] = ()
 
     @classmethod
-    def configure(cls, settings, collector, admin_token: str | None) -> None:
-        cls.mode, cls.collector, cls.admin_token = settings.auth_mode, collector, admin_token
+    def configure(cls, settings, identities, admin_token: str | None) -> None:
+        cls.mode, cls.identities, cls.admin_token = settings.auth_mode, identities, admin_token
         cls.header, cls.proxies = settings.trusted_user_header, parse_networks(settings.trusted_proxies)
 
 
@@ -84,7 +84,7 @@ async def _identify(http: Request, credentials: HTTPAuthorizationCredentials | N
     key = credentials.credentials
     if UserAuth.admin_token and token_matches(key, UserAuth.admin_token):
         raise Unauthorized(ADMIN_IS_NOT_A_USER)
-    caller = await UserAuth.collector.authenticate.remote(key)
+    caller = await UserAuth.identities.authenticate.remote(key)
     if caller is None:
         raise Unauthorized(KEY_INVALID)
     return caller
@@ -102,10 +102,10 @@ async def optional_caller(http: Request, credentials: HTTPAuthorizationCredentia
 
 class Sessions:
     """Issues and verifies session ids with the application's secret: ``session_secret``
-    when configured, else the one the collector keeps (fetched once per replica)."""
+    when configured, else the one the identity service keeps (fetched once per replica)."""
 
-    def __init__(self, collector, configured: str | None = None) -> None:
-        self.collector = collector
+    def __init__(self, identities, configured: str | None = None) -> None:
+        self.identities = identities
         self._signer = SessionSigner(configured) if configured else None
         self._fetching = asyncio.Lock()
 
@@ -113,7 +113,7 @@ class Sessions:
         if self._signer is None:
             async with self._fetching:
                 if self._signer is None:
-                    self._signer = SessionSigner(await self.collector.session_secret.remote())
+                    self._signer = SessionSigner(await self.identities.session_secret.remote())
         return self._signer
 
     async def issue(self, caller: Caller) -> str:

@@ -6,7 +6,8 @@ at runtime, and Serve's class-based ingress cannot resolve postponed ones.)
 Follow ``POST /chat``: ``ChatRoutes.chat`` (deployments/routes/chat.py) →
 ``ChatPipeline.chat`` (echorag/serving/pipeline.py) → ``ServeServices``
 (deployments/serve_services.py) → the Embedder, Retriever and Generator deployments,
-and the collector actor (deployments/mlops.py).
+and the collector actor (deployments/mlops.py); keys and sessions: the identity actor
+(deployments/auth.py).
 
 This process imports no model library (torch, transformers, peft): it only routes.
 """
@@ -24,7 +25,7 @@ from deployments import metrics
 from deployments.auth import Sessions, UserAuth, owner
 from deployments.guard import RequestGuard
 from deployments.http_app import RATE_LIMITED, app
-from deployments.mlops import get_collector
+from deployments.mlops import get_collector, get_identities
 
 # Routes register on import; this order is the order of /openapi.json's paths.
 from deployments.routes.chat import ChatRoutes  # isort: skip
@@ -104,14 +105,16 @@ class EchoRAGIngress(ChatRoutes, OpenAIRoutes, VectorRoutes, MlopsRoutes, UserRo
         self.retriever, self.generator, self.embedder, self.student = retriever, generator, embedder, student
         self.registry = AdapterRegistry(settings.adapters_root)
         metrics.set_enabled(settings.monitoring_export_metrics)
-        self.collector = get_collector(settings, serve.get_replica_context().app_name)
+        app_name = serve.get_replica_context().app_name
+        self.collector = get_collector(settings, app_name)
+        self.identities = get_identities(settings, app_name)
         self.admin_token = ensure_admin_token(settings.data_dir, settings.admin_token)
         self.services = ServeServices(embedder, retriever, generator, self.collector, self.registry, settings, student)
         self.memory = SessionMemory(settings.memory_turns)
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         RequestGuard.configure(settings.max_body_bytes, settings.cors_origins, self.admin_token)
-        UserAuth.configure(settings, self.collector, self.admin_token)
-        self.sessions = Sessions(self.collector, settings.session_secret)
+        UserAuth.configure(settings, self.identities, self.admin_token)
+        self.sessions = Sessions(self.identities, settings.session_secret)
         self.started = time.time()
         self.counters = ChatCounters()
         self._pipeline: ChatPipeline | None = None

@@ -20,14 +20,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from deployments import metrics
 from echorag.config import Settings
+from echorag.learning.database import ConversationStore
 from echorag.learning.loop import LearningLoop
-from echorag.learning.privacy import PrivacyDesk
+from echorag.learning.privacy import IdentityService
 from echorag.models.resolution import has_teacher, resolve_student
 
 logger = logging.getLogger(__name__)
@@ -109,10 +111,9 @@ def observe_loop(kind: str, data: dict[str, Any]) -> None:
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=32)
-class Collector(PrivacyDesk, LearningLoop):
+class Collector(LearningLoop):
     """The learning loop as an actor: every public ``LearningLoop`` method is a typed
-    remote method (``await collector.status.remote()`` returns a ``StatusResponse``), and
-    so are the users, keys and erasures of ``PrivacyDesk``."""
+    remote method (``await collector.status.remote()`` returns a ``StatusResponse``)."""
 
     def __init__(self, settings: Settings, app_name: str = "echorag") -> None:
         from deployments.training import ray_train_fn  # torch and Ray Train: this actor only
@@ -149,11 +150,45 @@ def collector_name(app_name: str = "echorag") -> str:
     return COLLECTOR_NAME if app_name == "echorag" else f"{COLLECTOR_NAME}-{app_name}"
 
 
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=8)
+class Identities(IdentityService):
+    """Users, keys, sessions and erasure as an actor of their own: a key is checked, or a
+    user erased, without waiting behind the learning loop. Beside the collector, on the
+    node that holds their database."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(Path(settings.data_dir), ConversationStore(settings.sqlite_path))
+
+
+# On the head node, like Ray Train's state actor: the SQLite file stays where the cluster
+# does, never on a GPU worker that the autoscaler may remove.
+_ON_THE_HEAD = {"node:__internal_head__": 0.001}
+
+
 def get_collector(settings: Settings, app_name: str = "echorag"):
     """The application's collector (created on first use)."""
     return Collector.options(
         name=collector_name(app_name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        # On the head node, like Ray Train's state actor: its SQLite file stays where the
-        # cluster does, never on a GPU worker that the autoscaler may remove.
-        resources={"node:__internal_head__": 0.001},
+        resources=_ON_THE_HEAD,
     ).remote(settings, app_name)
+
+
+def identities_name(app_name: str = "echorag") -> str:
+    return collector_name(app_name) + "-identities"
+
+
+def get_identities(settings: Settings, app_name: str = "echorag"):
+    """The application's identity service (created on first use)."""
+    return Identities.options(
+        name=identities_name(app_name), namespace=NAMESPACE, lifetime="detached",
+        get_if_exists=True, resources=_ON_THE_HEAD,
+    ).remote(settings)
+
+
+def stop_app_actors(app_name: str = "echorag") -> None:
+    """Stop the application's detached actors (after ``serve.delete``): its data stays on disk."""
+    for name in (collector_name(app_name), identities_name(app_name)):
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+        except ValueError:  # never started
+            pass

@@ -1,7 +1,7 @@
 """Identity and privacy routes: who am I, new sessions, erasing a session; and for the
 admin, users and their keys, erasing and exporting one user's (or session's) data.
 
-Erasure: the collector deletes the stored turns, scrubs backups and exported training
+Erasure: the identity service deletes the stored turns, scrubs backups and exported training
 sets and records the subject as erased (``echorag/learning/privacy.py``); then the
 remembered turns are deleted from the vector store and short-term memory here.
 """
@@ -48,22 +48,22 @@ class UserRoutes:
 
     @app.get("/admin/users", response_model=UsersResponse, dependencies=[Admin])
     async def list_users(self):
-        return await self.collector.users.remote()
+        return await self.identities.users.remote()
 
     @app.post("/admin/users", response_model=IssuedKey, status_code=201, dependencies=[Admin])
     async def add_user(self, request: NewUserRequest):
         """A new user and their first key; the key is in this response only."""
-        return await self.collector.add_user.remote(request.name)
+        return await self.identities.add_user.remote(request.name)
 
     @app.post("/admin/users/{user_id}/keys", response_model=IssuedKey, status_code=201, dependencies=[Admin])
     async def issue_key(self, user_id: str = USER_ID):
         """One more key for a user (to rotate: issue, then revoke the old one)."""
-        return await self.collector.issue_key.remote(user_id)
+        return await self.identities.issue_key.remote(user_id)
 
     @app.post("/admin/users/{user_id}/revoke", response_model=UserInfo, dependencies=[Admin])
     async def revoke_user(self, user_id: str = USER_ID, key_id: str | None = Query(None, max_length=64)):
         """Revoke one key (``key_id``) or all of a user's keys; refused from the next request on."""
-        return await self.collector.revoke_user.remote(user_id, key_id)
+        return await self.identities.revoke_user.remote(user_id, key_id)
 
     @app.delete("/admin/users/{user_id}", response_model=ErasureReport, dependencies=[Admin])
     async def erase_user(self, user_id: str = USER_ID):
@@ -74,7 +74,7 @@ class UserRoutes:
     @app.get("/admin/users/{user_id}/conversations", response_model=SubjectConversations, dependencies=[Admin])
     async def user_conversations(self, user_id: str = USER_ID):
         """Every stored turn of a user: their data, for export."""
-        return await self.collector.subject_conversations.remote("user", user_id)
+        return await self.identities.subject_conversations.remote("user", user_id)
 
     @app.delete("/admin/sessions/{session_id}", response_model=ErasureReport, dependencies=[Admin])
     async def erase_session(self, session_id: str = SESSION_ID):
@@ -82,12 +82,12 @@ class UserRoutes:
 
     @app.get("/admin/sessions/{session_id}/conversations", response_model=SubjectConversations, dependencies=[Admin])
     async def session_conversations(self, session_id: str = SESSION_ID):
-        return await self.collector.subject_conversations.remote("session", session_id)
+        return await self.identities.subject_conversations.remote("session", session_id)
 
     # -- erasure ------------------------------------------------------------------------------
 
     async def _erase(self, kind: SubjectKind, subject: str) -> ErasureReport:
-        report = await self.collector.erase.remote(kind, subject)  # first: nothing of theirs is stored again
+        report = await self.identities.erase.remote(kind, subject)  # first: nothing of theirs is stored again
         if self._pipeline is not None:
             await self._pipeline.remembered()  # turns being indexed land before they are deleted
         where = {"user_id": subject} if kind == "user" else {"session_id": subject}

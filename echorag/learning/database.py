@@ -30,6 +30,7 @@ from echorag.learning.records import AddResult, Counts, Run, RunStatus, StoredTu
 if TYPE_CHECKING:
     from echorag.types import Turn
 
+
 class ConversationStore:
     def __init__(self, path: str | Path, turn_filter: TurnFilter | None = None) -> None:
         self.path = Path(path)

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from echorag.identity.access import session_owner
-from echorag.learning.filters import _pseudonym
+from echorag.learning.filters import pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ def _ids(kind: SubjectKind, subject: str) -> tuple[list[str], list[str]]:
     """(user ids, session ids) that name the subject in ``conversations``, as stored
     (ids that look like personal data are stored as pseudonyms)."""
     if kind == "user":
-        return sorted({subject, _pseudonym(subject)}), []
+        return sorted({subject, pseudonym(subject)}), []
     owner = session_owner(subject)
-    return sorted({owner, _pseudonym(owner)}), sorted({subject, _pseudonym(subject)})
+    return sorted({owner, pseudonym(owner)}), sorted({subject, pseudonym(subject)})
 
 
 def where(kind: SubjectKind, subject: str) -> tuple[str, list[str]]:

@@ -116,7 +116,7 @@ class Screened:
         return self.reason is None
 
 
-def _pseudonym(value: str) -> str:
+def pseudonym(value: str) -> str:
     """An id that contains PII (say an e-mail as user id) becomes a stable pseudonym."""
     _, kinds = scrub_pii(value)
     return f"anon-{hashlib.sha256(value.encode()).hexdigest()[:16]}" if kinds else value
@@ -146,8 +146,8 @@ class TurnFilter:
         return Screened(
             user=user,
             assistant=assistant,
-            user_id=_pseudonym(turn.user_id),
-            session_id=_pseudonym(turn.session_id),
+            user_id=pseudonym(turn.user_id),
+            session_id=pseudonym(turn.session_id),
             fingerprint=fingerprint(user, assistant),
             pii=tuple(user_pii + assistant_pii),  # the prompt repeats the question: not counted twice
             reason=reason,

@@ -12,8 +12,9 @@ This class turns requests into the policy's events; ``scheduler`` carries out it
 decisions (runs on a worker, retries, progress) under one lock, which also guards the
 runtime settings; no lock is held while a model trains, so ``record`` stays fast during a
 run. What one run does is ``_run`` here, its steps in ``echorag.learning.runs``; which turns
-train and judge in ``dataset``, admins' reads, corrections and exports in ``desk`` (a
-mixin), backups, cleanup and export in ``archive``, events and webhooks in ``announce``.
+train and judge in ``dataset``; admins' reads, corrections and exports in
+``administration`` (a base); backups, cleanup and export in ``archive``; events and
+webhooks in ``announce``.
 
 A failure leaves the watermark where it was (the data stays pending) and the policy
 schedules a retry with backoff until ``max_attempts``. On restart, runs that were still
@@ -33,6 +34,7 @@ import echorag.learning.archive as archive
 import echorag.learning.reports as reports
 import echorag.learning.runs as runs
 import echorag.learning.selector_learning as selector_learning
+from echorag.learning.administration import Administration
 from echorag.learning.announce import Announcer, Observer
 from echorag.learning.api import (
     AdapterChange,
@@ -45,7 +47,6 @@ from echorag.learning.api import (
     rating_value,
 )
 from echorag.learning.database import ConversationStore
-from echorag.learning.desk import DataDesk
 from echorag.learning.events import Event
 from echorag.learning.jobs import Conflict, MlopsError, NotFound, ServedScorer, TrainFn
 from echorag.learning.notify import Flavor
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class LearningLoop(DataDesk):
+class LearningLoop(Administration):
     def __init__(
         self,
         settings: Settings,
@@ -105,17 +106,17 @@ class LearningLoop(DataDesk):
         self.selectors = SelectorRegistry(settings.adapters_root)
         self._train_fn = train_fn
         self._scorer = scorer
-        self._announcer = Announcer(
+        self.announcer = Announcer(
             self.store, observer,
             webhook_url if webhook_url is not None else getattr(settings, "finetune_webhook_url", None),
             webhook_flavor, webhook_attempts, webhook_backoff_s,
         )
-        self._versions = VersionSwitch(self.registry, self._announcer, warm_up,
+        self._versions = VersionSwitch(self.registry, self.announcer, warm_up,
                                        getattr(settings, "canary_fraction", 0.0))
 
         self._runtime = RuntimeSettings.resolve(settings, self.store.runtime_settings())
         self.gate = self._runtime.gate()
-        self.scheduler = RunScheduler(self.store, self._announcer, self._runtime.policy_config(), self.work_dir,
+        self.scheduler = RunScheduler(self.store, self.announcer, self._runtime.policy_config(), self.work_dir,
                                       self._run, self._promoted, submit, schedule)
         self._lock = self.scheduler.lock  # one lock: the policy, the progress and these settings
         if self.work_dir.exists():  # leftovers of runs that died with the previous process
@@ -128,7 +129,7 @@ class LearningLoop(DataDesk):
     # -- small helpers ------------------------------------------------------------------------
 
     def _event(self, event: Event, **data: Any) -> Event:
-        return self._announcer.record(event, **data)
+        return self.announcer.record(event, **data)
 
     @property
     def policy(self) -> TrainingPolicy:
@@ -204,7 +205,7 @@ class LearningLoop(DataDesk):
             with self._lock:
                 return self._info(False)
         result = self.store.add_turn(turn)
-        self._announcer.observe(
+        self.announcer.observe(
             "turn_recorded", {"stored": result.stored, "reason": result.reason, "pii": list(result.pii)}
         )
         actions: list[Callable[[], None]] = []

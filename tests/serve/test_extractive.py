@@ -29,11 +29,10 @@ OFF_TOPIC = "화성의 수도는 어디인가요?"
 def deployed(name: str, ray_cluster: str, settings: dict, tiny_model_path, tmp_path_factory):
     """An EchoRAG application of its own (data dir, collector) at /``name``, the sample
     knowledge base ingested and the tiny student in place, as after a first start."""
-    import ray
     from ray import serve
 
     from deployments.app import build_app
-    from deployments.mlops import NAMESPACE, collector_name
+    from deployments.mlops import stop_app_actors
 
     root = tmp_path_factory.mktemp(f"{name}-app")
     shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")
@@ -43,7 +42,7 @@ def deployed(name: str, ray_cluster: str, settings: dict, tiny_model_path, tmp_p
         assert response.status_code == 200, response.text
         yield http
     serve.delete(name)
-    ray.kill(ray.get_actor(collector_name(name), namespace=NAMESPACE))
+    stop_app_actors(name)
 
 
 @pytest.fixture(scope="module")

@@ -79,11 +79,10 @@ class ChromaServer:
 @pytest.fixture(scope="module")
 def chroma_app(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
     """A second EchoRAG application whose documents live in a Chroma server."""
-    import ray
     from ray import serve
 
     from deployments.app import build_app
-    from deployments.mlops import NAMESPACE, collector_name
+    from deployments.mlops import stop_app_actors
 
     root = tmp_path_factory.mktemp("chroma-app")
     shutil.copytree(tiny_model_path, root / "data" / "models" / "tiny-ko")
@@ -103,7 +102,7 @@ def chroma_app(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
     assert httpx.post(f"{url}/documents", json={"documents": documents}, headers=ADMIN, timeout=120).is_success
     yield url, server
     serve.delete("chroma")
-    ray.kill(ray.get_actor(collector_name("chroma"), namespace=NAMESPACE))
+    stop_app_actors("chroma")
     if server.process.poll() is None:
         server.stop()
 

@@ -110,11 +110,10 @@ def test_me_and_sessions_in_open_mode(client):
 @pytest.fixture(scope="module")
 def keys_app(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
     """EchoRAG with ``auth_mode=api_keys`` at ``/keys``: its own data dir and collector."""
-    import ray
     from ray import serve
 
     from deployments.app import build_app
-    from deployments.mlops import NAMESPACE, collector_name
+    from deployments.mlops import stop_app_actors
 
     root = tmp_path_factory.mktemp("keys-app")
     shutil.copytree(tiny_model_path, root / "models" / "tiny-ko")
@@ -130,7 +129,7 @@ def keys_app(ray_cluster, app_settings, tiny_model_path, tmp_path_factory):
         assert http.post("/documents", json={"documents": documents}, headers=ADMIN).is_success
         yield http, root
     serve.delete("keys")
-    ray.kill(ray.get_actor(collector_name("keys"), namespace=NAMESPACE))
+    stop_app_actors("keys")
 
 
 def add_user(http, name: str) -> tuple[str, dict]:

@@ -1,5 +1,5 @@
 """The caller dependency of user routes without Ray: each auth mode over a real FastAPI
-app (the collector replaced by a stand-in with the same ``authenticate`` method)."""
+app (the identity service replaced by a stand-in with the same ``authenticate`` method)."""
 
 import asyncio
 
@@ -25,7 +25,7 @@ class Remote:
         return self.fn(*args)
 
 
-class FakeCollector:
+class FakeIdentities:
     def __init__(self):
         self.calls = 0
         self.revoked = False
@@ -38,8 +38,8 @@ class FakeCollector:
 
 
 def app_for(mode: str, client=("testclient", 50000), **settings):
-    collector = FakeCollector()
-    UserAuth.configure(Settings(auth_mode=mode, **settings), collector, ADMIN)
+    identities = FakeIdentities()
+    UserAuth.configure(Settings(auth_mode=mode, **settings), identities, ADMIN)
     app = FastAPI()
 
     @app.exception_handler(HTTPException)
@@ -54,7 +54,7 @@ def app_for(mode: str, client=("testclient", 50000), **settings):
     async def me(caller: Caller = Security(optional_caller)):
         return {"user_id": caller.user_id}
 
-    return TestClient(app, client=client), collector
+    return TestClient(app, client=client), identities
 
 
 @pytest.fixture(autouse=True)
@@ -64,14 +64,14 @@ def reset():
 
 
 def test_open_mode_needs_no_key_and_ignores_one():
-    http, collector = app_for("open")
+    http, identities = app_for("open")
     assert http.post("/chat", json={}).json() == {"user_id": None}
     assert http.post("/chat", json={}, headers={"Authorization": f"Bearer {GOOD}"}).json() == {"user_id": None}
-    assert collector.calls == 0
+    assert identities.calls == 0
 
 
 def test_api_keys_mode_refuses_before_the_body_and_checks_every_request():
-    http, collector = app_for("api_keys")
+    http, identities = app_for("api_keys")
     for headers, wanted in (({}, "사용자 키가 필요합니다"), ({"Authorization": f"Bearer {ADMIN}"}, "관리자 토큰"),
                             ({"Authorization": "Bearer nope"}, "올바르지 않거나")):
         r = http.post("/chat", content=b"not json at all", headers=headers)
@@ -79,7 +79,7 @@ def test_api_keys_mode_refuses_before_the_body_and_checks_every_request():
         assert r.json()["detail"] == {"auth": "user_key"} and r.headers["WWW-Authenticate"].startswith("Bearer")
     keyed = {"Authorization": f"Bearer {GOOD}"}
     assert http.post("/chat", json={}, headers=keyed).json() == {"user_id": "usr_kim"}
-    collector.revoked = True
+    identities.revoked = True
     assert http.post("/chat", json={}, headers=keyed).status_code == 401  # the next request
     assert http.get("/me").json() == {"user_id": None}  # no key: nobody, not a 401
     assert http.get("/me", headers=keyed).status_code == 401
@@ -101,7 +101,7 @@ def test_sessions_are_issued_held_and_owned():
 
 
 async def _sessions_are_issued_held_and_owned():
-    sessions = Sessions(FakeCollector())
+    sessions = Sessions(FakeIdentities())
     anyone, kim = Caller(), Caller(user_id="usr_kim")
     mine, new = await sessions.open(anyone, None)
     assert new and await sessions.open(anyone, mine) == (mine, False)

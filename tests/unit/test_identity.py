@@ -20,7 +20,7 @@ from echorag.identity.access import (
     valid_user_id,
 )
 from echorag.learning import Conflict, ConversationStore, LearningLoop, NotFound
-from echorag.learning.privacy import PrivacyDesk
+from echorag.learning.privacy import IdentityService
 from echorag.learning.users import UserDirectory
 from echorag.types import Turn
 
@@ -180,10 +180,6 @@ def test_erasing_an_open_session_by_its_id(tmp_path):
     store.close()
 
 
-class Loop(PrivacyDesk, LearningLoop):
-    """The collector's classes, without Ray."""
-
-
 class Recorder:
     """A ``train_fn`` that keeps each job and fails (no model is trained)."""
 
@@ -199,10 +195,11 @@ def test_an_erased_user_is_in_no_later_run_export_or_backup(tmp_path):
     recorder = Recorder()
     settings = Settings(data_dir=tmp_path / "data", finetune_auto_trigger=False, finetune_max_attempts=1,
                         finetune_holdout_fraction=0.25, finetune_replay_fraction=0)
-    loop = Loop(settings, recorder)
+    loop = LearningLoop(settings, recorder)
+    identities = IdentityService.open(settings)  # its own actor in Serve, over the same database
     try:
-        alice = loop.add_user("앨리스").user.id
-        bob = loop.add_user("밥").user.id
+        alice = identities.add_user("앨리스").user.id
+        bob = identities.add_user("밥").user.id
         for i in range(4):
             assert loop.record(_turn(i, alice, "sa", "김철수당뇨")).collected
             assert loop.record(_turn(i, bob, "sb", "밥")).collected
@@ -210,10 +207,10 @@ def test_an_erased_user_is_in_no_later_run_export_or_backup(tmp_path):
         loop.clear_conversations(backup=True)
         loop.restore(loop.backups().backups[0].name)
 
-        report = loop.erase("user", alice)
+        report = identities.erase("user", alice)
         assert (report.conversations, report.pending, report.keys_revoked) == (4, 4, 1)
         assert report.backups == 4 and report.exported == 4
-        assert [u.id for u in loop.users().users] == [bob]
+        assert [u.id for u in identities.users().users] == [bob]
         event = loop.events("data_erased").events[0]
         assert event.data["conversations"] == 4 and event.data["subject"] == alice
 
@@ -222,8 +219,8 @@ def test_an_erased_user_is_in_no_later_run_export_or_backup(tmp_path):
         kept = loop.store.get_turn(_turn(0, bob, "sb", "밥").id)
         assert kept.export_line() in lines
         assert not loop.record(_turn(7, alice, "sa", "다시")).collected
-        assert loop.subject_conversations("user", alice).count == 0
-        assert loop.subject_conversations("user", bob).count == 4
+        assert identities.subject_conversations("user", alice).count == 0
+        assert identities.subject_conversations("user", bob).count == 4
 
         loop.finetune(force=True)
         assert loop.wait_idle(30)
@@ -233,4 +230,5 @@ def test_an_erased_user_is_in_no_later_run_export_or_backup(tmp_path):
         for backup in (tmp_path / "data" / "backups").glob("conversations-*.sqlite"):
             assert "김철수당뇨".encode() not in backup.read_bytes()
     finally:
+        identities.close()
         loop.close()

@@ -2,8 +2,9 @@
 training dataset's export, backups and retention, events, run history, versions and
 performance. Reads and single writes that need none of the loop's policy state.
 
-``DataDesk`` is a mixin of ``LearningLoop`` (as ``PrivacyDesk`` is of the collector), so
-each method is a typed remote call on the collector actor.
+``Administration`` is a base of ``LearningLoop``, so each method is a typed remote call on
+the collector actor; it uses only the loop's public face (its store, registries, runtime
+settings and announcer), never its lock or state.
 """
 
 from __future__ import annotations
@@ -29,23 +30,22 @@ from echorag.learning.jobs import NotFound
 from echorag.learning.records import StoredTurn
 
 if TYPE_CHECKING:
-    import threading
-
+    from echorag.learning.announce import Announcer
     from echorag.learning.database import ConversationStore
     from echorag.learning.registry import AdapterRegistry
     from echorag.learning.runtime_settings import RuntimeSettings
+    from echorag.learning.selector_registry import SelectorRegistry
     from echorag.serving.routing import Traffic
 
 
-class DataDesk:
+class Administration:
     store: ConversationStore
     registry: AdapterRegistry
     backups_dir: Path
     exports_dir: Path
-    _lock: threading.RLock
-    _runtime: RuntimeSettings
-
-    def _event(self, event: Event) -> Event: ...  # LearningLoop's
+    selectors: SelectorRegistry
+    announcer: Announcer
+    runtime: RuntimeSettings  # a copy of the settings in force (a property of the loop)
 
     def active_version(self) -> str: ...  # LearningLoop's
 
@@ -62,7 +62,7 @@ class DataDesk:
         turn = self.store.correct(turn_id, request.answer)
         if turn is None:
             raise NotFound(f"unknown turn {turn_id!r}", {"turn_id": turn_id})
-        self._event(Event(
+        self.announcer.record(Event(
             type="turn_corrected", message=f"✏️ 답변 수정: 대화 {turn.seq}번 ({len(turn.corrected or '')}자)",
             data={"turn_id": turn_id, "seq": turn.seq, "pool": turn.pool},
         ))
@@ -75,18 +75,17 @@ class DataDesk:
 
     def cleanup(self, keep_days: float = 30.0) -> CleanupResponse:
         response, event = archive.cleanup(self.store, keep_days)
-        self._event(event)
+        self.announcer.record(event)
         return response
 
     def export(self, path: str | Path | None = None, inline: bool = False) -> ExportResponse:
         """The training dataset (what ``train_on`` learns from, the evaluation pool apart)
         as JSONL: written to ``path`` (default ``exports/training-<time>.jsonl``), or
         returned when ``inline``."""
-        with self._lock:
-            train_on = self._runtime.train_on
+        train_on = self.runtime.train_on
         response, event = archive.export(self.store, self.exports_dir, path, inline, train_on)
         if event is not None:
-            self._event(event)
+            self.announcer.record(event)
         return response
 
     def events(self, event_type: str | None = None, limit: int = 100) -> EventsResponse:
