@@ -30,6 +30,7 @@ from echorag.config import Settings
 from echorag.learning.database import ConversationStore
 from echorag.learning.loop import LearningLoop
 from echorag.learning.privacy import IdentityService
+from echorag.learning.progress import StepInfo
 from echorag.models.resolution import has_teacher, resolve_student
 
 logger = logging.getLogger(__name__)
@@ -43,21 +44,21 @@ class _ProgressSink:
 
     def __init__(self, handle) -> None:
         self.handle = handle
-        self._listeners: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self._listeners: dict[str, Callable[[StepInfo], None]] = {}
         self._lock = threading.Lock()
 
-    def listen(self, run_id: str, callback: Callable[[dict[str, Any]], None] | None) -> None:
+    def listen(self, run_id: str, callback: Callable[[StepInfo], None] | None) -> None:
         with self._lock:
             if callback is None:
                 self._listeners.pop(run_id, None)
             else:
                 self._listeners[run_id] = callback
 
-    def deliver(self, run_id: str, info: dict[str, Any]) -> None:
+    def deliver(self, run_id: str, step: StepInfo) -> None:
         with self._lock:
             callback = self._listeners.get(run_id)
         if callback is not None:
-            callback(info)
+            callback(step)
 
 
 # Learning-loop events that end a run, as the outcome tag of echorag_training_runs.
@@ -138,11 +139,9 @@ class Collector(LearningLoop):
         """Which process holds the collector, and since when (changes when Ray restarts it)."""
         return {"pid": os.getpid(), "started_at": self.started_at}
 
-    def update(self, info: dict[str, Any]) -> None:
-        """A training worker's report (the progress protocol of ``deployments.training``):
-        steps reach the run's progress; epoch summaries are for Train's own report."""
-        if info.get("kind", "step") == "step":
-            self._progress_sink.deliver(info["run_id"], info)
+    def step(self, run_id: str, step: StepInfo) -> None:
+        """A training worker's step (the progress protocol of ``deployments.training``)."""
+        self._progress_sink.deliver(run_id, step)
 
 
 def collector_name(app_name: str = "echorag") -> str:

@@ -49,9 +49,10 @@ from deployments import metrics
 from echorag.config import Settings
 from echorag.learning.adapter_storage import InvalidAdapterError, validate_adapter_dir
 from echorag.learning.jobs import TrainFn, TrainingJob, TrainingOutcome
+from echorag.learning.progress import StepInfo
 from echorag.learning.registry import AdapterRegistry
 from echorag.learning.train_config import TrainConfig
-from echorag.learning.training import EpochInfo, StepInfo, TrainingError, read_chats_jsonl, save_adapter, train_lora
+from echorag.learning.training import EpochInfo, TrainingError, read_chats_jsonl, save_adapter, train_lora
 from echorag.models.chat_tokens import Chat
 from echorag.models.resolution import resolve_generator, student_spec
 
@@ -89,18 +90,10 @@ class _StepReporter:
         if not self.active:
             return
         metrics.record_training_step(self.run_id, info.step, info.total_steps, info.loss, info.progress)
-        self._send(info.to_dict() | {"kind": "step"})
-
-    def epoch(self, info: EpochInfo) -> None:
-        if self.active:
-            self._send(info.to_dict() | {"kind": "epoch"})
-            self.flush()  # once an epoch: a slow actor never falls far behind
-
-    def _send(self, info: dict[str, Any]) -> None:
         if self.actor is None:
             return
         try:
-            self._last_call = self.actor.update.remote(info | {"run_id": self.run_id})
+            self._last_call = self.actor.step.remote(self.run_id, info)
         except Exception as exc:  # best effort, as in flush()
             logger.warning("training progress not sent: %s", exc)
 
@@ -194,7 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     last_epoch: list[EpochInfo] = []
 
     def on_epoch_end(info: EpochInfo) -> None:
-        reporter.epoch(info)
+        if rank == 0:
+            reporter.flush()  # once an epoch: a slow progress actor never falls far behind
         last_epoch[:] = [info]
         if info.epoch < info.epochs - 1:  # the last epoch reports below, with the adapter
             ray.train.report(info.to_dict() | {"run_id": run_id})
@@ -321,7 +315,7 @@ class ProgressRouter(Protocol):
 
     handle: ActorHandle
 
-    def listen(self, run_name: str, callback: Callable[[dict[str, Any]], None] | None) -> None: ...
+    def listen(self, run_name: str, callback: Callable[[StepInfo], None] | None) -> None: ...
 
 
 def train_resources(settings: Settings) -> dict[str, float]:
@@ -341,12 +335,12 @@ def ray_train_fn(settings: Settings, base_path: str, progress: ProgressRouter) -
     storage = settings.train_storage_root
     base_spec = {"spec": student_spec(settings), "models_dir": str(settings.models_dir)}
 
-    def train(job: TrainingJob, on_progress: Callable[[dict[str, Any]], None]) -> TrainingOutcome:
+    def train(job: TrainingJob, on_step: Callable[[StepInfo], None]) -> TrainingOutcome:
         resources = train_resources(settings)
         cpus, gpus = resources.pop("CPU"), resources.pop("GPU")
         # The active version as any node reads it: from the registry, not the head's cache.
         active = RegistryVersion(str(settings.adapters_root), job.init_version) if job.init_adapter else None
-        progress.listen(job.name, on_progress)
+        progress.listen(job.name, on_step)
         started = time.perf_counter()
         try:
             fit = fit_lora(

@@ -2,10 +2,9 @@
 
 - ``TrainingJob``: everything one attempt of a run needs, as plain data (a Ray task
   pickles it); ``config`` is the run's whole ``TrainConfig``, built once by the loop.
-- ``TrainFn``: ``train_fn(job, on_progress) -> TrainingOutcome`` blocks for the whole
-  run; ``on_progress`` takes step reports (``StepInfo.to_dict()``).
+- ``TrainFn``: ``train_fn(job, on_step) -> TrainingOutcome`` blocks for the whole
+  run; ``on_step`` takes each optimizer step (``echorag.learning.progress.StepInfo``).
 - ``local_train_fn``: a ``TrainFn`` that trains in this process.
-- ``RunProgress``: what a trainer reports while it runs, for ``/mlops/training-progress``.
 - ``MlopsError`` and its subclasses carry the HTTP status the API layer answers with.
 
 Nothing here imports torch: ``echorag.learning.training`` is imported when a local run starts.
@@ -13,18 +12,16 @@ Nothing here imports torch: ``echorag.learning.training`` is imported when a loc
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from echorag.learning.api import TrainingProgress
+from echorag.learning.progress import StepInfo
 from echorag.learning.train_config import TrainConfig
 
 Chat = list[dict[str, str]]
-MAX_LOSS_POINTS = 2000  # the loss curve kept for the UI (longer runs are thinned)
 
 
 # -- errors the HTTP layer maps to status codes -------------------------------------------
@@ -106,7 +103,9 @@ class TrainingOutcome:
         )
 
 
-TrainFn = Callable[[TrainingJob, Callable[[dict[str, Any]], None]], TrainingOutcome]
+TrainFn = Callable[[TrainingJob, Callable[[StepInfo], None]], TrainingOutcome]
+
+
 class ServedScorer(Protocol):
     """How the gate reads a registered version ("base": no adapter) from the engine that
     serves it, with the version loaded by name."""
@@ -126,14 +125,14 @@ def local_train_fn(base_path: str | Path, device: str | None = None, **overrides
     ``overrides`` are ``TrainConfig`` fields and win over the run's config (e.g.
     ``max_length=128`` for a small machine)."""
 
-    def train(job: TrainingJob, on_progress: Callable[[dict[str, Any]], None]) -> TrainingOutcome:
+    def train(job: TrainingJob, on_step: Callable[[StepInfo], None]) -> TrainingOutcome:
         from echorag.learning.evaluation import evaluate_versions
         from echorag.learning.training import save_adapter, train_lora
 
         config = replace(job.config, **overrides)
         result = train_lora(
             base_path, job.train, config, init_adapter=job.init_adapter,
-            on_step=lambda step: on_progress(step.to_dict()), device=device,
+            on_step=on_step, device=device,
         )
         save_adapter(result.model, job.output_dir)
         train_loss = result.losses[-1] if result.losses else None
@@ -152,78 +151,3 @@ def local_train_fn(base_path: str | Path, device: str | None = None, **overrides
         )
 
     return train
-
-
-# -- what a trainer reports -------------------------------------------------------------------
-
-
-def finite(value: Any) -> float | None:
-    """``value`` as a float, or None when it is not a finite number (trainers report NaN)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def thin_curve(values: list[float], limit: int = MAX_LOSS_POINTS) -> list[float]:
-    """At most about ``limit`` evenly spaced points of a loss curve."""
-    if len(values) <= limit:
-        return list(values)
-    stride = math.ceil(len(values) / limit)
-    return values[::stride]
-
-
-class RunProgress:
-    """The ``TrainingProgress`` of the run in progress, or of the last one, as a dict.
-    Not thread-safe: its owner holds a lock around every call."""
-
-    def __init__(self, state: dict[str, Any]) -> None:
-        self.state = state
-
-    def start(self, **values: Any) -> None:
-        self.state = TrainingProgress(status="training", **values).model_dump()
-
-    def is_training(self, run_id: int) -> bool:
-        return self.state.get("run_id") == run_id and self.state["status"] == "training"
-
-    def update(self, run_id: int, **values: Any) -> None:
-        """Change what the run shows while it trains (a late call changes nothing)."""
-        if self.is_training(run_id):
-            self.state.update(values)
-
-    def report_step(self, run_id: int, info: dict[str, Any]) -> None:
-        """A trainer's step report (``step``, ``total_steps``, ``loss``, ``eta_s``, ...:
-        ``StepInfo.to_dict()``) or a stage's ``message``; epoch summaries (``kind="epoch"``)
-        are ignored."""
-        if not self.is_training(run_id):
-            return  # a late report of a run that already ended
-        progress = self.state
-        if isinstance(info.get("message"), str):
-            progress["message"] = info["message"]
-        if info.get("kind", "step") != "step":
-            return
-        for key in ("step", "total_steps", "epoch"):
-            if isinstance(info.get(key), int):
-                progress[key] = info[key]
-        for key in ("loss", "eta_s", "elapsed_s", "progress"):
-            if finite(info.get(key)) is not None:
-                progress[key] = float(info[key])
-        if finite(info.get("loss")) is not None:
-            progress["losses"].append(float(info["loss"]))
-            if len(progress["losses"]) > 2 * MAX_LOSS_POINTS:
-                progress["losses"] = thin_curve(progress["losses"])
-        if progress.get("progress") is None and progress.get("total_steps"):
-            progress["progress"] = progress["step"] / progress["total_steps"]
-
-    def end(self, run_id: int, losses: list[float] | None = None, **values: Any) -> None:
-        """The run ended (``status``, ``message``, ...); ``losses``: its whole loss curve,
-        when the trainer returned one. An older run's end changes nothing."""
-        if self.state.get("run_id") != run_id:
-            return
-        self.state.update(values, ended_at=time.time())
-        if losses:
-            self.state["losses"] = thin_curve(losses)
-
-    def view(self, **extra: Any) -> TrainingProgress:
-        return TrainingProgress(**(self.state | extra))

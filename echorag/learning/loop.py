@@ -2,7 +2,7 @@
 events and webhooks, in plain Python. The collector actor in ``deployments/`` is a
 ``LearningLoop``; tests drive it directly.
 
-What runs a training job is injected: ``train_fn(job, on_progress) -> TrainingOutcome``
+What runs a training job is injected: ``train_fn(job, on_step) -> TrainingOutcome``
 (``echorag.learning.jobs``) blocks for the whole run (the Ray layer runs a ``TorchTrainer``
 in it; ``local_train_fn`` trains in-process), ``submit(fn)`` decides where the run
 executes (default: a daemon thread) and ``schedule(delay_s, fn)`` when an automatic retry

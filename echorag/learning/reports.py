@@ -32,8 +32,8 @@ from echorag.learning.api import (
     TrainingStatus,
 )
 from echorag.learning.database import ConversationStore
-from echorag.learning.jobs import finite
 from echorag.learning.policy import TrainingPolicy
+from echorag.learning.progress import finite
 from echorag.learning.records import Counts, Run
 from echorag.learning.registry import BASE, AdapterInfo, AdapterRegistry
 from echorag.learning.runtime_settings import RuntimeSettings

@@ -32,7 +32,8 @@ import echorag.learning.dataset as dataset
 from echorag.learning.database import ConversationStore
 from echorag.learning.events import Event, adapter_promoted, training_rejected, training_succeeded
 from echorag.learning.gate import EvaluationGate, GateDecision, VersionScore, agreement
-from echorag.learning.jobs import ServedScorer, TrainingJob, TrainingOutcome, finite
+from echorag.learning.jobs import ServedScorer, TrainingJob, TrainingOutcome
+from echorag.learning.progress import finite
 from echorag.learning.records import Run
 from echorag.learning.registry import BASE, AdapterRegistry
 from echorag.learning.train_config import TrainConfig

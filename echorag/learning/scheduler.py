@@ -24,8 +24,8 @@ from echorag.learning.announce import Announcer
 from echorag.learning.api import TrainingProgress
 from echorag.learning.database import ConversationStore
 from echorag.learning.events import training_failed, training_started
-from echorag.learning.jobs import RunProgress, thin_curve
 from echorag.learning.policy import Decision, MarkPending, PolicyConfig, RetryLater, StartRun, TrainingPolicy
+from echorag.learning.progress import RunProgress, StepInfo, thin_curve
 from echorag.learning.runs import RunContext, RunResult
 
 log = logging.getLogger(__name__)
@@ -222,9 +222,9 @@ class RunScheduler:
         with self.lock:
             self.progress.update(run_id, **values)
 
-    def on_step(self, run_id: int, info: dict[str, Any]) -> None:
+    def on_step(self, run_id: int, step: StepInfo) -> None:
         with self.lock:
-            self.progress.report_step(run_id, info)
+            self.progress.report_step(run_id, step)
 
     def training_progress(self) -> TrainingProgress:
         with self.lock:

@@ -31,6 +31,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from echorag.learning.progress import StepInfo
 from echorag.learning.train_config import TrainConfig
 from echorag.models.chat_tokens import Chat, collate, encode_all
 from echorag.models.devices import pick_dtype, torch_device
@@ -106,26 +107,6 @@ def save_adapter(model: torch.nn.Module, out_dir: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- training
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """Progress after one optimizer step (``step`` counts from 1 to ``total_steps``)."""
-
-    step: int
-    total_steps: int
-    epoch: int  # from 0
-    loss: float  # mean loss of this step's micro-batches
-    elapsed_s: float
-    eta_s: float
-    learning_rate: float = 0.0
-
-    @property
-    def progress(self) -> float:
-        return self.step / self.total_steps
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"progress": self.progress}
 
 
 @dataclass(frozen=True)

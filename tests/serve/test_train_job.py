@@ -45,11 +45,10 @@ def test_torch_trainer_run_saves_a_loadable_adapter_and_reports_every_step(ray_c
         assert generator.generate([CHATS[0][:1]], adapters=["trained"], max_new_tokens=4)[0].completion_tokens > 0
 
         steps = ray.get(progress.steps.remote(run_name))
-        assert [s["step"] for s in steps] == [1, 2, 3]  # 6 chats, batch 2, 1 epoch
-        assert all(s["total_steps"] == 3 and math.isfinite(s["loss"]) and s["eta_s"] >= 0 for s in steps)
-        assert steps[-1]["progress"] == 1.0
+        assert [s.step for s in steps] == [1, 2, 3]  # 6 chats, batch 2, 1 epoch
+        assert all(s.total_steps == 3 and s.epoch == 0 and math.isfinite(s.loss) and s.eta_s >= 0 for s in steps)
+        assert steps[-1].progress == 1.0
         assert ray.get(progress.get.remote(run_name))["step"] == 3  # the last step, as the UI shows it
         assert fit.metrics["niceness"] == 19  # CPU training yields to serving from its first import
-        assert [e["epoch"] for e in ray.get(progress.epochs.remote(run_name))] == [0]
     finally:
         ray.kill(progress)

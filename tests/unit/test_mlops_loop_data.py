@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from echorag.learning import BASE, Conflict, LearningLoop, NotFound, TrainingJob, TrainingOutcome
+from echorag.learning.progress import StepInfo
 from tests.unit.loop_helpers import WAIT, Trainer, turn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,7 +80,7 @@ def test_concurrent_records_give_contiguous_runs_one_at_a_time(make, prebuilt_ad
         if len(running) > 1:
             overlaps.append(list(running))
         for step in range(1, 4):
-            on_progress({"step": step, "total_steps": 3, "loss": 1.0 / step, "eta_s": 0.0})
+            on_progress(StepInfo(step, total_steps=3, epoch=0, loss=1.0 / step, elapsed_s=step, eta_s=0.0))
             time.sleep(0.01)
         shutil.copytree(adapter, job.output_dir)
         running.remove(job.run_id)

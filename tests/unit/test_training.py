@@ -8,8 +8,9 @@ import pytest
 
 from echorag.config import Settings
 from echorag.learning.evaluation import evaluate_versions
+from echorag.learning.progress import StepInfo
 from echorag.learning.train_config import TrainConfig
-from echorag.learning.training import StepInfo, TrainingError, save_adapter, train_lora
+from echorag.learning.training import TrainingError, save_adapter, train_lora
 from echorag.models.chat_tokens import IGNORE, encode_chat, supports_assistant_mask
 from echorag.models.generation import LocalGenerator
 from echorag.models.tiny_model import CHAT_TEMPLATE, EOT
