@@ -6,7 +6,7 @@ so the ingress process never loads a model library just to name an adapter or ho
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -128,9 +128,16 @@ class ChatContext:
     analysis: Analysis
 
 
-@dataclass
-class Turn:
-    """One answered exchange, as handed to the collector and the memory index."""
+class MemoryTurn(BaseModel):
+    """One earlier exchange of a session, as the prompt replays it (short-term memory)."""
+
+    user: str
+    assistant: str
+
+
+class Turn(BaseModel):
+    """One answered exchange, as handed to the collector and the memory index (the
+    collector's ``StoredTurn`` extends it with what the database adds)."""
 
     id: str
     session_id: str
@@ -139,8 +146,8 @@ class Turn:
     assistant: str
     adapter_version: str
     model: str
-    sources: list[str] = field(default_factory=list)
-    created_at: float = field(default_factory=time.time)
+    sources: list[str] = Field(default_factory=list)
+    created_at: float = Field(default_factory=time.time)
     # The exact messages the answerer received (None: not known, e.g. an imported turn),
     # what answered (extractive, openai, tiny, kanana, ...) and the answer's origin as a
     # training label: "teacher" when another model than the student answered, else "self".

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only
-    from echorag.types import SearchResult
+    from echorag.types import MemoryTurn, SearchResult
 
     Passage = SearchResult | Mapping
 
@@ -33,7 +33,7 @@ _MIN_PASSAGE_CHARS = 20
 def build_messages(
     question: str,
     passages: list[Passage],
-    memory: list[dict],
+    memory: list[MemoryTurn],
     max_context_chars: int = 3000,
     system_prompt: str = SYSTEM_PROMPT,
 ) -> list[dict]:
@@ -41,14 +41,14 @@ def build_messages(
 
     ``passages`` are ranked retrieval hits: ``SearchResult`` objects, or dicts with
     ``text`` and optional ``metadata.title`` and ``collection`` (training chats have no
-    collection); ``memory`` holds earlier turns ``{"user", "assistant"}``, oldest first.
+    collection); ``memory`` holds earlier turns, oldest first.
     """
     messages = [{"role": "system", "content": system_prompt}]
     for turn in memory:
-        if turn.get("user"):
-            messages.append({"role": "user", "content": turn["user"]})
-        if turn.get("assistant"):
-            messages.append({"role": "assistant", "content": turn["assistant"]})
+        if turn.user:
+            messages.append({"role": "user", "content": turn.user})
+        if turn.assistant:
+            messages.append({"role": "assistant", "content": turn.assistant})
     context = format_passages(passages, max_context_chars)
     messages.append({"role": "user", "content": f"{CONTEXT_PREFIX}{context}{QUESTION_SEPARATOR}{question.strip()}"})
     return messages

@@ -13,7 +13,10 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from echorag.types import Turn
 
 PLACEHOLDERS: dict[str, str] = {
     "email": "[이메일]",
@@ -89,15 +92,6 @@ def fingerprint(user: str, assistant: str) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
-class TurnLike(Protocol):
-    """What the filter reads from ``echorag.serving.pipeline.Turn``."""
-
-    user: str
-    assistant: str
-    user_id: str
-    session_id: str
-
-
 @dataclass(frozen=True)
 class Screened:
     """A turn after screening: the text as it may be stored, or why it may not."""
@@ -131,7 +125,7 @@ class TurnFilter:
     def __init__(self, min_chars: int = 2) -> None:
         self.min_chars = min_chars
 
-    def screen(self, turn: TurnLike) -> Screened:
+    def screen(self, turn: Turn) -> Screened:
         user, user_pii = clean(turn.user)
         assistant, assistant_pii = clean(turn.assistant)
         if not user or not assistant:
@@ -141,7 +135,7 @@ class TurnFilter:
         else:
             reason = None
         prompt = None
-        if getattr(turn, "prompt", None) is not None:  # the question and remembered turns in it
+        if turn.prompt is not None:  # the question and remembered turns in it
             prompt = [{**m, "content": scrub_pii(m.get("content") or "")[0]} for m in turn.prompt]
         return Screened(
             user=user,

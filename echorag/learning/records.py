@@ -9,23 +9,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from echorag.types import Selection
+from echorag.types import Selection, Turn
 
 LabelOrigin = Literal["teacher", "self", "corrected"]
 RunStatus = Literal["running", "succeeded", "failed"]
 TrainOn = Literal["teacher", "rated", "corrected", "all"]  # which labels train: echorag.learning.dataset
 
 
-class StoredTurn(BaseModel):
+class StoredTurn(Turn):
+    """A turn as the collector's database keeps it: its place in the data (``seq``), its
+    👍/👎, an admin's correction and whether it judges candidates."""
+
     seq: int
-    id: str
-    session_id: str
-    user_id: str
-    user: str
-    assistant: str
-    adapter_version: str
-    model: str
-    sources: list[str] = Field(default_factory=list)
     created_at: float
     feedback: int = 0
     prompt: list[dict[str, str]] | None = Field(
@@ -37,6 +32,7 @@ class StoredTurn(BaseModel):
     corrected: str | None = Field(None, description="An admin's corrected answer; the original stays in `assistant`.")
     corrected_at: float | None = None
     pool: bool = Field(False, description="In the evaluation pool: judges candidates, never trained on.")
+    latency_ms: float | None = Field(None, exclude=True)  # not kept
     selection: Selection | None = Field(  # internal: what the selector learns from, not shown to admins
         None, exclude=True, description="The retrieved sentences and features the answer selector saw.")
 

@@ -6,6 +6,8 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
+from echorag.types import MemoryTurn
+
 
 class SessionMemory:
     """Keeps the last ``max_turns`` turns per session, for at most ``max_sessions``
@@ -14,10 +16,10 @@ class SessionMemory:
     def __init__(self, max_turns: int = 5, max_sessions: int = 10_000) -> None:
         self.max_turns = max_turns
         self.max_sessions = max_sessions
-        self._sessions: OrderedDict[str, deque[dict[str, str]]] = OrderedDict()
+        self._sessions: OrderedDict[str, deque[MemoryTurn]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, session_id: str) -> list[dict[str, str]]:
+    def get(self, session_id: str) -> list[MemoryTurn]:
         with self._lock:
             turns = self._sessions.get(session_id)
             if turns is None:
@@ -30,7 +32,7 @@ class SessionMemory:
             return
         with self._lock:
             turns = self._sessions.setdefault(session_id, deque(maxlen=self.max_turns))
-            turns.append({"user": user, "assistant": assistant})
+            turns.append(MemoryTurn(user=user, assistant=assistant))
             self._sessions.move_to_end(session_id)
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from echorag.answering.prompts import question_of
 from echorag.korean import normalize
 from echorag.serving.schemas import ChatRequest, ChatResponse
+from echorag.types import MemoryTurn
 
 MODEL = "echorag"
 
@@ -150,7 +151,7 @@ def to_chat_request(request: ChatCompletionRequest, version: str | None) -> tupl
         if message.role == "user":
             pending_user = message.text()
         elif message.role == "assistant" and pending_user is not None:
-            history.append({"user": pending_user, "assistant": message.text()})
+            history.append(MemoryTurn(user=pending_user, assistant=message.text()))
             pending_user = None
     user = request.user or "openai"
     chat = ChatRequest(message=question_of(last.text()), user_id=user, session_id=f"openai:{user}",

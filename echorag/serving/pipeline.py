@@ -39,7 +39,7 @@ from echorag.serving.schemas import (
     TokenEvent,
     TokenUsage,
 )
-from echorag.types import Analysis, ChatContext, Generation, Turn
+from echorag.types import Analysis, ChatContext, Generation, MemoryTurn, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,9 @@ class ChatServices(Protocol):
 
 @dataclass
 class _Prepared:
-    messages: list[dict[str, str]]
+    messages: list[MemoryTurn]
     results: list[SearchResult]
-    memory: list[dict[str, str]]
+    memory: list[MemoryTurn]
     route: Route  # who answers, with which adapter version
     vector: np.ndarray  # the question's: it retrieved, and it files the turn in memory
     timing: Timing
@@ -121,7 +121,7 @@ class ChatPipeline:
             await asyncio.wait(pending, timeout=timeout)
 
     async def _prepare(
-        self, request: ChatRequest, history: list[dict[str, str]] | None, request_key: str | None
+        self, request: ChatRequest, history: list[MemoryTurn] | None, request_key: str | None
     ) -> _Prepared:
         timing, started = Timing(), time.perf_counter()
         clock = started
@@ -187,7 +187,7 @@ class ChatPipeline:
             abstained=prepared.analysis.abstain or answer == NO_ANSWER,  # the selector, or the backend itself
         )
 
-    async def _small_talk(self, request: ChatRequest, history: list[dict[str, str]] | None) -> ChatResponse | None:
+    async def _small_talk(self, request: ChatRequest, history: list[MemoryTurn] | None) -> ChatResponse | None:
         """The reply to a greeting, thanks or "뭐 할 수 있어?" (echorag.answering.small_talk): no
         retrieval, no model, not collected; None for a real question."""
         reply = small_talk.reply(request.message)
@@ -205,9 +205,9 @@ class ChatPipeline:
         )
 
     async def chat(
-        self, request: ChatRequest, history: list[dict[str, str]] | None = None, request_key: str | None = None
+        self, request: ChatRequest, history: list[MemoryTurn] | None = None, request_key: str | None = None
     ) -> ChatResponse:
-        """Answer one message. ``history`` ({"user", "assistant"} pairs) replaces the
+        """Answer one message. ``history`` (earlier exchanges) replaces the
         session's memory when the caller keeps the conversation itself. A ``request_key``
         (the client's Idempotency-Key) names the turn: a retry in the same session stores it once."""
         if (polite := await self._small_talk(request, history)) is not None:
@@ -223,7 +223,7 @@ class ChatPipeline:
         return await self._finish(request, prepared, generation.text.strip(), usage)
 
     async def chat_stream(
-        self, request: ChatRequest, history: list[dict[str, str]] | None = None, request_key: str | None = None
+        self, request: ChatRequest, history: list[MemoryTurn] | None = None, request_key: str | None = None
     ) -> AsyncIterator[ChatEvent]:
         """Events: ``sources`` first, then ``token`` pieces, then ``done`` with the full response."""
         if (polite := await self._small_talk(request, history)) is not None:

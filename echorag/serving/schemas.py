@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from echorag.inversion.results import InvertResponse, InvertStep, Method, Side  # noqa: F401  (part of the contract)
 from echorag.korean import normalize
-from echorag.types import DocumentsResponse, MlopsInfo, SearchResult  # noqa: F401  (part of the contract)
+from echorag.types import DocumentsResponse, MemoryTurn, MlopsInfo, SearchResult  # noqa: F401  (part of the contract)
 
 
 def _clean(text: str) -> str:
@@ -57,7 +57,7 @@ class TokenUsage(BaseModel):
 class ChatResponse(BaseModel):
     response: str
     search_results: list[SearchResult]
-    memory_content: list[dict[str, str]] = Field(
+    memory_content: list[MemoryTurn] = Field(
         default_factory=list, description="Short-term memory of this session used for the answer."
     )
     timing: Timing
@@ -129,7 +129,7 @@ class DocumentsRequest(BaseModel):
 
 class MemoryResponse(BaseModel):
     session_id: str
-    turns: list[dict[str, str]]
+    turns: list[MemoryTurn]
     max_turns: int
 
 

@@ -1,4 +1,5 @@
 from echorag.serving.memory import SessionMemory
+from echorag.types import MemoryTurn
 
 
 def test_keeps_the_last_turns_per_session():
@@ -6,7 +7,7 @@ def test_keeps_the_last_turns_per_session():
     for i in range(3):
         memory.add("a", f"질문 {i}", f"답 {i}")
     memory.add("b", "다른 세션", "응")
-    assert memory.get("a") == [{"user": "질문 1", "assistant": "답 1"}, {"user": "질문 2", "assistant": "답 2"}]
+    assert memory.get("a") == [MemoryTurn(user="질문 1", assistant="답 1"), MemoryTurn(user="질문 2", assistant="답 2")]
     assert len(memory.get("b")) == 1 and memory.get("nobody") == []
 
 

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from echorag.serving import openai as oai
+from echorag.types import MemoryTurn
 
 
 def test_model_names_pick_the_active_a_pinned_or_the_base_version():
@@ -32,7 +33,7 @@ def test_messages_become_the_question_and_the_conversation_so_far():
     chat, history = oai.to_chat_request(request, oai.parse_model(request.model))
     assert chat.message == "어떻게 만들어요?"
     assert chat.adapter_version == "v2" and chat.user_id == "kim" and chat.session_id == "openai:kim"
-    assert history == [{"user": "김치가 뭐예요?", "assistant": "발효 음식입니다."}]
+    assert history == [MemoryTurn(user="김치가 뭐예요?", assistant="발효 음식입니다.")]
 
 
 def test_a_prompt_with_its_own_passages_is_answered_by_its_question():

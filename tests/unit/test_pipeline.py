@@ -139,7 +139,7 @@ def test_a_greeting_gets_a_polite_reply_from_no_model_and_is_not_collected(tmp_p
     assert services.generated == 1  # only the real question reached the model
     assert question.search_results and question.mlops_info.collected
     assert loop.store.counts().total == 1  # small talk never becomes training data
-    assert [m["user"] for m in question.memory_content] == ["안녕하세요!", "고마워요"]
+    assert [m.user for m in question.memory_content] == ["안녕하세요!", "고마워요"]
 
 
 def test_a_stored_turn_trains_on_exactly_the_tokens_the_generator_was_served(tmp_path, tiny_model_path, one_torch_thread):

@@ -3,6 +3,7 @@
 import re
 
 from echorag.answering.prompts import NO_CONTEXT, SYSTEM_PROMPT, build_messages, format_passages
+from echorag.types import MemoryTurn
 
 PASSAGES = [
     {"text": "서울은 대한민국의 수도이다.", "metadata": {"title": "서울"}, "collection": "documents"},
@@ -30,7 +31,7 @@ def test_passages_are_numbered_in_rank_order_before_the_question():
 
 
 def test_memory_turns_come_first_oldest_first():
-    memory = [{"user": "첫 질문", "assistant": "첫 답"}, {"user": "둘째 질문", "assistant": "둘째 답"}]
+    memory = [MemoryTurn(user="첫 질문", assistant="첫 답"), MemoryTurn(user="둘째 질문", assistant="둘째 답")]
     messages = build_messages("셋째 질문", PASSAGES[:1], memory)
     assert [(m["role"], m["content"]) for m in messages[1:-1]] == [
         ("user", "첫 질문"), ("assistant", "첫 답"), ("user", "둘째 질문"), ("assistant", "둘째 답"),
@@ -56,7 +57,7 @@ def test_no_passages_says_so():
 
 
 def test_messages_render_with_the_tiny_chat_template(tiny_tokenizer):
-    messages = build_messages("수도는?", PASSAGES, [{"user": "안녕", "assistant": "안녕하세요"}])
+    messages = build_messages("수도는?", PASSAGES, [MemoryTurn(user="안녕", assistant="안녕하세요")])
     prompt = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert "참고 문서:\n[1]" in prompt and "안녕하세요<|eot_id|>" in prompt
     assert prompt.endswith("질문: 수도는?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
