@@ -32,6 +32,7 @@ from echorag.learning.loop import LearningLoop
 from echorag.learning.privacy import IdentityService
 from echorag.learning.progress import StepInfo
 from echorag.models.resolution import has_teacher, resolve_student
+from echorag.types import ProcessInfo
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +136,9 @@ class Collector(LearningLoop):
         )
         metrics.set_active_version(self.active_version())
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ProcessInfo:
         """Which process holds the collector, and since when (changes when Ray restarts it)."""
-        return {"pid": os.getpid(), "started_at": self.started_at}
+        return ProcessInfo(pid=os.getpid(), started_at=self.started_at)
 
     def step(self, run_id: str, step: StepInfo) -> None:
         """A training worker's step (the progress protocol of ``deployments.training``)."""

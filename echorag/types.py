@@ -54,6 +54,14 @@ class EmbedderInfo:
 
 
 @dataclass(frozen=True)
+class ProcessInfo:
+    """Which process holds an actor, and since when (both change when Ray restarts it)."""
+
+    pid: int
+    started_at: float
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a generator (or student) replica serves, as ``/health`` reports it."""
 

@@ -145,13 +145,13 @@ def test_killing_the_collector_loses_no_collected_turn(client, fresh_loop):
         return r.json() if r.status_code == 200 else None
 
     collector = ray.get_actor(COLLECTOR_NAME, namespace=NAMESPACE)
-    pid_before = ray.get(collector.info.remote())["pid"]
+    pid_before = ray.get(collector.info.remote()).pid
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(one, i) for i in range(48)]
         time.sleep(0.5)
         ray.kill(collector, no_restart=False)  # mid-stream: chats are in flight
         answers = [f.result() for f in futures]
-    assert ray.get(collector.info.remote())["pid"] != pid_before  # Ray restarted it
+    assert ray.get(collector.info.remote()).pid != pid_before  # Ray restarted it
 
     collected = {a["turn_id"] for a in answers if a and a["mlops_info"]["collected"]}
     assert collected, "no turn was collected"
