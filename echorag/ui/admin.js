@@ -3,36 +3,17 @@
 // needs a reload.
 
 import { ApiError, request } from "./api.js";
-import { lineChart } from "./charts.js";
 import { initCorrections } from "./corrections.js";
+import { CollectionHistory } from "./collection.js";
+import { renderProgress } from "./progress.js";
 import {
-  $, confirmDialog, fmtClock, fmtDuration, fmtShort, fmtTime, h, showError, toast,
+  $, confirmDialog, fmtShort, fmtTime, h, setBar, setStat, showError, toast,
 } from "./dom.js";
+import {
+  EVENT_LABEL, FILTER_LABEL, SELECTOR_LABEL, STATUS_LABEL, VERSION_LABEL,
+} from "./labels.js";
 
 const TOKEN_KEY = "echorag.adminToken";
-
-const STATUS_LABEL = {
-  idle: "대기", training: "학습 중", succeeded: "완료", failed: "실패", rejected: "미적용(게이트 탈락)",
-};
-const VERSION_LABEL = {
-  base: "기본 모델", active: "적용 중", candidate: "후보", rejected: "미적용", archived: "이전 버전",
-};
-const EVENT_LABEL = {
-  training_started: "학습 시작", training_succeeded: "학습 완료", training_rejected: "학습 결과 미적용",
-  training_failed: "학습 실패", training_queued: "학습 예약", training_skipped: "학습 건너뜀",
-  training_interrupted: "학습 중단", adapter_promoted: "어댑터 적용", adapter_rolled_back: "롤백",
-  adapter_backed_up: "어댑터 백업", activation_failed: "적용 실패", settings_updated: "설정 변경",
-  conversations_cleared: "대화 삭제", dataset_exported: "데이터 내보내기", cleanup: "정리",
-  turn_corrected: "답변 수정", selector_promoted: "답변 선택기 적용", selector_rejected: "답변 선택기 보류",
-  selector_rolled_back: "답변 선택기 롤백", user_added: "사용자 추가", user_key_issued: "사용자 키 발급", user_revoked: "사용자 키 폐기", data_erased: "데이터 삭제",
-};
-const SELECTOR_LABEL = { promoted: "적용됨", rejected: "미적용(게이트 탈락)", candidate: "후보" };
-const FILTER_LABEL = {
-  empty: "빈 대화", too_short: "너무 짧음", duplicate: "중복", pii_scrubbed: "개인정보 가림", erased: "삭제 요청",
-};
-const TRIGGER_LABEL = {
-  auto: "자동", manual: "수동", pending: "후속", retry: "재시도", settings: "설정 변경", resume: "재개",
-};
 
 export function initAdmin({ onVersionChange }) {
   const panel = $("admin-panel");
@@ -45,8 +26,6 @@ export function initAdmin({ onVersionChange }) {
   let lastVersion = null;
   let lastRunKey = null;
   let runs = [];
-  let samples = []; // [{x: unix seconds, y: total collected}], derived client-side
-  let backfilled = false;
   const rendered = {}; // JSON of what each section last showed: redraw only on change
 
   const isOpen = () => !panel.hidden;
@@ -56,6 +35,7 @@ export function initAdmin({ onVersionChange }) {
   }
 
   const refreshTurns = initCorrections(admin);
+  const collection = new CollectionHistory(admin);
 
   // -- open, close, token ------------------------------------------------------------------
 
@@ -88,7 +68,7 @@ export function initAdmin({ onVersionChange }) {
   function forgetToken(message) {
     token = null;
     sessionStorage.removeItem(TOKEN_KEY);
-    backfilled = false;
+    collection.backfilled = false;
     $("admin-login-error").textContent = message || "";
     if (isOpen()) showLoginOrBody();
   }
@@ -144,7 +124,7 @@ export function initAdmin({ onVersionChange }) {
     try {
       const [status, progress] = await Promise.all([request("mlops/status"), request("mlops/training-progress")]);
       renderStatus(status);
-      renderProgress(progress);
+      renderProgress(progress, rendered);
       const runKey = `${progress.run_id}:${progress.status}`;
       const versionChanged = status.models_info.current_version !== lastVersion;
       const every = (n) => tick % n === 0;
@@ -153,12 +133,12 @@ export function initAdmin({ onVersionChange }) {
       if (runKey !== lastRunKey || every(10)) jobs.push(refreshRuns());
       if (every(2)) jobs.push(refreshEvents());
       if (every(4)) jobs.push(refreshTurns());
-      if (!backfilled) jobs.push(backfillCollection(status.collector_stats.total_collected));
+      if (!collection.backfilled) jobs.push(collection.backfill(status.collector_stats.total_collected));
       await Promise.all(jobs);
       if (versionChanged && lastVersion !== null) onVersionChange();
       lastVersion = status.models_info.current_version;
       lastRunKey = runKey;
-      drawCollection();
+      collection.draw(runs);
       $("admin-live").classList.remove("off");
       $("admin-live").textContent = "실시간";
     } catch (err) {
@@ -178,20 +158,6 @@ export function initAdmin({ onVersionChange }) {
   }
 
   // -- sections ----------------------------------------------------------------------------
-
-  function setStat(id, value, text = String(value)) {
-    const node = $(id);
-    node.dataset.value = String(value);
-    node.textContent = text;
-  }
-
-  function setBar(id, fraction) {
-    const pct = Math.round(Math.max(0, Math.min(1, fraction || 0)) * 100);
-    const bar = $(id);
-    bar.setAttribute("aria-valuenow", String(pct));
-    bar.setAttribute("aria-valuetext", `${pct}%`);
-    bar.firstElementChild.style.width = `${pct}%`;
-  }
 
   function renderStatus(s) {
     const c = s.collector_stats, t = s.training_status, settings = s.settings;
@@ -221,92 +187,8 @@ export function initAdmin({ onVersionChange }) {
       $("set-auto").checked = settings.auto_trigger;
       $("set-collect").checked = settings.collection_enabled;
     }
-    addSample(Date.now() / 1000, c.total_collected);
+    collection.add(Date.now() / 1000, c.total_collected);
     updateEventTypes(Object.keys(s.events_summary.by_type || {}));
-  }
-
-  function renderProgress(p) {
-    const total = p.total_steps;
-    let summary;
-    if (p.status === "training") {
-      summary = `학습 중 — 실행 #${p.run_id} (${TRIGGER_LABEL[p.trigger] || p.trigger || "?"})` +
-        (p.samples ? `, 학습 예제 ${p.samples}개` : "") + (p.epoch != null ? `, 에폭 ${p.epoch + 1}` : "");
-    } else if (p.status === "idle") {
-      summary = "진행 중인 학습이 없습니다.";
-    } else if (p.status === "succeeded") {
-      const took = p.started_at && p.ended_at ? p.ended_at - p.started_at : p.elapsed_s;
-      summary = `마지막 학습 완료: ${p.version || "?"} (실행 #${p.run_id}, ${fmtDuration(took)} 소요)`;
-    } else if (p.status === "rejected") {
-      summary = `마지막 학습 결과 미적용: ${p.version || "?"} — 기존 버전이 더 낫습니다.`;
-    } else {
-      summary = `마지막 학습 실패: ${p.error || p.message || "알 수 없는 오류"}`;
-    }
-    if (p.pending) summary += " · 후속 학습 1회 대기";
-    if (p.retry_at) summary += ` · ${fmtClock(p.retry_at)}에 재시도`;
-    const summaryNode = $("train-summary");
-    if (summaryNode.textContent !== summary) summaryNode.textContent = summary;
-    summaryNode.dataset.status = p.status;
-    summaryNode.dataset.version = p.version || "";
-
-    setStat("train-step", p.step, total ? `${p.step} / ${total}` : String(p.step || "–"));
-    $("train-step").dataset.total = String(total || "");
-    setStat("train-loss", p.loss ?? "", p.loss == null ? "–" : p.loss.toFixed(4));
-    setStat("train-eta", p.eta_s ?? "", p.status === "training" ? fmtDuration(p.eta_s) : "–");
-    setBar("train-bar", p.progress ?? (total ? p.step / total : 0));
-    $("train-bar").classList.toggle("active", p.status === "training");
-
-    const key = JSON.stringify([p.run_id, p.losses.length, p.step]);
-    if (rendered.loss !== key) {
-      rendered.loss = key;
-      // The server thins long curves: spread the points over the steps done.
-      const scale = p.losses.length && p.step ? p.step / p.losses.length : 1;
-      lineChart($("loss-chart"), p.losses.map((y, i) => ({ x: Math.round((i + 1) * scale), y })), {
-        label: "손실 곡선", formatX: (v) => `${Math.round(v)}단계`, formatY: (v) => v.toFixed(3),
-        empty: "아직 학습 기록이 없습니다",
-      });
-    }
-  }
-
-  function addSample(x, y) {
-    const last = samples[samples.length - 1];
-    if (last && y < last.y) { samples = []; backfilled = false; } // data was cleared: start over
-    if (!last || last.y !== y || x - last.x > 30) samples.push({ x, y });
-    if (samples.length > 2000) samples = samples.slice(-2000);
-  }
-
-  // No route gives collection over time: rebuild it from the latest conversations'
-  // timestamps once, then extend it with the polled totals.
-  async function backfillCollection(total) {
-    backfilled = true;
-    try {
-      const page = await admin("mlops/conversations?limit=1000");
-      const times = page.conversations.map((t) => t.created_at).sort((a, b) => a - b);
-      const start = total - times.length;
-      const history = times.map((x, i) => ({ x, y: start + i + 1 }));
-      const firstPolled = samples.length ? samples[0].x : Infinity;
-      samples = history.filter((p) => p.x < firstPolled).concat(samples);
-    } catch (err) {
-      if (err.status === 401) throw err;
-    }
-  }
-
-  function drawCollection() {
-    const points = samples.slice();
-    const now = Date.now() / 1000;
-    if (points.length) points.push({ x: now, y: points[points.length - 1].y });
-    const key = JSON.stringify([samples.length, samples[samples.length - 1], runs.length, Math.floor(now / 10)]);
-    if (rendered.collection === key) return;
-    rendered.collection = key;
-    const span = points.length ? now - points[0].x : 0;
-    const color = { promoted: "#2e7d32", rejected: "#ed6c02", failed: "#c62828", running: "#1565c0" };
-    lineChart($("collection-chart"), points, {
-      label: "누적 수집 대화 수", step: true, yFromZero: true,
-      formatX: (v) => (span > 86400 ? fmtTime(v) : fmtClock(v)), formatY: (v) => `${Math.round(v)}건`,
-      marks: runs.filter((r) => r.outcome !== "empty").map((r) => ({
-        x: r.started_at, color: color[r.outcome] || "#777", title: `실행 #${r.run_id}: ${r.outcome}`,
-      })),
-      empty: "아직 수집된 대화가 없습니다",
-    });
   }
 
   async function refreshRuns() {
@@ -477,8 +359,7 @@ export function initAdmin({ onVersionChange }) {
     if (!ok) { toast("초기화를 취소했습니다."); return; }
     await act(async () => {
       const r = await admin("mlops/conversations?backup=true", { method: "DELETE" });
-      samples = [];
-      backfilled = false;
+      collection.reset();
       toast(`대화 ${r.deleted}건을 삭제했습니다.${r.backup_path ? ` 백업: ${r.backup_path}` : ""}`);
     }, "대화 데이터를 초기화하지 못했습니다");
   }

@@ -3,15 +3,15 @@
 
 import { ApiError, errorInfo, request, streamChat } from "./api.js";
 import { initAdmin } from "./admin.js";
+import { COLLECTION_LABEL, exportJson, exportMarkdown } from "./export.js";
 import { initIdentity, keyRefused, resetSession, session, whenReady } from "./identity.js";
 import {
-  $, anyDialogOpen, clearError, download, fmtTime, h, openDialog, showError, toast,
+  $, anyDialogOpen, clearError, fmtTime, h, openDialog, showError, toast,
 } from "./dom.js";
 
 const HISTORY_KEY = "echorag.history";
 const HISTORY_MAX = 300; // entries kept in localStorage
 
-const COLLECTION_LABEL = { documents: "문서", memory: "이전 대화" };
 const STAGES = [
   ["memory", "기억"], ["embedding", "임베딩"], ["retrieval", "검색"],
   ["generation", "생성"], ["collection", "수집"],
@@ -301,37 +301,6 @@ async function showMemory() {
   openDialog("memory-dialog");
 }
 
-function stamp() {
-  const d = new Date();
-  const p = (n) => String(n).padStart(2, "0");
-  return `${d.getFullYear()}${p(d.getMonth() + 1)}${p(d.getDate())}-${p(d.getHours())}${p(d.getMinutes())}${p(d.getSeconds())}`;
-}
-
-function exportJson() {
-  const data = { exported_at: new Date().toISOString(), session_id: session.session_id, user_id: session.user_id, messages: history };
-  download(`echorag-chat-${stamp()}.json`, JSON.stringify(data, null, 2), "application/json");
-}
-
-function exportMarkdown() {
-  const lines = ["# EchoRAG 대화 기록", "", `- 세션: ${session.session_id}`, `- 내보낸 시각: ${new Date().toLocaleString("ko-KR")}`, ""];
-  for (const e of history) {
-    const when = e.at ? ` (${fmtTime(e.at)})` : "";
-    if (e.role === "system") { lines.push(`> ${e.text}`, ""); continue; }
-    lines.push(`## ${e.role === "user" ? "사용자" : "EchoRAG"}${when}`, "", e.text || "", "");
-    if (e.error) lines.push(`> 오류: ${e.error}`, "");
-    if (e.role === "assistant" && e.sources && e.sources.length) {
-      lines.push("근거:");
-      e.sources.forEach((s, i) => {
-        const title = (s.metadata && s.metadata.title) || s.id;
-        lines.push(`${i + 1}. [${COLLECTION_LABEL[s.collection] || s.collection}] ${title} (점수 ${Number(s.score).toFixed(3)})`);
-      });
-      lines.push("");
-    }
-    if (e.feedback) lines.push(`평가: ${e.feedback > 0 ? "👍" : "👎"}`, "");
-  }
-  download(`echorag-chat-${stamp()}.md`, lines.join("\n"), "text/markdown");
-}
-
 // -- health ----------------------------------------------------------------------------
 
 let healthFailed = false;
@@ -408,8 +377,8 @@ $("stop-button").addEventListener("click", stop);
 $("error-close").addEventListener("click", clearError);
 $("help-button").addEventListener("click", () => openDialog("help-dialog"));
 $("export-button").addEventListener("click", () => openDialog("export-dialog"));
-$("export-json").addEventListener("click", exportJson);
-$("export-md").addEventListener("click", exportMarkdown);
+$("export-json").addEventListener("click", () => exportJson(history, session));
+$("export-md").addEventListener("click", () => exportMarkdown(history, session));
 $("memory-clear").addEventListener("click", clearMemory);
 
 // The stored conversation is shown once the page knows it is this user's.

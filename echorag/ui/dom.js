@@ -86,3 +86,18 @@ export function download(filename, text, type) {
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
+
+// A stat's value (data-value, for tests) and its text; a progress bar's fraction.
+export function setStat(id, value, text = String(value)) {
+  const node = $(id);
+  node.dataset.value = String(value);
+  node.textContent = text;
+}
+
+export function setBar(id, fraction) {
+  const pct = Math.round(Math.max(0, Math.min(1, fraction || 0)) * 100);
+  const bar = $(id);
+  bar.setAttribute("aria-valuenow", String(pct));
+  bar.setAttribute("aria-valuetext", `${pct}%`);
+  bar.firstElementChild.style.width = `${pct}%`;
+}
