@@ -11,12 +11,12 @@ import torch
 
 from echorag.answering.prompts import build_messages
 from echorag.models.generation import LocalGenerator, OpenAIGenerator
-from echorag.types import BASE, Generation
+from echorag.types import BASE, Generation, MemoryTurn
 
 SEOUL = build_messages(
     "서울의 명소는 어디인가요?",
     [{"text": "서울에는 경복궁과 남산서울타워가 있습니다.", "metadata": {"title": "서울 여행"}}],
-    [{"user": "안녕하세요", "assistant": "안녕하세요! 무엇을 도와드릴까요?"}],
+    [MemoryTurn(user="안녕하세요", assistant="안녕하세요! 무엇을 도와드릴까요?")],
 )
 KIMCHI = build_messages("김치는 어떻게 만드나요?", [], [])
 REFUND = build_messages(
