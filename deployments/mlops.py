@@ -20,14 +20,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import ray
 
 from deployments import metrics
 from echorag.config import Settings
-from echorag.learning.database import ConversationStore
 from echorag.learning.loop import LearningLoop
 from echorag.learning.privacy import IdentityService
 from echorag.learning.progress import StepInfo
@@ -156,21 +154,22 @@ class Identities(IdentityService):
     user erased, without waiting behind the learning loop. Beside the collector, on the
     node that holds their database."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(Path(settings.data_dir), ConversationStore(settings.sqlite_path))
-
 
 # On the head node, like Ray Train's state actor: the SQLite file stays where the cluster
 # does, never on a GPU worker that the autoscaler may remove.
 _ON_THE_HEAD = {"node:__internal_head__": 0.001}
 
 
+def _detached_on_the_head(actor_class, name: str, *args):
+    """The named actor (created on first use): it outlives Serve redeploys."""
+    return actor_class.options(
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, resources=_ON_THE_HEAD,
+    ).remote(*args)
+
+
 def get_collector(settings: Settings, app_name: str = "echorag"):
     """The application's collector (created on first use)."""
-    return Collector.options(
-        name=collector_name(app_name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        resources=_ON_THE_HEAD,
-    ).remote(settings, app_name)
+    return _detached_on_the_head(Collector, collector_name(app_name), settings, app_name)
 
 
 def identities_name(app_name: str = "echorag") -> str:
@@ -179,10 +178,7 @@ def identities_name(app_name: str = "echorag") -> str:
 
 def get_identities(settings: Settings, app_name: str = "echorag"):
     """The application's identity service (created on first use)."""
-    return Identities.options(
-        name=identities_name(app_name), namespace=NAMESPACE, lifetime="detached",
-        get_if_exists=True, resources=_ON_THE_HEAD,
-    ).remote(settings)
+    return _detached_on_the_head(Identities, identities_name(app_name), settings)
 
 
 def stop_app_actors(app_name: str = "echorag") -> None:

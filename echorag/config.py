@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -305,8 +305,22 @@ class Settings(BaseSettings):
         return self.data_dir / "training" / "ray"
 
     @cached_property
+    def backups_dir(self) -> Path:
+        return self.data_dir / "backups"  # the conversation database's backups
+
+    @cached_property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"  # exported training sets
+
+    @cached_property
     def sqlite_path(self) -> Path:
         return self.data_dir / "echorag.sqlite"
+
+
+def default_of(setting: str) -> Any:
+    """A setting's default, for the plain configs built from settings (each default is
+    written once, here)."""
+    return Settings.model_fields[setting].default
 
 
 def load_settings(**overrides) -> Settings:

@@ -20,7 +20,7 @@ from functools import lru_cache
 from echorag.answering.evidence import answers_amount
 from echorag.answering.prompts import NO_ANSWER
 from echorag.answering.short_answers import NAMING_VERB, short_answer
-from echorag.config import Settings
+from echorag.config import default_of
 from echorag.korean import get_kiwi, morphemes_many, normalize
 from echorag.types import Analysis, Generation, Unit
 
@@ -29,7 +29,7 @@ from echorag.types import Analysis, Generation, Unit
 
 @dataclass(frozen=True)
 class ExtractiveConfig:
-    max_sentences: int = Settings.model_fields["extractive_max_sentences"].default  # written once, there
+    max_sentences: int = default_of("extractive_max_sentences")
     # A further sentence is quoted only when its probability is at least this share of the
     # best one's and it brings a question term the quotes so far lack.
     min_relative: float = 0.9

@@ -98,9 +98,9 @@ class LearningLoop(Administration):
         ``pii``); the Ray layer turns them into metrics."""
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
-        self.backups_dir = self.data_dir / "backups"
+        self.backups_dir = settings.backups_dir
         self.work_dir = self.data_dir / "training"
-        self.exports_dir = self.data_dir / "exports"
+        self.exports_dir = settings.exports_dir
         self.store = ConversationStore(settings.sqlite_path)
         self.registry = AdapterRegistry(settings.adapters_root)
         self.selectors = SelectorRegistry(settings.adapters_root)
@@ -115,7 +115,6 @@ class LearningLoop(Administration):
                                        getattr(settings, "canary_fraction", 0.0))
 
         self._runtime = RuntimeSettings.resolve(settings, self.store.runtime_settings())
-        self.gate = self._runtime.gate()
         self.scheduler = RunScheduler(self.store, self.announcer, self._runtime.policy_config(), self.work_dir,
                                       self._run, self._promoted, submit, schedule)
         self._lock = self.scheduler.lock  # one lock: the policy, the progress and these settings
@@ -150,16 +149,14 @@ class LearningLoop(Administration):
         """One run's work (raising on failure); the scheduler records how it ended."""
         if ctx.backup_existing and (path := self.registry.backup_active(self.backups_dir)) is not None:
             self._event(runs.backed_up_event(ctx.run, self.registry.active, path))
-        with self._lock:
-            config = TrainConfig.from_settings(self.settings, **self._runtime.train_config())
+        runtime = self.runtime
+        config = TrainConfig.from_settings(self.settings, **runtime.train_config())
         job = runs.prepare_job(self.store, self.registry, ctx, config, self.active_version, self.work_dir)
         # The selector before the student: its new turns have joined the pool now, it
         # takes CPU seconds, and a failure of the student's training does not undo it.
         scheduler = self.scheduler
         scheduler.set_progress(ctx.run.id, message="fitting the answer selector")
-        with self._lock:
-            min_examples = self._runtime.gate_min_examples
-        selector = selector_learning.learn_in_run(self.store, self.selectors, min_examples, self._event)
+        selector = selector_learning.learn_in_run(self.store, self.selectors, runtime.gate_min_examples, self._event)
         if job is None:
             result = RunResult.empty()
         else:
@@ -167,8 +164,7 @@ class LearningLoop(Administration):
             outcome = self._train_fn(job, lambda info: scheduler.on_step(ctx.run.id, info))
             scheduler.set_progress(ctx.run.id, message="registering the adapter" if self._scorer is None else
                                    f"judging on {len(job.holdout)} evaluation-pool turns, as served")
-            with self._lock:  # the gate in force now: settings may have changed during the run
-                gate = self.gate
+            gate = self.runtime.gate()  # the gate in force now: settings may have changed during the run
             versions = self._versions
             result = runs.register_candidate(self.registry, job, outcome, gate, ctx.run.started_at,
                                              versions.active, versions.warm_up, self._scorer)
@@ -261,7 +257,6 @@ class LearningLoop(Administration):
             if changes:
                 self.store.set_settings(**{SETTING_KEYS[name]: value for name, value in changes.items()})
             self._runtime = merged
-            self.gate = merged.gate()
             actions: list[Callable[[], None]] = []
             if changes:
                 self._event(Event(

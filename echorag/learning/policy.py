@@ -14,23 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from echorag.config import Settings
-
-
-def _default(setting: str) -> Any:
-    """The default is the setting's, written once in ``echorag.config``."""
-    return Settings.model_fields[setting].default
+from echorag.config import default_of
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     """The loop builds it from the runtime settings (``RuntimeSettings.policy_config``)."""
 
-    batch_size: int = _default("finetune_batch_size")
-    auto_trigger: bool = _default("finetune_auto_trigger")
-    enabled: bool = _default("finetune_enabled")
-    max_attempts: int = _default("finetune_max_attempts")  # per slice of data, the first try included
-    retry_backoff_s: float = _default("finetune_retry_backoff_s")
+    batch_size: int = default_of("finetune_batch_size")
+    auto_trigger: bool = default_of("finetune_auto_trigger")
+    enabled: bool = default_of("finetune_enabled")
+    max_attempts: int = default_of("finetune_max_attempts")  # per slice of data, the first try included
+    retry_backoff_s: float = default_of("finetune_retry_backoff_s")
     retry_backoff_factor: float = 2.0
     retry_backoff_max_s: float = 3600.0
 

@@ -11,7 +11,6 @@ deletes those (``routes/users.py``).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -50,15 +49,11 @@ class IdentityService:
     """Users and keys, the session secret, and one subject's stored data, read or erased.
     Its own actor beside the collector (``deployments.mlops``), over the same database."""
 
-    def __init__(self, data_dir: Path, store: ConversationStore) -> None:
-        self.store = store
-        self.backups_dir = data_dir / "backups"
-        self.exports_dir = data_dir / "exports"
-        self._users = UserDirectory(store)
-
-    @classmethod
-    def open(cls, settings: Settings) -> IdentityService:
-        return cls(Path(settings.data_dir), ConversationStore(settings.sqlite_path))
+    def __init__(self, settings: Settings) -> None:
+        self.store = ConversationStore(settings.sqlite_path)
+        self.backups_dir = settings.backups_dir
+        self.exports_dir = settings.exports_dir
+        self._users = UserDirectory(self.store)
 
     def close(self) -> None:
         self.store.close()

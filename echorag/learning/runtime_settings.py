@@ -11,6 +11,7 @@ import logging
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from echorag.config import Settings
 from echorag.learning.gate import EvaluationGate
@@ -76,11 +77,15 @@ class _Runtime(BaseModel):
         }
 
 
+def _bounded(field: FieldInfo) -> Any:
+    """A field's type with its bounds (``ge``, ``lt``, ...) attached."""
+    return Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+
+
 def _setting(name: str) -> tuple[Any, Any]:
     """``Settings.<SETTING_KEYS[name]>``'s type, bounds and meaning; no default (it is the setting's)."""
     field = Settings.model_fields[SETTING_KEYS[name]]
-    value = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
-    return value, Field(description=field.description)
+    return _bounded(field), Field(description=field.description)
 
 
 RuntimeSettings = create_model(
@@ -103,8 +108,7 @@ def _optional(name: str) -> tuple[Any, Any]:
     name or the Settings / environment-style name (``finetune_batch_size``)."""
     field = RuntimeSettings.model_fields[name]
     names = ("finetune_enabled", "enabled") if name == "finetune_enabled" else (name, SETTING_KEYS[name])
-    value = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
-    return value | None, Field(
+    return _bounded(field) | None, Field(
         None, description=field.description, validation_alias=AliasChoices(*names)
     )
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from echorag.config import Settings
+from echorag.config import default_of
 
 
 def _setting(name: str, default: Any = None) -> Any:
     """A field that ``from_settings`` reads from ``Settings.<name>``; its default is that
     setting's (each default is written once, in ``echorag.config``) unless given here."""
-    value = Settings.model_fields[name].default if default is None else default
+    value = default_of(name) if default is None else default
     return field(default=value, metadata={"setting": name})
 
 

@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from echorag.config import Settings
+from echorag.config import Settings, default_of
 from echorag.models.chat_tokens import IGNORE, encode_all
 from echorag.models.resolution import ResolvedModel
 from echorag.types import BASE, Generation
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 def _default(name: str):
-    return Settings.model_fields[f"engine_{name}"].default
+    return default_of(f"engine_{name}")
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,7 @@ def test_an_erased_user_is_in_no_later_run_export_or_backup(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", finetune_auto_trigger=False, finetune_max_attempts=1,
                         finetune_holdout_fraction=0.25, finetune_replay_fraction=0)
     loop = LearningLoop(settings, recorder)
-    identities = IdentityService.open(settings)  # its own actor in Serve, over the same database
+    identities = IdentityService(settings)  # its own actor in Serve, over the same database
     try:
         alice = identities.add_user("앨리스").user.id
         bob = identities.add_user("밥").user.id
